@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.mgnet-installed
+TORCH_CPU_VERSION ?= 2.13.0
+TRITON_VERSION    ?= 3.6.0
+SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench gpu-check clean
+
+$(STAMP): $(SOURCES)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel ninja
+	@# A CUDA torch already in the venv is kept; otherwise the CPU build (local wheel, fast).
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==$(TORCH_CPU_VERSION)
+	@if [ "$$(uname -s)" = Linux ]; then $(PY) -c "import triton" 2>/dev/null || $(PIP) install -q triton==$(TRITON_VERSION); fi
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PY) -c "import mgnet, mgnet.ops, mgnet.kernels; from mgnet.ops import _dispatch as d; d.load_extension(); print('mgnet installed; mgnet._C:', d.extension_error() or 'built')"
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mgnet demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q -ra $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m pytest bench -q
+
+gpu-check:
+	bash bench/gpu_check.sh $(or $(OUT),bench/results/gpu-$(shell date +%Y%m%d))
+
+clean:
+	rm -rf build *.egg-info mgnet/_C*.so

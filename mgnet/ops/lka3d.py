@@ -1,0 +1,171 @@
+"""3D large-kernel attention (LKA) and the LSTA gate (paper eqs. 2-3).
+
+lka3d(x, w0, b0, w1, b1, wp, bp, dilation) with x (B, C, D, H, W):
+    a = depthwise Conv3d(x, w0 (C,1,k0,k0,k0), b0, padding k0//2)
+    a = depthwise Conv3d(a, w1 (C,1,k1,k1,k1), b1, padding d*(k1-1)//2, dilation d)
+    attn = pointwise Conv3d(a, wp (C,C,1,1,1), bp)
+
+lsta(e, w0, b0, w1, b1, wp, bp, dilation) with e (B, t, c, h, w) (eqs. 2-3):
+    f = mean_c(e) -> (B, 1, t, h, w);  f_o = lka3d(f) with C = 1
+    out = e + e * sigmoid(f_o)   (broadcast over c)
+
+The reference functions below are the definition; backends register kernels with the same
+signatures (forward -> output, backward(grad, *inputs) -> grads of every tensor input).
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+from . import _dispatch
+from ._checks import FLOAT_DTYPES, check_same_dtype, check_tensor
+from ._eager import autograd_backward
+
+
+# ------------------------------------------------------------------ reference (the spec)
+def lka3d_reference(x, w0, b0, w1, b1, wp, bp, dilation: int = 3):
+    C = x.shape[1]
+    k0, k1 = w0.shape[-1], w1.shape[-1]
+    a = F.conv3d(x, w0, b0, padding=k0 // 2, groups=C)
+    a = F.conv3d(a, w1, b1, padding=dilation * (k1 - 1) // 2, dilation=dilation, groups=C)
+    return F.conv3d(a, wp, bp)
+
+
+def lsta_reference(e, w0, b0, w1, b1, wp, bp, dilation: int = 3):
+    f = e.mean(dim=2).unsqueeze(1)                     # (B, 1, t, h, w)
+    fo = lka3d_reference(f, w0, b0, w1, b1, wp, bp, dilation)
+    gate = torch.sigmoid(fo[:, 0]).unsqueeze(2)        # (B, t, 1, h, w)
+    return e + e * gate
+
+
+# ------------------------------------------------------------------ eager backend
+def _lka3d_eager_fwd(x, w0, b0, w1, b1, wp, bp, dilation):
+    return lka3d_reference(x, w0, b0, w1, b1, wp, bp, dilation)
+
+
+def _lka3d_eager_bwd(grad, x, w0, b0, w1, b1, wp, bp, dilation):
+    return autograd_backward(lka3d_reference, (x, w0, b0, w1, b1, wp, bp), (grad,),
+                             (True,) * 7, dilation=dilation)
+
+
+def _lsta_eager_fwd(e, w0, b0, w1, b1, wp, bp, dilation):
+    return lsta_reference(e, w0, b0, w1, b1, wp, bp, dilation)
+
+
+def _lsta_eager_bwd(grad, e, w0, b0, w1, b1, wp, bp, dilation):
+    return autograd_backward(lsta_reference, (e, w0, b0, w1, b1, wp, bp), (grad,),
+                             (True,) * 7, dilation=dilation)
+
+
+_dispatch.register_kernel("lka3d", "eager", _lka3d_eager_fwd, _lka3d_eager_bwd)
+_dispatch.register_kernel("lsta", "eager", _lsta_eager_fwd, _lsta_eager_bwd)
+
+
+# ------------------------------------------------------------------ custom ops
+@torch.library.custom_op("mgnet::lka3d", mutates_args=())
+def _lka3d_op(x: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+              wp: torch.Tensor, bp: torch.Tensor, dilation: int, backend: str) -> torch.Tensor:
+    return _dispatch.get_kernel("lka3d", backend).forward(x, w0, b0, w1, b1, wp, bp, dilation)
+
+
+@_lka3d_op.register_fake
+def _(x, w0, b0, w1, b1, wp, bp, dilation, backend):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("mgnet::lka3d_backward", mutates_args=())
+def _lka3d_bwd_op(grad: torch.Tensor, x: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor,
+                  w1: torch.Tensor, b1: torch.Tensor, wp: torch.Tensor, bp: torch.Tensor,
+                  dilation: int, backend: str) -> List[torch.Tensor]:
+    gs = _dispatch.get_kernel("lka3d", backend).backward(grad.contiguous(), x, w0, b0, w1, b1, wp, bp, dilation)
+    return [g.contiguous() for g in gs]
+
+
+@_lka3d_bwd_op.register_fake
+def _(grad, x, w0, b0, w1, b1, wp, bp, dilation, backend):
+    return [torch.empty_like(t) for t in (x, w0, b0, w1, b1, wp, bp)]
+
+
+def _lka3d_setup(ctx, inputs, output):
+    *tensors, dilation, backend = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.dilation, ctx.backend = dilation, backend
+
+
+def _lka3d_backward(ctx, grad):
+    gs = _lka3d_bwd_op(grad, *ctx.saved_tensors, ctx.dilation, ctx.backend)
+    return (*gs, None, None)
+
+
+_lka3d_op.register_autograd(_lka3d_backward, setup_context=_lka3d_setup)
+
+
+@torch.library.custom_op("mgnet::lsta", mutates_args=())
+def _lsta_op(e: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+             wp: torch.Tensor, bp: torch.Tensor, dilation: int, backend: str) -> torch.Tensor:
+    return _dispatch.get_kernel("lsta", backend).forward(e, w0, b0, w1, b1, wp, bp, dilation)
+
+
+@_lsta_op.register_fake
+def _(e, w0, b0, w1, b1, wp, bp, dilation, backend):
+    return torch.empty_like(e)
+
+
+@torch.library.custom_op("mgnet::lsta_backward", mutates_args=())
+def _lsta_bwd_op(grad: torch.Tensor, e: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor,
+                 w1: torch.Tensor, b1: torch.Tensor, wp: torch.Tensor, bp: torch.Tensor,
+                 dilation: int, backend: str) -> List[torch.Tensor]:
+    gs = _dispatch.get_kernel("lsta", backend).backward(grad.contiguous(), e, w0, b0, w1, b1, wp, bp, dilation)
+    return [g.contiguous() for g in gs]
+
+
+@_lsta_bwd_op.register_fake
+def _(grad, e, w0, b0, w1, b1, wp, bp, dilation, backend):
+    return [torch.empty_like(t) for t in (e, w0, b0, w1, b1, wp, bp)]
+
+
+def _lsta_backward(ctx, grad):
+    gs = _lsta_bwd_op(grad, *ctx.saved_tensors, ctx.dilation, ctx.backend)
+    return (*gs, None, None)
+
+
+_lsta_op.register_autograd(_lsta_backward, setup_context=_lka3d_setup)
+
+
+# ------------------------------------------------------------------ public functions
+def _check_lka_weights(C, x, w0, b0, w1, b1, wp, bp, dilation):
+    dev = x.device
+    check_tensor("w0", w0, ndim=5, dtypes=FLOAT_DTYPES, device=dev, shape_doc="(C, 1, k0, k0, k0)")
+    k0 = w0.shape[-1]
+    check_tensor("w0", w0, shape=(C, 1, k0, k0, k0), shape_doc="(C, 1, k0, k0, k0), k0 odd")
+    check_tensor("w1", w1, ndim=5, dtypes=FLOAT_DTYPES, device=dev, shape_doc="(C, 1, k1, k1, k1)")
+    k1 = w1.shape[-1]
+    check_tensor("w1", w1, shape=(C, 1, k1, k1, k1), shape_doc="(C, 1, k1, k1, k1), k1 odd")
+    if k0 % 2 == 0 or k1 % 2 == 0:
+        raise ValueError(f"w0/w1 kernel sizes must be odd (same-size padding), got k0={k0}, k1={k1}")
+    check_tensor("wp", wp, shape=(C, C, 1, 1, 1), dtypes=FLOAT_DTYPES, device=dev, shape_doc="(C, C, 1, 1, 1)")
+    for n, b in (("b0", b0), ("b1", b1), ("bp", bp)):
+        check_tensor(n, b, shape=(C,), dtypes=FLOAT_DTYPES, device=dev, shape_doc="(C,)")
+    check_same_dtype("x", x, w0=w0, b0=b0, w1=w1, b1=b1, wp=wp, bp=bp)
+    if not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+
+
+def lka3d(x, w0, b0, w1, b1, wp, bp, *, dilation: int = 3):
+    """Depthwise k0^3 conv -> depthwise dilated k1^3 conv -> pointwise conv (module docstring)."""
+    check_tensor("x", x, ndim=5, dtypes=FLOAT_DTYPES, shape_doc="(B, C, D, H, W)")
+    _check_lka_weights(x.shape[1], x, w0, b0, w1, b1, wp, bp, dilation)
+    be = _dispatch.resolve("lka3d", x.device)
+    args = [t.contiguous() for t in (x, w0, b0, w1, b1, wp, bp)]
+    return _lka3d_op(*args, int(dilation), be)
+
+
+def lsta(e, w0, b0, w1, b1, wp, bp, *, dilation: int = 3):
+    """LSTA gate e + e * sigmoid(lka3d(mean_c e)) for e (B, t, c, h, w) (module docstring)."""
+    check_tensor("e", e, ndim=5, dtypes=FLOAT_DTYPES, shape_doc="(B, t, c, h, w)")
+    _check_lka_weights(1, e, w0, b0, w1, b1, wp, bp, dilation)
+    be = _dispatch.resolve("lsta", e.device)
+    args = [t.contiguous() for t in (e, w0, b0, w1, b1, wp, bp)]
+    return _lsta_op(*args, int(dilation), be)

@@ -1,0 +1,1 @@
+"""Plots, annotated videos and HTML reports."""
