@@ -1,0 +1,85 @@
+"""Shared helpers of the `pytest bench/` suites: machine ceilings and result recording.
+
+Ceilings (measured once per run, on the device the benchmark uses):
+  * compute peak: fp32 GEMM throughput of torch.mm (4096^2 on GPU with TF32 off, 2048^2 on CPU with
+    all threads) - the FMA rate this machine actually sustains, the ceiling a convolution could reach.
+  * memory bandwidth: a large device copy (256 MiB on CPU, 2 GiB on GPU), bytes read + written / time.
+Each benchmark calls `record(...)` with the FLOPs or the minimum bytes it must move; the suite's
+conftest turns the timings into GFLOP/s or GB/s, the fraction of the ceiling, and the summary table.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+IMPLS = ("eager", "fused", "compile")
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn, device, reps=5, warmup=1) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@functools.lru_cache(maxsize=None)
+def compute_peak_gflops(device: str = "cpu") -> float:
+    dev = torch.device(device)
+    n = 4096 if dev.type == "cuda" else 2048
+    a = torch.randn(n, n, device=dev)
+    b = torch.randn(n, n, device=dev)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    dt = time_fn(lambda: torch.mm(a, b), device, reps=5)
+    return 2 * n ** 3 / dt / 1e9
+
+
+@functools.lru_cache(maxsize=None)
+def memory_bandwidth_gbs(device: str = "cpu") -> float:
+    dev = torch.device(device)
+    n = (2 << 30 if dev.type == "cuda" else 256 << 20) // 4
+    x = torch.empty(n, device=dev).fill_(1.0)
+    y = torch.empty_like(x)
+    dt = time_fn(lambda: y.copy_(x), device, reps=5)
+    return 2 * n * 4 / dt / 1e9
+
+
+def record(benchmark, *, op: str, shape: str, impl: str, pass_: str = "fwd", device: str = "cpu",
+           flops: float | None = None, bytes_: float | None = None) -> None:
+    """Attach what the summary table needs to a pytest-benchmark result.
+
+    op/shape/pass_ group the eager, fused and compile runs of one case; impl is one of IMPLS;
+    flops (for compute-bound ops) or bytes_ (minimum bytes moved, for memory-bound ops) per call.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    info = benchmark.extra_info
+    info.update(op=op, shape=shape, impl=impl, pass_=pass_, device=device)
+    if flops is not None:
+        info["flops"] = float(flops)
+        info["peak_gflops"] = compute_peak_gflops(device)
+    if bytes_ is not None:
+        info["bytes"] = float(bytes_)
+        info["peak_gbs"] = memory_bandwidth_gbs(device)
+    benchmark.group = f"{op} {pass_} {shape} [{device}]"
+
+
+def bench_pedantic(benchmark, fn, device="cpu", rounds=5, warmup_rounds=1):
+    """Run `fn` under pytest-benchmark with explicit rounds (the ops are too slow for calibration)."""
+    def run():
+        fn()
+        _sync(device)
+    return benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)

@@ -1,0 +1,88 @@
+"""Summary of `pytest bench/`: one table (op, shape, pass, eager, fused, compile, fused/eager,
+fused/compile, achieved rate and fraction of the ceiling), printed at the end and saved as JSON
+and Markdown under bench/results/ (override with MGNET_BENCH_OUT)."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import torch  # noqa: E402
+
+
+def _rows(session):
+    bs = getattr(session.config, "_benchmarksession", None)
+    if bs is None:
+        return []
+    cases = {}
+    for b in bs.benchmarks:
+        info = b.extra_info
+        if "op" not in info or b.stats is None:
+            continue
+        key = (info["op"], info["shape"], info["pass_"], info["device"])
+        cases.setdefault(key, {})[info["impl"]] = (b.stats.stats.min, info)
+    rows = []
+    for (op, shape, pass_, device), impls in sorted(cases.items()):
+        row = {"op": op, "shape": shape, "pass": pass_, "device": device}
+        for impl in ("eager", "fused", "compile"):
+            row[f"{impl}_ms"] = impls[impl][0] * 1e3 if impl in impls else None
+        if row["eager_ms"] and row["fused_ms"]:
+            row["fused_vs_eager"] = row["eager_ms"] / row["fused_ms"]
+        if row["compile_ms"] and row["fused_ms"]:
+            row["fused_vs_compile"] = row["compile_ms"] / row["fused_ms"]
+        if "fused" in impls:
+            t, info = impls["fused"]
+            if "flops" in info:
+                row["fused_gflops"] = info["flops"] / t / 1e9
+                row["peak_fraction"] = row["fused_gflops"] / info["peak_gflops"]
+                row["ceiling"] = f"{info['peak_gflops']:.0f} GFLOP/s (fp32 GEMM)"
+            elif "bytes" in info:
+                row["fused_gbs"] = info["bytes"] / t / 1e9
+                row["peak_fraction"] = row["fused_gbs"] / info["peak_gbs"]
+                row["ceiling"] = f"{info['peak_gbs']:.0f} GB/s (copy)"
+        rows.append(row)
+    return rows
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    rows = _rows(session)
+    if not rows:
+        return
+    head = "| op | shape | pass | device | eager ms | fused ms | compile ms | fused/eager | fused/compile | fused rate | of ceiling |"
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        rate = (f"{r['fused_gflops']:.1f} GFLOP/s" if "fused_gflops" in r
+                else f"{r['fused_gbs']:.1f} GB/s" if "fused_gbs" in r else "-")
+        lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['device']} | {_fmt(r['eager_ms'], '.2f')} | "
+                     f"{_fmt(r['fused_ms'], '.2f')} | {_fmt(r['compile_ms'], '.2f')} | "
+                     f"{_fmt(r.get('fused_vs_eager'), '.2f')}x | {_fmt(r.get('fused_vs_compile'), '.2f')}x | "
+                     f"{rate} | {_fmt(r.get('peak_fraction'), '.1%')} |")
+    machine = {"host": platform.node(), "machine": platform.machine(), "torch": torch.__version__,
+               "threads": torch.get_num_threads(),
+               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+               "ceilings": sorted({r["ceiling"] for r in rows if "ceiling" in r})}
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = os.environ.get("MGNET_BENCH_OUT", os.path.join(os.path.dirname(__file__), "results"))
+    os.makedirs(out, exist_ok=True)
+    kind = "gpu" if machine["gpu"] else "cpu"
+    base = os.path.join(out, f"bench-{kind}-{stamp}")
+    for path, text in ((base + ".json", json.dumps({"machine": machine, "rows": rows}, indent=1)),
+                       (base + ".md", f"# pytest bench/ {stamp}\n\nmachine: {json.dumps(machine)}\n\n"
+                                      + "\n".join(lines) + "\n")):
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line("")
+        tr.write_line(f"mgnet bench summary (saved to {base}.md):")
+        for line in lines:
+            tr.write_line(line)
