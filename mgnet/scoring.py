@@ -1,0 +1,193 @@
+"""From per-clip raw scores to per-frame anomaly scores and frame-level AUC.
+
+The evaluation protocol is STG-NF's (Hirschorn & Avidan, ICCV 2023), which MGNet reports with:
+
+1. each score component is min-max normalised over the evaluated set (``minmax``), or, for online
+   use, with the minimum/maximum recorded on the training set (``stats``), then fused by eq. 16,
+   ``S = S_mo + lambda_app * S_app + lambda_mm * S_mm`` (``fuse``);
+2. a clip's score goes to its centre frame, a frame takes the maximum over the persons present,
+   frames with nobody take the video's minimum, and the per-video curve is smoothed with a
+   Gaussian of width ``sigma`` frames (``frame_scores``);
+3. micro AUC over all test frames concatenated (how ShanghaiTech and UBnormal results are
+   reported) and macro AUC, the mean of per-video AUCs over videos that have both classes
+   (``frame_auc``); per anomaly type, the AUC over normal frames plus the frames of that type
+   (``type_auc``).
+
+All scores are "higher = more anomalous". Everything here is numpy; torch tensors are accepted
+and converted.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from sklearn.metrics import roc_auc_score
+
+COMPONENTS = ("mo", "app", "mm")  # the three terms of eq. 16, in order
+STAT_PERCENTILES = (50, 90, 95, 99)
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def minmax(x, lo: Optional[float] = None, hi: Optional[float] = None) -> np.ndarray:
+    """Scale ``x`` to [0, 1] by its own min and max (or by ``lo``/``hi`` when given).
+
+    A constant input (max == min) maps to zeros rather than dividing by zero. With fixed
+    ``lo``/``hi`` (online use) values outside the training range land outside [0, 1]; they are
+    not clipped, so an unusually anomalous clip still ranks above everything seen in training.
+    """
+    x = _np(x)
+    if x.size == 0:
+        return x.copy()
+    lo = float(np.min(x)) if lo is None else float(lo)
+    hi = float(np.max(x)) if hi is None else float(hi)
+    span = hi - lo
+    if not np.isfinite(span) or span <= 0:
+        return np.zeros_like(x)
+    return (x - lo) / span
+
+
+def fuse(components: Mapping[str, object], lambdas: Mapping[str, float] | Sequence[float] = (1.0, 1.0),
+         stats: Optional[Mapping[str, Mapping[str, float]]] = None) -> np.ndarray:
+    """Eq. 16: ``minmax(S_mo) + lambda_app * minmax(S_app) + lambda_mm * minmax(S_mm)``.
+
+    components: ``{"mo": (N,), "app": (N,), "mm": (N,)}`` raw clip scores (other keys ignored).
+    lambdas: ``{"app": .., "mm": ..}`` (``"mo"`` defaults to 1) or the pair ``(lambda_app, lambda_mm)``.
+    stats: ``None`` normalises each component over the given set (offline evaluation); otherwise
+    ``stats[name]["min"]`` / ``["max"]`` (e.g. from a run's ``score_stats.json``) are used, so one
+    clip's fused score does not depend on the other clips (online scoring).
+    """
+    if not isinstance(lambdas, Mapping):
+        lam_app, lam_mm = lambdas
+        lambdas = {"app": lam_app, "mm": lam_mm}
+    weights = {"mo": float(lambdas.get("mo", 1.0)), "app": float(lambdas.get("app", 1.0)),
+               "mm": float(lambdas.get("mm", 1.0))}
+    missing = [k for k in COMPONENTS if k not in components]
+    if missing:
+        raise KeyError(f"fuse: components lack {missing} (got {sorted(components)})")
+    total = None
+    for name in COMPONENTS:
+        if stats is None:
+            norm = minmax(components[name])
+        else:
+            if name not in stats:
+                raise KeyError(f"fuse: stats lack component {name!r} (got {sorted(stats)})")
+            norm = minmax(components[name], stats[name]["min"], stats[name]["max"])
+        total = weights[name] * norm if total is None else total + weights[name] * norm
+    return total
+
+
+def summary_stats(x) -> Dict[str, float]:
+    """min, max, mean, std and the 50/90/95/99th percentiles of a score array (for score_stats.json)."""
+    x = _np(x)
+    if x.size == 0:
+        raise ValueError("summary_stats: empty score array")
+    out = {"min": float(x.min()), "max": float(x.max()), "mean": float(x.mean()), "std": float(x.std()),
+           "count": int(x.size)}
+    for p in STAT_PERCENTILES:
+        out[f"p{p}"] = float(np.percentile(x, p))
+    return out
+
+
+def frame_scores(clip_scores, videos, frames, persons, num_frames: Mapping, sigma: float = 0.0,
+                 names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+    """Per-frame scores of each video from per-clip scores (STG-NF protocol).
+
+    clip_scores, videos, frames, persons: (N,) arrays, one entry per clip: its score, its video,
+    its centre frame and its person (track id). ``videos`` holds names (keys of ``num_frames``), or
+    integer indices into ``names`` when ``names`` is given (as ClipStore's ``video`` field is).
+    num_frames: video name -> number of frames; every video listed gets a curve, including videos
+    with no clip at all.
+
+    A frame takes the max over the persons whose clip is centred on it; frames with nobody take
+    the video's minimum (a video without any clip takes the minimum over all clips); then, if
+    ``sigma > 0``, a Gaussian filter of that width (frames) smooths each video's curve.
+    """
+    s = _np(clip_scores)
+    fr = np.asarray(_np(frames), dtype=np.int64)
+    vids = np.asarray(videos.detach().cpu().numpy() if hasattr(videos, "detach") else videos)
+    if names is not None:
+        vids = np.asarray([names[int(i)] for i in vids], dtype=object)
+    if not (len(s) == len(fr) == len(vids) == len(persons)):
+        raise ValueError(f"frame_scores: clip_scores, videos, frames, persons differ in length "
+                         f"({len(s)}, {len(vids)}, {len(fr)}, {len(persons)})")
+    unknown = sorted({str(v) for v in set(vids.tolist())} - {str(k) for k in num_frames})
+    if unknown:
+        raise KeyError(f"frame_scores: videos {unknown[:5]} are not in num_frames")
+    global_min = float(s.min()) if s.size else 0.0
+    out: Dict[str, np.ndarray] = {}
+    vid_str = np.asarray([str(v) for v in vids.tolist()], dtype=object)
+    for name, n in num_frames.items():
+        n = int(n)
+        sel = vid_str == str(name)
+        curve = np.full(n, -np.inf)
+        if sel.any():
+            f, v = fr[sel], s[sel]
+            if f.min() < 0 or f.max() >= n:
+                raise ValueError(f"frame_scores: video {name!r} has clips centred on frame {int(f.max())} "
+                                 f"but only {n} frames")
+            np.maximum.at(curve, f, v)  # max over persons at each centre frame
+            fill = float(v.min())
+        else:
+            fill = global_min
+        curve[~np.isfinite(curve)] = fill
+        if sigma and sigma > 0 and n > 1:
+            curve = gaussian_filter1d(curve, float(sigma))
+        out[str(name)] = curve
+    return out
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    if labels.size == 0 or labels.min() == labels.max():
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def frame_auc(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> Dict[str, float]:
+    """Micro AUC (all frames of all videos concatenated) and macro AUC (mean over videos with both
+    classes) of per-frame scores against per-frame labels (1 = abnormal).
+
+    Returns ``{"micro", "macro", "videos_in_macro"}``; an AUC that is undefined (one class only)
+    is NaN. Videos are those of ``labels``; each must have a score curve of the same length.
+    """
+    ys, ss, per_video = [], [], []
+    for name, y in labels.items():
+        if name not in scores:
+            raise KeyError(f"frame_auc: no scores for video {name!r}")
+        y = np.asarray(y).astype(np.int64).ravel()
+        s = _np(scores[name]).ravel()
+        if y.shape != s.shape:
+            raise ValueError(f"frame_auc: video {name!r} has {s.size} scores but {y.size} labels")
+        ys.append(y)
+        ss.append(s)
+        if y.min(initial=0) != y.max(initial=0):
+            per_video.append(_auc(y, s))
+    if not ys:
+        raise ValueError("frame_auc: no videos")
+    micro = _auc(np.concatenate(ys), np.concatenate(ss))
+    macro = float(np.mean(per_video)) if per_video else float("nan")
+    return {"micro": micro, "macro": macro, "videos_in_macro": len(per_video)}
+
+
+def type_auc(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+             types: Mapping[str, np.ndarray], type_id: int) -> float:
+    """Micro AUC restricted to normal frames plus the abnormal frames of one anomaly type.
+
+    types: video name -> per-frame type id (0 = normal). NaN when no frame has that type.
+    """
+    ys, ss = [], []
+    for name, y in labels.items():
+        y = np.asarray(y).astype(np.int64).ravel()
+        t = np.asarray(types[name]).astype(np.int64).ravel()
+        s = _np(scores[name]).ravel()
+        if t.shape != y.shape:
+            raise ValueError(f"type_auc: video {name!r} has {t.size} type labels but {y.size} labels")
+        keep = (y == 0) | ((y == 1) & (t == type_id))
+        ys.append(y[keep])
+        ss.append(s[keep])
+    return _auc(np.concatenate(ys), np.concatenate(ss))
