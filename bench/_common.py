@@ -58,11 +58,12 @@ def memory_bandwidth_gbs(device: str = "cpu") -> float:
 
 
 def record(benchmark, *, op: str, shape: str, impl: str, pass_: str = "fwd", device: str = "cpu",
-           flops: float | None = None, bytes_: float | None = None) -> None:
+           flops: float | None = None, bytes_: float | None = None, clips: int | None = None) -> None:
     """Attach what the summary table needs to a pytest-benchmark result.
 
     op/shape/pass_ group the eager, fused and compile runs of one case; impl is one of IMPLS;
-    flops (for compute-bound ops) or bytes_ (minimum bytes moved, for memory-bound ops) per call.
+    flops (for compute-bound ops) or bytes_ (minimum bytes moved, for memory-bound ops) per call;
+    clips (whole-model benches): clips processed per call, reported as clips/s per impl.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -74,12 +75,20 @@ def record(benchmark, *, op: str, shape: str, impl: str, pass_: str = "fwd", dev
     if bytes_ is not None:
         info["bytes"] = float(bytes_)
         info["peak_gbs"] = memory_bandwidth_gbs(device)
+    if clips is not None:
+        info["clips"] = int(clips)
     benchmark.group = f"{op} {pass_} {shape} [{device}]"
 
 
 def bench_pedantic(benchmark, fn, device="cpu", rounds=5, warmup_rounds=1):
-    """Run `fn` under pytest-benchmark with explicit rounds (the ops are too slow for calibration)."""
+    """Run `fn` under pytest-benchmark with explicit rounds (the ops are too slow for calibration).
+    Where record() was given `clips`, the best round's clips/s lands in extra_info["clips_per_s"]."""
     def run():
         fn()
         _sync(device)
-    return benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
+    out = benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
+    stats = getattr(benchmark, "stats", None)
+    clips = benchmark.extra_info.get("clips")
+    if clips and stats is not None and stats.stats.min > 0:
+        benchmark.extra_info["clips_per_s"] = clips / stats.stats.min
+    return out

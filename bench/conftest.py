@@ -1,6 +1,10 @@
 """Summary of `pytest bench/`: one table (op, shape, pass, eager, fused, compile, fused/eager,
-fused/compile, achieved rate and fraction of the ceiling), printed at the end and saved as JSON
-and Markdown under bench/results/ (override with MGNET_BENCH_OUT)."""
+fused/compile, achieved rate and fraction of the ceiling, clips/s for whole-model cases), printed
+at the end and saved as JSON and Markdown under bench/results/ (override with MGNET_BENCH_OUT).
+
+MGNET_BENCH_DEVICE=cpu|cuda keeps only the cases of that device (a case is a CUDA case when one of
+its parameters is "cuda..." or a CUDA torch.device, or its id says "cuda"); bench/gpu_check.sh
+uses it to run the CUDA shapes only."""
 from __future__ import annotations
 
 import datetime
@@ -12,6 +16,30 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
+
+
+def _is_cuda_item(item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {}) or {}
+    for v in params.values():
+        if isinstance(v, torch.device) and v.type == "cuda":
+            return True
+        if isinstance(v, str) and v.startswith("cuda"):
+            return True
+    return "cuda" in item.name.lower()
+
+
+def pytest_collection_modifyitems(config, items):
+    want = os.environ.get("MGNET_BENCH_DEVICE", "").strip().lower()
+    if not want:
+        return
+    if want not in ("cpu", "cuda"):
+        raise ValueError(f"MGNET_BENCH_DEVICE={want!r}: expected 'cpu' or 'cuda'")
+    keep, drop = [], []
+    for item in items:
+        (keep if _is_cuda_item(item) == (want == "cuda") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def _rows(session):
@@ -30,6 +58,8 @@ def _rows(session):
         row = {"op": op, "shape": shape, "pass": pass_, "device": device}
         for impl in ("eager", "fused", "compile"):
             row[f"{impl}_ms"] = impls[impl][0] * 1e3 if impl in impls else None
+            if impl in impls and impls[impl][1].get("clips"):
+                row[f"{impl}_clips_per_s"] = impls[impl][1]["clips"] / impls[impl][0]
         if row["eager_ms"] and row["fused_ms"]:
             row["fused_vs_eager"] = row["eager_ms"] / row["fused_ms"]
         if row["compile_ms"] and row["fused_ms"]:
@@ -61,6 +91,9 @@ def pytest_sessionfinish(session, exitstatus):
     for r in rows:
         rate = (f"{r['fused_gflops']:.1f} GFLOP/s" if "fused_gflops" in r
                 else f"{r['fused_gbs']:.1f} GB/s" if "fused_gbs" in r else "-")
+        if "fused_clips_per_s" in r or "eager_clips_per_s" in r:
+            rate = "clips/s e/f/c: " + "/".join(_fmt(r.get(f"{i}_clips_per_s"), ".1f")
+                                              for i in ("eager", "fused", "compile"))
         lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['device']} | {_fmt(r['eager_ms'], '.2f')} | "
                      f"{_fmt(r['fused_ms'], '.2f')} | {_fmt(r['compile_ms'], '.2f')} | "
                      f"{_fmt(r.get('fused_vs_eager'), '.2f')}x | {_fmt(r.get('fused_vs_compile'), '.2f')}x | "
