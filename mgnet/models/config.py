@@ -1,0 +1,153 @@
+"""ModelConfig: every size and weight of the MGNet model in one dataclass.
+
+``ModelConfig.small()`` is the CPU default (narrow ViT), ``ModelConfig.paper()`` the ViT-S scale of
+the paper. ``ModelConfig.from_dict(d)`` (or ``ModelConfig(**d)``) builds one from the hydra
+``model`` node; unknown keys are an error that names them.
+
+Numbers the paper does not give are the defaults of ARCHITECTURE.md (T=16, 64x64 crops,
+C_mo = 2*18, C_app = 128, N_b = N_s = 10, N_r = 50, K = 8 flow steps, R = 3, margin 1.0).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional
+
+CUBE = (2, 8, 8)            # cube embedding size (time, height, width), paper sec. 3.2
+_BACKENDS = ("auto", "eager", "cpu", "cuda", "triton")
+
+
+@dataclass
+class ModelConfig:
+    # input
+    seg_len: int = 16                  # T frames per clip
+    crop: int = 64                     # human-centric crop H = W
+    joints: int = 18                   # OpenPose-18 graph
+    scene_size: int = 64               # S of the downscaled scene image
+    # ViT encoders (RGB encoder and mask encoder share the structure)
+    embed_dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    # LSTA head H_B (eqs. 2-3)
+    lsta_layers: int = 1               # L
+    lsta_k0: int = 5
+    lsta_k1: int = 7
+    lsta_dilation: int = 3
+    head_hidden: int = 128             # hidden width of the heads' MLPs
+    # feature widths
+    c_mo: int = 36                     # = 2 * joints (f_sk is the flow output reshaped)
+    c_app: int = 128
+    # memories
+    n_b: int = 10
+    n_s: int = 10
+    n_r: int = 50
+    sep_margin: float = 1.0
+    # STG-NF
+    flow_steps: int = 8                # K
+    flow_hidden: int = 32              # ST-GCN width inside each coupling
+    flow_permutation: str = "permute"  # "permute" (reverse channels, as STG-NF) or "invconv" (LU 1x1)
+    flow_temporal_kernel: Optional[int] = None   # None: T // 2 + 1 (STG-NF's choice)
+    graph_max_hop: int = 8             # uniform adjacency over joints within this many hops (STG-NF)
+    prior_mean: float = 3.0            # R: prior N(R*1, I)
+    # scene feature extractor F_S
+    scene_grid: int = 8                # colour layout grid g x g
+    scene_conv_channels: int = 16      # fixed random conv features
+    scene_seed: int = 0
+    scene_weights: Optional[str] = None  # path to a local state_dict for the conv branch (SceneCNN)
+    # losses and scores (eqs. 12, 16)
+    alpha: float = 1.0
+    beta: float = 0.1
+    lambda_app: float = 1.0
+    lambda_mm: float = 1.0
+    app_target_stopgrad: bool = False  # True: H_u gets no gradient from L_app (guards against collapse)
+    # masking (eq. 5)
+    mask_ratio: float = 0.5
+    mask_seed: int = 0                 # the fixed complementary pair used by scores()
+    # kernels
+    ops_backend: str = "auto"
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def grid(self):
+        """(t, h, w) cube grid."""
+        return self.seg_len // CUBE[0], self.crop // CUBE[1], self.crop // CUBE[2]
+
+    @property
+    def num_tokens(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
+
+    @property
+    def scene_dim(self) -> int:
+        """C_s: colour layout grid + colour statistics + conv features (see scene.py)."""
+        return 3 * self.scene_grid ** 2 + 6 + 4 * self.scene_conv_channels
+
+    # ------------------------------------------------------------------ checks
+    def __post_init__(self):
+        def bad(name, why):
+            raise ValueError(f"model.{name}={getattr(self, name)!r}: {why}")
+        if self.seg_len <= 0 or self.seg_len % CUBE[0]:
+            bad("seg_len", f"must be a positive multiple of {CUBE[0]} (cube time size)")
+        if self.crop <= 0 or self.crop % CUBE[1]:
+            bad("crop", f"must be a positive multiple of {CUBE[1]} (cube size)")
+        if self.embed_dim % self.heads:
+            bad("embed_dim", f"must be divisible by heads={self.heads}")
+        if self.c_mo != 2 * self.joints:
+            bad("c_mo", f"must equal 2 * joints = {2 * self.joints}: f_sk is the flow output (2, T, V) reshaped")
+        if self.flow_permutation not in ("permute", "invconv"):
+            bad("flow_permutation", "must be 'permute' or 'invconv'")
+        if not 0.0 < self.mask_ratio < 1.0:
+            bad("mask_ratio", "must be in (0, 1)")
+        hw = self.grid[1] * self.grid[2]
+        if abs(self.mask_ratio * hw - round(self.mask_ratio * hw)) > 1e-9:
+            bad("mask_ratio", f"times the {hw} cubes of a slice must be a whole number")
+        if self.ops_backend not in _BACKENDS:
+            bad("ops_backend", f"must be one of {_BACKENDS}")
+        if self.lsta_k0 % 2 == 0 or self.lsta_k1 % 2 == 0:
+            bad("lsta_k0", "LSTA kernel sizes k0 and k1 must be odd")
+        for name in ("depth", "heads", "n_b", "n_s", "n_r", "flow_steps", "flow_hidden", "c_app",
+                     "head_hidden", "scene_grid", "scene_conv_channels", "joints"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        if self.lsta_layers < 0:
+            bad("lsta_layers", "must be >= 0")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def small(cls, **overrides) -> "ModelConfig":
+        """CPU default: embed 64, depth 2, 4 heads, one LSTA module."""
+        return cls(**{**dict(embed_dim=64, depth=2, heads=4, lsta_layers=1), **overrides})
+
+    @classmethod
+    def paper(cls, **overrides) -> "ModelConfig":
+        """ViT-S scale: embed 384, depth 12, 6 heads, two LSTA modules."""
+        return cls(**{**dict(embed_dim=384, depth=12, heads=6, lsta_layers=2, head_hidden=512,
+                             flow_hidden=64), **overrides})
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        """From a dict / OmegaConf node. A ``preset: small|paper`` key picks the base."""
+        try:  # OmegaConf nodes: resolve to plain containers
+            from omegaconf import DictConfig, OmegaConf
+            if isinstance(d, DictConfig):
+                d = OmegaConf.to_container(d, resolve=True)
+        except ImportError:  # pragma: no cover
+            pass
+        d = dict(d)
+        preset = d.pop("preset", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(names)}")
+        if preset is None:
+            return cls(**d)
+        if preset not in ("small", "paper"):
+            raise ValueError(f"model.preset={preset!r}: expected 'small' or 'paper'")
+        return getattr(cls, preset)(**d)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+__all__ = ["ModelConfig", "CUBE"]
