@@ -1,0 +1,40 @@
+"""LSTA: large spatial-temporal attention (paper eqs. 2-3, Fig. 3).
+
+Given e (B, t, c, h, w): f = mean over c; f_o = 3DLKA(f) (depthwise k0^3 conv -> depthwise
+dilated k1^3 conv -> 1x1x1 conv on the 1-channel (t, h, w) volume); e_o = e + e * sigmoid(f_o).
+The whole gate is one fused op, ``mgnet.ops.lsta``; this module only owns its weights.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+
+
+class LSTA(nn.Module):
+    def __init__(self, k0: int = 5, k1: int = 7, dilation: int = 3):
+        super().__init__()
+        self.dilation = dilation
+        self.w0 = nn.Parameter(torch.empty(1, 1, k0, k0, k0))
+        self.b0 = nn.Parameter(torch.empty(1))
+        self.w1 = nn.Parameter(torch.empty(1, 1, k1, k1, k1))
+        self.b1 = nn.Parameter(torch.empty(1))
+        self.wp = nn.Parameter(torch.empty(1, 1, 1, 1, 1))
+        self.bp = nn.Parameter(torch.empty(1))
+        for w, b in ((self.w0, self.b0), (self.w1, self.b1), (self.wp, self.bp)):
+            bound = 1.0 / math.sqrt(w[0].numel())     # nn.Conv3d's default init, fan_in = k^3
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        """e (B, t, c, h, w) -> e + e * sigmoid(3DLKA(mean_c e))   # eqs. (2)-(3)"""
+        return ops.lsta(e, self.w0, self.b0, self.w1, self.b1, self.wp, self.bp, dilation=self.dilation)
+
+    def extra_repr(self) -> str:
+        return f"k0={self.w0.shape[-1]}, k1={self.w1.shape[-1]}, dilation={self.dilation}"
+
+
+__all__ = ["LSTA"]
