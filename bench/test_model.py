@@ -1,0 +1,141 @@
+"""Whole-model speed: clips per second of a training step and of scoring, eager vs fused vs compile.
+
+Cases (one pytest-benchmark group each, the summary table reports clips/s per impl):
+  train-s2  forward + backward + optimizer step of the stage-2 loss (L_mo + beta * separateness)
+  train-s3  the same for the stage-3 loss (alpha * L_app; RGB encoder frozen)
+  infer     model.scores(batch) under torch.inference_mode (all four raw scores)
+Configs: `small` on CPU (batch 16), `paper` on CUDA (batch 64) when a GPU is present.
+Impls:    eager   every mgnet op on its reference (`mgnet.ops.backend("eager")`)
+          fused   `auto`: the compiled C++ / CUDA / Triton kernels
+          compile torch.compile of the eager model (the step's loss / the scores function), with the
+                  ops' references inlined so that inductor sees plain PyTorch (see _inline_references)
+Batches are what ClipStore + default collate give (uint8 rgb and scene), made up here so that the
+benchmark does not depend on a prepared dataset.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+
+from _common import bench_pedantic, record
+
+models = pytest.importorskip("mgnet.models.mgnet", reason="mgnet.models.mgnet (the model) is not importable")
+from mgnet.models.config import ModelConfig  # noqa: E402
+import mgnet.ops as ops  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+# (config name, device, batch); CUDA cases carry "cuda" in their id (MGNET_BENCH_DEVICE filter)
+CASES = [pytest.param("small", "cpu", 16, id="small-cpu-b16"),
+         pytest.param("paper", "cuda", 64, id="paper-cuda-b64",
+                      marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device"))]
+ROUNDS = {"cpu": 3, "cuda": 10}
+
+
+def synthetic_batch(cfg: ModelConfig, B: int, device, seed: int = 0) -> dict:
+    """A collated ClipStore batch: uint8 rgb (B,3,T,crop,crop), pose (B,2,T,V), scene uint8 (B,3,S,S)."""
+    g = torch.Generator().manual_seed(seed)
+    T, V, S = cfg.seg_len, cfg.joints, cfg.scene_size
+    b = {
+        "rgb": torch.randint(0, 256, (B, 3, T, cfg.crop, cfg.crop), generator=g, dtype=torch.uint8),
+        "pose": torch.randn(B, 2, T, V, generator=g),
+        "pose_conf": torch.rand(B, T, V, generator=g),
+        "scene": torch.randint(0, 256, (B, 3, S, S), generator=g, dtype=torch.uint8),
+        "video": torch.randint(0, 4, (B,), generator=g),
+        "person": torch.arange(B),
+        "start": torch.zeros(B, dtype=torch.int64),
+        "frame": torch.full((B,), T // 2, dtype=torch.int64),
+        "label": torch.full((B,), -1, dtype=torch.int64),
+    }
+    return {k: v.to(device) for k, v in b.items()}
+
+
+@contextlib.contextmanager
+def _inline_references():
+    """Make mgnet.ops' public functions call their eager references directly (no custom op), so
+    that torch.compile of the eager model traces plain PyTorch and may fuse through the ops: the
+    strongest torch.compile baseline, which is what the fused kernels should beat. The model
+    modules may have imported the functions by name, so every loaded mgnet.models module is
+    patched too."""
+    import sys
+
+    def cube(frames, visible, weight, bias, pos=None, mean=None, std=None, *, validate=True):
+        return ops.masked_cube_embed_reference(frames, visible, weight, bias, pos, mean, std)
+    repl = {"lka3d": ops.lka3d_reference, "lsta": ops.lsta_reference,
+            "memory_address": ops.memory_address_reference, "masked_cube_embed": cube}
+    current = {name: getattr(ops, name) for name in repl}
+    originals = {}
+    targets = [ops] + [m for n, m in list(sys.modules.items()) if n.startswith("mgnet.models") and m]
+    for mod in targets:
+        for name, fn in repl.items():
+            if getattr(mod, name, None) is current[name]:
+                originals[(mod, name)] = current[name]
+                setattr(mod, name, fn)
+    try:
+        yield
+    finally:
+        for (mod, name), fn in originals.items():
+            setattr(mod, name, fn)
+
+
+def _backend_ctx(impl):
+    return ops.backend("auto" if impl == "fused" else "eager")
+
+
+def _model(cfg_name, device, stage):
+    torch.manual_seed(0)
+    cfg = getattr(ModelConfig, cfg_name)()
+    model = models.MGNet(cfg).to(device)
+    model.set_stage(stage)
+    return cfg, model
+
+
+@pytest.mark.parametrize("impl", ["eager", "fused", "compile"])
+@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("cfg_name,device,B", CASES)
+def test_train_step(benchmark, cfg_name, device, B, stage, impl):
+    cfg, model = _model(cfg_name, device, stage)
+    batch = synthetic_batch(cfg, B, device)
+    opt = torch.optim.AdamW(model.stage_parameters(stage), lr=1e-4)
+    loss_fn = model.losses
+    patch = _inline_references() if impl == "compile" else contextlib.nullcontext()
+    with patch, _backend_ctx(impl):
+        if impl == "compile":
+            loss_fn = torch.compile(model.losses)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(batch, stage)["loss"]
+            loss.backward()
+            opt.step()
+        step()  # compile / first-touch outside the timed rounds
+        record(benchmark, op="model", shape=f"{cfg_name} B={B}", impl=impl, pass_=f"train-s{stage}",
+               device=device, clips=B)
+        bench_pedantic(benchmark, step, device=device, rounds=ROUNDS[device])
+
+
+@pytest.mark.parametrize("impl", ["eager", "fused", "compile"])
+@pytest.mark.parametrize("cfg_name,device,B", CASES)
+def test_inference(benchmark, cfg_name, device, B, impl):
+    cfg, model = _model(cfg_name, device, 4)
+    model.eval()
+    batch = synthetic_batch(cfg, B, device)
+    score_fn = model.scores
+    patch = _inline_references() if impl == "compile" else contextlib.nullcontext()
+    with patch, _backend_ctx(impl), torch.inference_mode():
+        if impl == "compile":
+            score_fn = torch.compile(model.scores)
+
+        def run():
+            return score_fn(batch)
+        out = run()
+        assert set(out) >= {"mo", "app", "mm", "nll"} and all(v.shape == (B,) for v in out.values())
+        record(benchmark, op="model", shape=f"{cfg_name} B={B}", impl=impl, pass_="infer",
+               device=device, clips=B)
+        bench_pedantic(benchmark, run, device=device, rounds=ROUNDS[device])
+
+
+if os.environ.get("MGNET_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["MGNET_BENCH_THREADS"]))
