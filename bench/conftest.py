@@ -15,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
     if not want:
         return
     if want not in ("cpu", "cuda"):
-        raise ValueError(f"MGNET_BENCH_DEVICE={want!r}: expected 'cpu' or 'cuda'")
+        raise pytest.UsageError(f"MGNET_BENCH_DEVICE={want!r}: expected 'cpu' or 'cuda'")
     keep, drop = [], []
     for item in items:
         (keep if _is_cuda_item(item) == (want == "cuda") else drop).append(item)

@@ -1,0 +1,120 @@
+"""The fused backend is a drop-in: training a tiny MGNet a few steps per stage and scoring with it
+gives the eager backend's losses and scores up to floating-point tolerance.
+
+Both runs start from the same seed and see the same batches; stage 1 (STG-NF NLL), stage 2
+(L_mo + beta * separateness), stage 3 (alpha * L_app), the stage-4 BSMM write, then scores().
+Optimizer: plain SGD, so that a kernel's rounding differences stay rounding differences (Adam's
+first step is ~lr * sign(grad), which turns a 1e-9 difference in a near-zero gradient into a full
+step). Tolerances (fp32): every loss term at every step rtol 1e-4 / atol 1e-5; the four scores
+rtol 1e-3 / atol 1e-4; the trained parameters atol 1e-4 (after 8 SGD steps).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mgnet.ops as ops
+from mgnet.ops import _dispatch
+
+models = pytest.importorskip("mgnet.models.mgnet", reason="mgnet.models.mgnet (the model) is not importable")
+from mgnet.models.config import ModelConfig  # noqa: E402
+
+FUSED_OPS = ("lka3d", "lsta", "memory_address", "masked_cube_embed")
+STEPS = ((1, 2), (2, 3), (3, 3))       # (stage, SGD steps)
+LOSS_TOL = dict(rtol=1e-4, atol=1e-5)
+SCORE_TOL = dict(rtol=1e-3, atol=1e-4)
+PARAM_TOL = dict(rtol=1e-3, atol=1e-4)
+
+
+def tiny_config(**kw) -> ModelConfig:
+    """The smallest model that still runs every op: T=8, 32x32 crops (4x4x4 cube grid), 1 block."""
+    return ModelConfig.small(**{**dict(seg_len=8, crop=32, scene_size=32, embed_dim=32, depth=1, heads=2,
+                                       head_hidden=32, c_app=32, flow_steps=2, flow_hidden=8,
+                                       scene_grid=4, scene_conv_channels=4), **kw})
+
+
+def synthetic_batch(cfg: ModelConfig, B: int, seed: int = 0, device="cpu") -> dict:
+    """A collated ClipStore batch (uint8 rgb and scene, float pose) of made-up content."""
+    g = torch.Generator().manual_seed(seed)
+    T, V, S = cfg.seg_len, cfg.joints, cfg.scene_size
+    b = {
+        "rgb": torch.randint(0, 256, (B, 3, T, cfg.crop, cfg.crop), generator=g, dtype=torch.uint8),
+        "pose": torch.randn(B, 2, T, V, generator=g),
+        "pose_conf": torch.rand(B, T, V, generator=g),
+        "scene": torch.randint(0, 256, (B, 3, S, S), generator=g, dtype=torch.uint8),
+        "video": torch.randint(0, 3, (B,), generator=g),
+        "person": torch.arange(B),
+        "start": torch.zeros(B, dtype=torch.int64),
+        "frame": torch.full((B,), T // 2, dtype=torch.int64),
+        "label": torch.full((B,), -1, dtype=torch.int64),
+    }
+    return {k: v.to(device) for k, v in b.items()}
+
+
+def train_and_score(cfg: ModelConfig, backend: str, batches, test_batch, lr=0.05):
+    """Train every stage a few SGD steps on `batches` and score `test_batch`, all ops on `backend`.
+    Returns ({(stage, step, term): loss value}, scores dict, state_dict)."""
+    torch.manual_seed(0)
+    model = models.MGNet(cfg)
+    losses = {}
+    with ops.backend(backend):
+        for stage, steps in STEPS:
+            model.set_stage(stage)
+            opt = torch.optim.SGD(model.stage_parameters(stage), lr=lr)
+            for i in range(steps):
+                out = model.losses(batches[i % len(batches)], stage)
+                for k, v in out.items():
+                    losses[(stage, i, k)] = v.detach().clone()
+                opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                opt.step()
+        model.set_stage(4)
+        for b in batches:
+            model.bsmm_write(b)
+        model.eval()
+        with torch.inference_mode():
+            scores = {k: v.clone() for k, v in model.scores(test_batch).items()}
+    return losses, scores, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _fused_cpu_ops():
+    return [op for op in FUSED_OPS if ops.resolve(op, torch.device("cpu"), "auto") != "eager"]
+
+
+def test_fused_backend_is_a_drop_in_for_eager():
+    if _dispatch.extension_error() is not None:
+        pytest.skip(f"mgnet._C is not built ({_dispatch.extension_error()}): no fused CPU backend to compare")
+    fused = _fused_cpu_ops()
+    assert fused, "mgnet._C is built but no op has a fused CPU kernel registered: nothing would be compared"
+    cfg = tiny_config()
+    batches = [synthetic_batch(cfg, 4, seed=s) for s in range(3)]
+    test_batch = synthetic_batch(cfg, 5, seed=10)
+    l_e, s_e, p_e = train_and_score(cfg, "eager", batches, test_batch)
+    l_f, s_f, p_f = train_and_score(cfg, "auto", batches, test_batch)
+
+    assert l_e.keys() == l_f.keys()
+    for key in l_e:
+        torch.testing.assert_close(l_f[key], l_e[key], **LOSS_TOL, msg=lambda m: f"loss {key}: {m}")
+    assert set(s_e) >= {"mo", "app", "mm", "nll"} and s_e.keys() == s_f.keys()
+    for k in s_e:
+        assert s_e[k].shape == (5,) and torch.isfinite(s_e[k]).all(), k
+        torch.testing.assert_close(s_f[k], s_e[k], **SCORE_TOL, msg=lambda m: f"score {k}: {m}")
+    for k in p_e:
+        torch.testing.assert_close(p_f[k], p_e[k], **PARAM_TOL, msg=lambda m: f"parameter {k}: {m}")
+    # training moved the weights: the comparison above is not between two untouched models
+    torch.manual_seed(0)
+    init = models.MGNet(cfg).state_dict()
+    assert any(not torch.equal(init[k], p_e[k]) for k in p_e if p_e[k].is_floating_point())
+
+
+def test_config_switch_selects_the_backend(monkeypatch):
+    """model.ops_backend in the config reaches the dispatcher (set_backend -> MGNET_BACKEND)."""
+    monkeypatch.delenv("MGNET_BACKEND", raising=False)
+    ops.set_backend("eager")
+    try:
+        assert _dispatch.requested() == "eager"
+        assert all(ops.resolve(op, torch.device("cpu")) == "eager" for op in FUSED_OPS)
+    finally:
+        monkeypatch.delenv("MGNET_BACKEND", raising=False)
+    with pytest.raises(ValueError, match="ops_backend"):
+        ops.set_backend("fastest")
