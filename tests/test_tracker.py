@@ -53,3 +53,16 @@ def test_a_long_gap_starts_a_new_track_and_far_jumps_are_not_linked():
 def test_bad_shape_is_named():
     with pytest.raises(ValueError, match="frame 4 must be"):
         track_detections([(4, np.zeros((17, 3)))])
+
+
+def test_streaming_tracker_gives_the_batch_ids_and_refuses_going_back():
+    from mgnet.data.tracker import Tracker
+    dets = [(f, np.stack([_pose(30 + 3 * f, 50), _pose(200 - 3 * f, 90)])) for f in range(12)]
+    batch = track_detections(dets)
+    tr = Tracker()
+    for f, poses in dets:
+        ids = tr.update(f, poses)
+        for i, p in zip(ids, poses):
+            assert np.array_equal(batch[i][1][list(batch[i][0]).index(f)], p)
+    with pytest.raises(ValueError, match="frames must increase"):
+        tr.update(3, dets[3][1])

@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["keypoint_box", "box_iou", "keypoint_similarity", "track_detections"]
+__all__ = ["keypoint_box", "box_iou", "keypoint_similarity", "Tracker", "track_detections"]
 
 
 def keypoint_box(kps: np.ndarray, min_conf: float = 0.0) -> np.ndarray:
@@ -57,6 +57,55 @@ def keypoint_similarity(a: np.ndarray, b: np.ndarray, kappa: float = 0.1) -> flo
     return float(np.exp(-d2 / (2.0 * s2 * kappa**2)).mean())
 
 
+class Tracker:
+    """The tracker as a stream: ``update(frame, poses)`` returns the track id of each pose.
+
+    Frames must come in increasing order. ``track_detections`` runs the same logic over a whole
+    file, so offline and online scoring see the same ids.
+    """
+
+    def __init__(self, max_gap: int = 8, min_similarity: float = 0.2):
+        self.max_gap, self.min_similarity = int(max_gap), float(min_similarity)
+        self._last_pose: dict[int, np.ndarray] = {}
+        self._last_seen: dict[int, int] = {}
+        self._next_id = 1
+        self._frame = None
+
+    def update(self, frame: int, poses) -> list[int]:
+        """Track ids (one per row of ``poses`` (N, K, 3)) for the detections of ``frame``."""
+        frame = int(frame)
+        if self._frame is not None and frame <= self._frame:
+            raise ValueError(f"Tracker.update: frame {frame} after frame {self._frame}; frames must increase")
+        self._frame = frame
+        poses = [np.asarray(p, dtype=np.float32) for p in poses]
+        live = [t for t, f in self._last_seen.items() if frame - f <= self.max_gap + 1]
+        pairs = []
+        for t in live:
+            prev = self._last_pose[t]
+            pbox = keypoint_box(prev)
+            for j, p in enumerate(poses):
+                sim = 0.5 * box_iou(pbox, keypoint_box(p)) + 0.5 * keypoint_similarity(prev, p)
+                if sim >= self.min_similarity:
+                    pairs.append((-sim, t, j))
+        pairs.sort()
+        used_t, assign = set(), {}
+        for _, t, j in pairs:
+            if t in used_t or j in assign:
+                continue
+            used_t.add(t)
+            assign[j] = t
+        ids = []
+        for j, p in enumerate(poses):
+            t = assign.get(j)
+            if t is None:
+                t = self._next_id
+                self._next_id += 1
+            self._last_pose[t] = p
+            self._last_seen[t] = frame
+            ids.append(t)
+        return ids
+
+
 def track_detections(
     detections: Iterable[tuple[int, np.ndarray]],
     max_gap: int = 8,
@@ -80,40 +129,14 @@ def track_detections(
         if poses.ndim != 3 or poses.shape[-1] != 3:
             raise ValueError(f"track_detections: poses of frame {frame} must be (N, K, 3), got {poses.shape}")
         per_frame.setdefault(int(frame), []).extend(list(poses))
-
+    tracker = Tracker(max_gap, min_similarity)
     tracks: dict[int, tuple[list[int], list[np.ndarray]]] = {}
-    last_seen: dict[int, int] = {}
-    next_id = 1
     for frame in sorted(per_frame):
-        poses = per_frame[frame]
-        live = [t for t, f in last_seen.items() if frame - f <= max_gap + 1]
-        pairs = []
-        for t in live:
-            prev = tracks[t][1][-1]
-            pbox = keypoint_box(prev)
-            for j, p in enumerate(poses):
-                sim = 0.5 * box_iou(pbox, keypoint_box(p)) + 0.5 * keypoint_similarity(prev, p)
-                if sim >= min_similarity:
-                    pairs.append((-sim, t, j))
-        pairs.sort()
-        used_t, used_d = set(), set()
-        assign: dict[int, int] = {}
-        for _, t, j in pairs:
-            if t in used_t or j in used_d:
-                continue
-            used_t.add(t)
-            used_d.add(j)
-            assign[j] = t
-        for j, p in enumerate(poses):
-            t = assign.get(j)
-            if t is None:
-                t = next_id
-                next_id += 1
-                tracks[t] = ([], [])
+        for t, p in zip(tracker.update(frame, per_frame[frame]), per_frame[frame]):
+            tracks.setdefault(t, ([], []))
             tracks[t][0].append(frame)
             tracks[t][1].append(p)
-            last_seen[t] = frame
     return {
         t: (np.asarray(fr, dtype=np.int64), np.stack(kp).astype(np.float32))
-        for t, (fr, kp) in tracks.items()
+        for t, (fr, kp) in sorted(tracks.items())
     }
