@@ -1,0 +1,330 @@
+"""The built-in synthetic benchmark, written in the ShanghaiTech layout (what `make demo` runs on).
+
+``generate(out, size="small", seed=0)`` / ``mgnet synth --out DIR --size tiny|small|full --seed N``
+writes, deterministically from the seed::
+
+    <out>/training/videos/<SS>_<VVV>.avi           H.264 videos (decord-readable), normal behaviour only
+    <out>/testing/frames/<SS>_<VVVV>/000.jpg ...   JPEG frame folders
+    <out>/pose/{train,test}/<vid>_alphapose_tracked_person.json   noisy keypoints, missed detections
+    <out>/gt/test_frame_mask/<vid>.npy             uint8 per frame, 1 = abnormal
+    <out>/gt/test_frame_types/<vid>.npy            int8 per frame: 0 normal, 1 motion, 2 appearance, 3 scene
+    <out>/gt/anomaly_types.json                    {"0": "normal", "1": "motion", ...}
+    <out>/synth.json                               size, seed, scenes, per-video scene and events, sizes
+
+Scenes differ in background (park, plaza, street, beach, hall, snow). Everyone walks; what else is
+normal depends on the scene: sitting only in scene 01 (park), standing still waving only in scene
+02 (plaza). Test anomalies, each kind in several videos:
+  * motion: running (fast, long strides), jumping, falling to the ground, flailing arms;
+  * appearance: a normal walking skeleton beside a large saturated object (carried box, pushed cart,
+    upright board) inside the person's crop box, so the pose alone looks normal;
+  * scene: sitting or waving in a scene where training never showed it (the same behaviour is
+    normal, and appears unlabelled, in its own scene's test videos).
+Sizes (frames W x H; videos x frames per video): see SIZES; `tiny` takes a few seconds, `small`
+(the demo default) well under a minute on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from . import synth_body as B
+from . import synth_scene as S
+from .errors import DataError
+from .poses import write_pose_json
+
+VERSION = 1
+TYPE_NAMES = {0: "normal", 1: "motion", 2: "appearance", 3: "scene"}
+SCENE_NORMAL = {0: "sit", 1: "wave"}  # scene index -> the extra behaviour normal there only
+
+SIZES = {
+    # W, H: frame size; h: body height range (far..near); per scene: train/test videos and frames
+    "tiny": dict(W=128, H=96, h=(34, 46), scenes=2, train_videos=2, train_frames=96,
+                 test_videos=3, test_frames=80, hold=(18, 30)),
+    "small": dict(W=192, H=144, h=(44, 62), scenes=4, train_videos=4, train_frames=200,
+                  test_videos=5, test_frames=160, hold=(30, 55)),
+    "full": dict(W=256, H=192, h=(56, 84), scenes=6, train_videos=8, train_frames=320,
+                 test_videos=8, test_frames=240, hold=(40, 80)),
+}
+MOTIONS = ("run", "jump", "fall", "flail")
+OBJECTS = ("box", "cart", "board")
+
+
+def scene_id(s: int) -> str:
+    return f"{s + 1:02d}"
+
+
+def video_names(size: str) -> dict:
+    """{"train": [...], "test": [...]} video names of a size (ShanghaiTech naming)."""
+    c = SIZES[size]
+    return {"train": [f"{scene_id(s)}_{i + 1:03d}" for s in range(c["scenes"]) for i in range(c["train_videos"])],
+            "test": [f"{scene_id(s)}_{i + 1:04d}" for s in range(c["scenes"]) for i in range(c["test_videos"])]}
+
+
+def _test_event(size: str, s: int, i: int) -> tuple:
+    """(type, variant) of test video i of scene s: types rotate over scenes so each recurs."""
+    c = SIZES[size]
+    k = 3 if size == "tiny" else 4
+    t = ("motion", "appearance", "scene", "none")[(i + s) % k]
+    n = s * c["test_videos"] + i
+    if t == "motion":
+        return t, MOTIONS[(n // k + s) % len(MOTIONS)]
+    if t == "appearance":
+        return t, OBJECTS[(n // k) % len(OBJECTS)]
+    if t == "scene":
+        if s in SCENE_NORMAL:  # the behaviour of the other special scene
+            return t, SCENE_NORMAL[1 - s]
+        return t, ("sit", "wave")[(n // k) % 2]
+    return t, None
+
+
+class _Video:
+    """Actors, rendering and pose/gt bookkeeping of one video."""
+
+    def __init__(self, size, scene, n_frames, rng):
+        self.c, self.scene, self.n, self.rng = SIZES[size], scene, n_frames, rng
+        self.W, self.H = self.c["W"], self.c["H"]
+        hz = S.horizon(scene, self.H)
+        self.gy = (hz + 0.3 * (self.H - hz), self.H - 0.04 * self.H)
+        self.actors = []
+
+    def _height(self, gy):
+        lo, hi = self.c["h"]
+        return lo + (gy - self.gy[0]) / (self.gy[1] - self.gy[0]) * (hi - lo)
+
+    def add(self, t0, kind="walk", variant=None, abnormal_type=0, inside=False):
+        rng = self.rng
+        gy = rng.uniform(*self.gy)
+        h = self._height(gy)
+        d = int(rng.choice([-1, 1]))
+        W = self.W
+        enter = -0.1 * h if d > 0 else W + 0.1 * h
+        if inside:
+            enter = rng.uniform(0.1, 0.9) * W
+        elif kind != "walk":
+            enter = (rng.uniform(0.0, 0.15) * W) if d > 0 else W - rng.uniform(0.0, 0.15) * W
+        exit_x = W + 0.3 * h if d > 0 else -0.3 * h
+        stop = enter + d * rng.uniform(0.15, 0.35) * W
+        tl = B.Timeline(enter, h, d, rng)
+        hold = int(rng.integers(*self.c["hold"]))
+        ab = abnormal_type > 0
+        obj = None
+        if kind == "walk":
+            tl.walk(until=exit_x)
+        elif kind == "run":
+            tl.v = h * rng.uniform(0.085, 0.11)
+            tl.walk(until=exit_x, style=B.RUN, abnormal=ab)
+        elif kind == "flail":
+            tl.flail(int(hold * 1.5), abnormal=ab)
+            tl.walk(until=exit_x)
+        elif kind == "carry":
+            obj = dict(kind=variant, colour=S.OBJECT_COLOURS[rng.integers(len(S.OBJECT_COLOURS))])
+            tl.walk(until=exit_x, abnormal=ab)
+        else:
+            tl.walk(until=stop)
+            if kind == "sit":
+                tl.sit(hold, abnormal=ab)
+            elif kind == "wave":
+                tl.wave(hold, abnormal=ab)
+            elif kind == "jump":
+                tl.jump(max(2, hold // 14), abnormal=ab)
+            elif kind == "fall":
+                tl.fall(hold, abnormal=ab)
+            else:
+                raise ValueError(kind)
+            tl.walk(until=exit_x)
+        xs, ps, abn = tl.arrays()
+        self.actors.append(dict(t0=int(t0), xs=xs, ps=ps, ab=abn, h=h, d=d, gy=gy, type=abnormal_type,
+                                clothes=S.random_clothes(rng), object=obj))
+
+    def populate(self, split, event):
+        rng, n = self.rng, self.n
+        for _ in range(2):
+            self.add(0, inside=True)
+        t = int(rng.integers(5, 30))
+        while t < n - 20:
+            self.add(t)
+            t += int(rng.integers(35, 75))
+        normal_special = SCENE_NORMAL.get(self.scene)
+        if normal_special and (split == "train" or event[0] == "none" or rng.random() < 0.5):
+            for _ in range(1 if split == "test" else int(rng.integers(1, 3))):
+                self.add(int(rng.uniform(0.0, 0.4) * n), kind=normal_special)
+        if split == "test" and event[0] != "none":
+            t0 = int(rng.uniform(0.05, 0.25) * n)
+            typ, var = event
+            kind = {"motion": var, "appearance": "carry", "scene": var}[typ]
+            self.add(t0, kind=kind, variant=var, abnormal_type={"motion": 1, "appearance": 2, "scene": 3}[typ])
+
+    def frames(self, bg, noise_bank):
+        """Yield (t, frame uint8 (H, W, 3)); fill self.poses, self.gt, self.types as a side effect."""
+        rng, W, H = self.rng, self.W, self.H
+        self.poses = {i + 1: {} for i in range(len(self.actors))}
+        self.gt = np.zeros(self.n, np.uint8)
+        self.types = np.zeros(self.n, np.int8)
+        gaps = {i: 0 for i in range(len(self.actors))}
+        for t in range(self.n):
+            people = []
+            for i, a in enumerate(self.actors):
+                k = t - a["t0"]
+                if k < 0 or k >= len(a["xs"]):
+                    continue
+                x = a["xs"][k]
+                j = B.joints(a["ps"][k], a["h"], a["d"], x, a["gy"])
+                people.append(dict(joints=j, h=a["h"], d=a["d"], clothes=a["clothes"], object=a["object"]))
+                if not (0.02 * W <= x <= 0.98 * W):
+                    continue  # off screen: no detection, no label
+                if a["ab"][k]:
+                    self.gt[t] = 1
+                    self.types[t] = max(self.types[t], a["type"])
+                if gaps[i] > 0:
+                    gaps[i] -= 1
+                    continue
+                u = rng.random()
+                if u < 0.003:
+                    gaps[i] = int(rng.integers(3, 9))  # a long miss: splits the track
+                    continue
+                if u < 0.03:
+                    continue  # a single missed detection: interpolated over
+                self.poses[i + 1][t] = self._detect(j, a["h"], a["d"])
+            yield t, S.render(bg, people, noise_bank[rng.integers(len(noise_bank))])
+
+    def _detect(self, j, h, d):
+        rng = self.rng
+        kp = j + rng.normal(0, 0.012 * h, j.shape)
+        conf = rng.uniform(0.65, 0.95, 17)
+        far = [6, 8, 10, 12, 14, 16] if d > 0 else [5, 7, 9, 11, 13, 15]
+        conf[far] -= 0.12
+        out = rng.random(17) < 0.01
+        kp[out] += rng.normal(0, 0.1 * h, (int(out.sum()), 2))
+        conf[out] = rng.uniform(0.05, 0.3, int(out.sum()))
+        kp[:, 0] = np.clip(kp[:, 0], 0, self.W - 1)
+        kp[:, 1] = np.clip(kp[:, 1], 0, self.H - 1)
+        return np.concatenate([kp, conf[:, None]], 1)
+
+
+def _make_video(args):
+    out, size, seed, split, name = args
+    c = SIZES[size]
+    s, i = int(name[:2]) - 1, int(name[3:]) - 1
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1, s, i])
+    bg = S.background(s, c["W"], c["H"], np.random.default_rng([seed, 99, s]))
+    noise_bank = np.random.default_rng([seed, 98]).normal(0, 2.5, (8, c["H"], c["W"], 3)).round().astype(np.int16)
+    event = _test_event(size, s, i) if split == "test" else ("none", None)
+    n = c["train_frames"] if split == "train" else c["test_frames"]
+    v = _Video(size, s, n, rng)
+    v.populate(split, event)
+    if split == "train":
+        import imageio_ffmpeg
+        path = os.path.join(out, "training", "videos", f"{name}.avi")
+        tmp = path[:-4] + ".tmp.avi"
+        w = imageio_ffmpeg.write_frames(tmp, (c["W"], c["H"]), fps=25, codec="libx264", quality=None,
+                                        pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+                                        output_params=["-preset", "ultrafast", "-crf", "17", "-threads", "1"])
+        w.send(None)
+        for _, f in v.frames(bg, noise_bank):
+            w.send(np.ascontiguousarray(f))
+        w.close()
+        os.replace(tmp, path)
+    else:
+        from PIL import Image
+        d = os.path.join(out, "testing", "frames", name)
+        os.makedirs(d)
+        for t, f in v.frames(bg, noise_bank):
+            Image.fromarray(f).save(os.path.join(d, f"{t:03d}.jpg"), quality=92)
+        np.save(os.path.join(out, "gt", "test_frame_mask", f"{name}.npy"), v.gt)
+        np.save(os.path.join(out, "gt", "test_frame_types", f"{name}.npy"), v.types)
+    write_pose_json(os.path.join(out, "pose", split, f"{name}_alphapose_tracked_person.json"), v.poses)
+    events = [dict(kind=k, type=TYPE_NAMES[a["type"]]) for a, k in
+              zip(v.actors, [None] * len(v.actors))] if False else None
+    return name, dict(scene=scene_id(s), split=split, frames=n, event=list(event),
+                      abnormal_frames=int(v.gt.sum()), people=len(v.actors))
+
+
+def generate(out, size: str = "small", seed: int = 0, workers: int | None = None, force: bool = False) -> dict:
+    """Write the benchmark into `out` (atomically: built beside it, then renamed). Returns synth.json's dict.
+
+    An existing `out` holding the same (size, seed, version) is kept as is; anything else already at
+    `out` raises DataError unless force=True (then it is replaced).
+    """
+    if size not in SIZES:
+        raise DataError(None, f"--size must be one of {sorted(SIZES)}, got {size!r}")
+    out = os.path.abspath(os.fspath(out))
+    meta_path = os.path.join(out, "synth.json")
+    if os.path.exists(out):
+        if os.path.isfile(meta_path):
+            with open(meta_path) as f:
+                old = json.load(f)
+            if (old.get("size"), old.get("seed"), old.get("version")) == (size, seed, VERSION):
+                return old
+        if not force and (not os.path.isdir(out) or os.listdir(out)):
+            raise DataError(out, "exists and is not this synthetic benchmark (size/seed differ or not "
+                                 "generated by mgnet synth); pass --force to replace it")
+    t_start = time.time()
+    tmp = f"{out}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for d in ("training/videos", "testing/frames", "pose/train", "pose/test", "gt/test_frame_mask", "gt/test_frame_types"):
+        os.makedirs(os.path.join(tmp, d))
+    names = video_names(size)
+    jobs = [(tmp, size, int(seed), split, n) for split in ("train", "test") for n in names[split]]
+    workers = workers or min(2, os.cpu_count() or 1)
+    try:
+        if workers > 1:
+            import multiprocessing as mp
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
+                results = dict(ex.map(_make_video, jobs))
+        else:
+            results = dict(map(_make_video, jobs))
+        c = SIZES[size]
+        meta = dict(version=VERSION, size=size, seed=int(seed), frame_size=[c["W"], c["H"]],
+                    scenes={scene_id(s): S.SCENE_NAMES[s] for s in range(c["scenes"])},
+                    scene_normal={scene_id(s): ["walk"] + ([SCENE_NORMAL[s]] if s in SCENE_NORMAL else [])
+                                  for s in range(c["scenes"])},
+                    type_names={str(k): v for k, v in TYPE_NAMES.items()}, videos=results,
+                    generation_seconds=round(time.time() - t_start, 2))
+        with open(os.path.join(tmp, "gt", "anomaly_types.json"), "w") as f:
+            json.dump(meta["type_names"], f)
+        with open(os.path.join(tmp, "synth.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+        if os.path.exists(out):
+            old = f"{out}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="mgnet synth", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="output folder (ShanghaiTech layout)")
+    ap.add_argument("--size", default="small", choices=sorted(SIZES), help="tiny (tests), small (demo), full")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=None, help="processes (default: min(2, cores))")
+    ap.add_argument("--force", action="store_true", help="replace an existing, different folder at --out")
+    args = ap.parse_args(argv)
+    try:
+        meta = generate(args.out, args.size, args.seed, args.workers, args.force)
+    except DataError as e:
+        print(f"mgnet synth: {e}", file=sys.stderr)
+        return 1
+    vids = meta["videos"]
+    n_train = sum(v["frames"] for v in vids.values() if v["split"] == "train")
+    n_test = sum(v["frames"] for v in vids.values() if v["split"] == "test")
+    ab = sum(v["abnormal_frames"] for v in vids.values())
+    print(f"mgnet synth: {args.out}: {meta['size']} seed {meta['seed']}, {len(meta['scenes'])} scenes, "
+          f"{n_train} train frames, {n_test} test frames ({ab} abnormal), {meta['generation_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
