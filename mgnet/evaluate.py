@@ -1,0 +1,256 @@
+"""`mgnet eval run=<dir>`: score the test split of a finished run and report frame-level AUCs.
+
+    mgnet eval run=runs/demo                 # the run's own data config
+    mgnet eval run=runs/demo eval.sigma=3    # any override of the run's config.yaml
+
+For each score component alone (STG-NF's NLL as the baseline, S_mo, S_app, S_mm) and for the
+fused score (eq. 16, each component min-max normalised over the test set): micro AUC (all test
+frames concatenated), macro AUC (mean over videos with both classes) and, where the dataset
+provides anomaly types, the AUC over normal frames plus the frames of each type. Clip scores map to
+frames by STG-NF's protocol (mgnet.scoring.frame_scores). Writes ``<run>/metrics.json``,
+``<run>/eval/frame_scores.npz`` (one fused array per test video keyed by its name, plus
+``<component>/<video>`` arrays and ``gt/<video>``) and ``<run>/plots/videos/<video>.png``.
+"""
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+
+from mgnet import runs, scoring
+from mgnet.runs import RunDir, RunError
+
+SCORE_KEYS = ("nll", "mo", "app", "mm")
+ROWS = (("nll", "STG-NF alone (NLL)"), ("mo", "S_mo"), ("app", "S_app"), ("mm", "S_mm"),
+        ("fused", "MGNet fused"))
+META_KEYS = ("video", "person", "frame", "label")
+
+
+def score_clips(model, store, batch_size: int, ctx=None, amp: bool = True, desc: str = "scoring",
+                num_workers: int = 0) -> Dict[str, np.ndarray]:
+    """Raw per-clip scores of every clip of ``store`` (batched, under inference_mode).
+
+    With a distributed context each rank scores a contiguous shard and the shards are gathered
+    (all ranks get the full result, in store order). Returns arrays "nll", "mo", "app", "mm" and
+    the clips' "video", "person", "frame", "label".
+    """
+    from tqdm import tqdm
+    from mgnet.train import autocast, to_device
+    rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
+    device = ctx.device if ctx is not None else next(model.parameters()).device
+    n = len(store)
+    per = -(-n // world)
+    shard = Subset(store, range(min(n, rank * per), min(n, (rank + 1) * per)))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    model.eval()
+    parts: Dict[str, List[np.ndarray]] = defaultdict(list)
+    with torch.inference_mode(), autocast(device, amp):
+        for batch in tqdm(loader, desc=desc, disable=rank != 0, dynamic_ncols=True, file=sys.stderr):
+            out = model.scores(to_device(batch, device))
+            for k in SCORE_KEYS:
+                parts[k].append(out[k].float().cpu().numpy().astype(np.float64))
+            for k in META_KEYS:
+                parts[k].append(batch[k].numpy())
+    res = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
+    for k in SCORE_KEYS + META_KEYS:
+        res.setdefault(k, np.zeros(0))
+    if world > 1:
+        gathered: List[Any] = [None] * world
+        dist.all_gather_object(gathered, res)
+        res = {k: np.concatenate([g[k] for g in gathered]) for k in res}
+    return res
+
+
+def load_run(run_dir, device="cpu", stage: int = 4) -> Tuple[torch.nn.Module, Any]:
+    """The model of a finished run (its stage-4 checkpoint) and the run's config, in eval mode.
+
+    Raises RunError when the folder is not a run, has no stage-4 checkpoint, or the checkpoint
+    was made with another model config.
+    """
+    from mgnet.train import build_model, load_model_state
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise RunError(f"run folder {run.root} does not exist")
+    cfg = runs.load_config(run.config)
+    ckpt_path = run.stage(stage)
+    if not ckpt_path.exists():
+        have = sorted(p.name for p in run.ckpt_dir.glob("stage?.pt")) if run.ckpt_dir.is_dir() else []
+        raise RunError(f"run {run.root} has no stage-{stage} checkpoint ({ckpt_path}); finished stages: "
+                       f"{have or 'none'} - finish training with `mgnet train train.out={run.root} --resume`")
+    model = build_model(cfg.model)
+    load_model_state(model, runs.load_checkpoint(ckpt_path), ckpt_path, cfg)
+    model.to(device).eval()
+    return model, cfg
+
+
+def compute_metrics(clip: Dict[str, np.ndarray], store, cfg) -> Tuple[Dict[str, Any], Dict[str, Dict[str, np.ndarray]]]:
+    """AUC table from raw clip scores: per component and fused, micro/macro/per type.
+
+    Returns (metrics, frame curves ``{component: {video: (F,)}}``).
+    """
+    lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    comps = {k: clip[k] for k in SCORE_KEYS}
+    comps["fused"] = scoring.fuse(clip, lambdas)
+    labels = {}
+    for name in store.videos:
+        gt = store.gt(name)
+        if gt is not None:
+            labels[name] = np.asarray(gt).astype(np.int64)
+    if not labels:
+        raise RunError("the test split has no ground truth: nothing to evaluate")
+    num_frames = {name: int(store.num_frames[name]) for name in labels}
+    types = {}
+    if store.type_names:
+        for name in labels:
+            t = store.anomaly_types(name)
+            types[name] = np.zeros_like(labels[name]) if t is None else np.asarray(t).astype(np.int64)
+    sigma = float(cfg.eval.sigma)
+    keep = np.isin(np.asarray([store.videos[int(v)] for v in clip["video"]], dtype=object), list(labels))
+    curves, table = {}, {}
+    for key, _ in ROWS:
+        curves[key] = scoring.frame_scores(comps[key][keep], clip["video"][keep], clip["frame"][keep],
+                                           clip["person"][keep], num_frames, sigma, names=store.videos)
+        row = scoring.frame_auc(curves[key], labels)
+        if types:
+            row["types"] = {tname: scoring.type_auc(curves[key], labels, types, tid)
+                            for tid, tname in sorted(store.type_names.items()) if tid != 0}
+        table[key] = row
+    metrics = {"auc": table, "lambdas": lambdas, "sigma": sigma, "num_clips": int(len(clip["mo"])),
+               "num_videos": len(labels), "num_frames": int(sum(num_frames.values())),
+               "abnormal_frames": int(sum(int(v.sum()) for v in labels.values()))}
+    curves["gt"] = labels
+    if types:
+        curves["types"] = types
+    return metrics, curves
+
+
+def format_table(metrics: Dict[str, Any]) -> str:
+    """The component x (micro, macro, per type) AUC table as text."""
+    table = metrics["auc"]
+    tnames = list(next(iter(table.values())).get("types", {}).keys())
+    cols = ["micro", "macro"] + tnames
+    head = f"{'score':<20}" + "".join(f"{c:>12}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for key, label in ROWS:
+        row = table[key]
+        vals = [row["micro"], row["macro"]] + [row["types"][t] for t in tnames]
+        lines.append(f"{label:<20}" + "".join(f"{v:>12.4f}" if v == v else f"{'n/a':>12}" for v in vals))
+    return "\n".join(lines)
+
+
+def plot_videos(run: RunDir, curves, max_plots: int) -> int:
+    """One PNG per test video: fused and component curves, ground-truth anomalies shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = run.plots / "videos"
+    n = 0
+    for name in list(curves["gt"])[:max_plots]:
+        gt = curves["gt"][name]
+        fig, ax = plt.subplots(figsize=(8, 2.6))
+        x = np.arange(len(gt))
+        for key, label in ROWS:
+            y = scoring.minmax(curves[key][name])
+            ax.plot(x, y, lw=2.0 if key == "fused" else 0.9, label=label, alpha=1.0 if key == "fused" else 0.7)
+        ab = np.flatnonzero(np.diff(np.concatenate([[0], gt, [0]])))
+        for a, b in zip(ab[::2], ab[1::2]):
+            ax.axvspan(a - 0.5, b - 0.5, color="red", alpha=0.15, lw=0)
+        ax.set_xlim(0, max(1, len(gt) - 1))
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{name} (shaded: ground-truth anomaly; curves min-max scaled per video)", fontsize=9)
+        ax.set_xlabel("frame")
+        ax.legend(fontsize=6, loc="upper right", ncol=5)
+        fig.tight_layout()
+        runs.atomic_write(out / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+        plt.close(fig)
+        n += 1
+    return n
+
+
+def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
+    """Score the test split with the run's model; write metrics.json, frame_scores.npz, plots."""
+    from mgnet.train import Dist, open_split
+    run = RunDir(run_dir)
+    own_ctx = ctx is None
+    ctx = ctx or Dist(str(cfg.train.device))
+    try:
+        log = log or runs.get_logger(None, ctx.rank)
+        if model is None:
+            model, _ = load_run(run.root, device=ctx.device)
+        store = open_split(cfg.data, "test", ctx)
+        clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp),
+                           desc="test scores")
+        if not ctx.main:
+            return {}
+        metrics, curves = compute_metrics(clip, store, cfg)
+        arrays = {}
+        for name, fused in curves["fused"].items():
+            arrays[name] = fused.astype(np.float32)
+            for key in SCORE_KEYS:
+                arrays[f"{key}/{name}"] = curves[key][name].astype(np.float32)
+            arrays[f"gt/{name}"] = curves["gt"][name].astype(np.uint8)
+        runs.save_npz(run.frame_scores, arrays)
+        if cfg.eval.plots:
+            metrics["plots"] = plot_videos(run, curves, int(cfg.eval.max_plots))
+        runs.write_json(run.metrics, metrics)
+        log.info("frame-level AUC (%d test videos, %d frames, sigma %g):\n%s", metrics["num_videos"],
+                 metrics["num_frames"], metrics["sigma"], format_table(metrics))
+        return metrics
+    finally:
+        if own_ctx:
+            ctx.close()
+
+
+def parse_argv(argv: List[str]) -> Tuple[Optional[str], List[str]]:
+    run, overrides = None, []
+    it = iter(argv)
+    for a in it:
+        if a.startswith("run="):
+            run = a[4:]
+        elif a == "--run":
+            run = next(it, None)
+        elif a.startswith("-"):
+            raise ValueError(f"unknown option {a!r}; `mgnet eval run=<dir> [key=value ...]`")
+        else:
+            overrides.append(a)
+    return run, overrides
+
+
+USAGE = """usage: mgnet eval run=<run dir> [key=value ...]
+
+Scores the test split of a finished run; overrides apply to the run's config.yaml, e.g.
+  mgnet eval run=runs/demo eval.sigma=3 eval.plots=false
+"""
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    from omegaconf import OmegaConf
+    from mgnet.data.errors import DataError
+    try:
+        run, overrides = parse_argv(argv)
+        if not run:
+            raise ValueError("which run? `mgnet eval run=<run dir>`")
+        cfg = runs.load_config(RunDir(run).config)
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        metrics = evaluate(cfg, run)
+    except (RunError, DataError, ValueError, FileNotFoundError) as exc:
+        print(f"mgnet eval: error: {exc}", file=sys.stderr)
+        return 2
+    if metrics:
+        print(format_table(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

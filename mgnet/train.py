@@ -1,0 +1,484 @@
+"""`mgnet train`: the four training stages of MGNet, resumable, single process or torchrun.
+
+    mgnet train data=synthetic model=small train.out=runs/x        # hydra overrides
+    mgnet train train.out=runs/x --resume                          # continue after an interruption
+    torchrun --nproc_per_node=4 -m mgnet.cli train train.out=runs/x   # DDP, one process per GPU
+
+Stages (paper sec. 3, eq. 12 split as ARCHITECTURE.md says):
+  1  STG-NF on poses (NLL)
+  2  RGB encoder + H_B + behavior/scene memories (L_mo + beta * separateness)
+  3  mask encoder + heads (alpha * L_app), RGB encoder frozen
+  4  one pass over the training set writing the Behavior-Scene Matching Memory (eq. 9)
+then the training set is scored once and ``score_stats.json`` records the statistics that online
+scoring normalises with.
+
+Determinism and resume: each stage re-seeds from ``seed`` and its number when it starts, draws
+its batches from a DistributedSampler seeded by ``seed`` and stage (epoch by epoch), and snapshots
+model, optimiser, step, loss history and RNG state every ``train.ckpt_every`` steps. A resumed
+run loads the finished stages' checkpoints and the latest snapshot, skips the batches already
+seen in that epoch, and so reaches the same weights as an uninterrupted run with the same seed.
+
+Distributed: with WORLD_SIZE > 1 (torchrun) a process group is created (nccl on CUDA, gloo on
+CPU), the stage's loss module is wrapped in DistributedDataParallel, each rank takes
+``batch_size / world`` clips of every global batch (so the global batches are those of a single
+process), and only rank 0 logs and writes files. Stage 4 is run whole on every rank (it is one
+no-grad pass), so the memory is identical everywhere without communication.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from mgnet import runs
+from mgnet.runs import RunDir, RunError
+
+try:
+    import nvtx
+    _annotate = nvtx.annotate
+except ImportError:  # pragma: no cover - nvtx is a dependency; keep training usable without it
+    def _annotate(*a, **k):
+        return contextlib.nullcontext()
+
+STAGES = (1, 2, 3, 4)
+# train.* keys that may change between an interrupted run and its resumption
+VOLATILE_TRAIN_KEYS = ("resume", "overwrite", "stop_after_steps", "num_workers", "threads", "stages",
+                       "out", "log_every", "ckpt_every", "score_stats", "device")
+
+
+class Stopped(Exception):
+    """Raised internally when train.stop_after_steps is reached (a snapshot has been written)."""
+
+
+# ---------------------------------------------------------------- distributed context
+class Dist:
+    """Rank/world/device of this process; set up from torchrun's environment variables."""
+
+    def __init__(self, device_pref: str = "auto"):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        want_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+        if device_pref == "cuda" and not torch.cuda.is_available():
+            raise ValueError("train.device=cuda but torch sees no CUDA device")
+        if device_pref not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"train.device={device_pref!r}: expected auto, cpu or cuda")
+        self.device = torch.device(f"cuda:{self.local_rank}" if want_cuda else "cpu")
+        if want_cuda:
+            torch.cuda.set_device(self.device)
+        self.owns_group = False
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if want_cuda else "gloo")
+            self.owns_group = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self):
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA; a no-op context on CPU."""
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------- model and data factories
+def build_model(model_cfg) -> torch.nn.Module:
+    from mgnet.models.config import ModelConfig
+    from mgnet.models.mgnet import MGNet
+    return MGNet(ModelConfig.from_dict(runs.to_container(model_cfg)))
+
+
+def open_split(data_cfg, split: str, ctx: Dist):
+    """prepare_split on rank 0 first (it may build the store), then on the other ranks."""
+    from mgnet.data.prepare import prepare_split
+    store = prepare_split(data_cfg, split, progress=ctx.main) if ctx.main else None
+    ctx.barrier()
+    if not ctx.main:
+        store = prepare_split(data_cfg, split, progress=False)
+    return store
+
+
+def model_identity(cfg) -> Dict[str, Any]:
+    model = runs.to_container(cfg.model)
+    return {"model_config": model, "model_config_hash": runs.config_hash(model)}
+
+
+def load_model_state(model: torch.nn.Module, ckpt: Dict[str, Any], path: Path, cfg) -> None:
+    """Load a checkpoint's weights after checking it was made with this model config."""
+    want = model_identity(cfg)
+    if ckpt.get("model_config_hash") != want["model_config_hash"]:
+        diff = runs.config_diff(ckpt.get("model_config") or {}, want["model_config"])
+        raise RunError(f"checkpoint {path} was made with a different model config "
+                       f"(differs in: {', '.join('model.' + d for d in diff) or 'unknown keys'}); "
+                       f"use the run's own config.yaml or start a new run")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise RunError(f"checkpoint {path} does not fit the model: {exc}") from exc
+
+
+# ---------------------------------------------------------------- run folder checks
+def _comparable(cfg) -> Dict[str, Any]:
+    c = runs.to_container(cfg)
+    c.pop("eval", None)
+    for k in VOLATILE_TRAIN_KEYS:
+        c.get("train", {}).pop(k, None)
+    return c
+
+
+def prepare_run_dir(cfg, ctx: Dist) -> RunDir:
+    """Create the run folder, or check that resuming in it is consistent with ``cfg``."""
+    run = RunDir(cfg.train.out)
+    if ctx.main:
+        if run.config.exists() and run.has_any_checkpoint():
+            if cfg.train.resume:
+                old = runs.load_config(run.config)
+                diff = runs.config_diff(_comparable(old), _comparable(cfg))
+                if diff:
+                    raise RunError(f"run folder {run.root} was started with a different config "
+                                   f"(differs in: {', '.join(diff)}); resume with the same overrides "
+                                   f"or choose another train.out")
+            elif cfg.train.overwrite:
+                shutil.rmtree(run.ckpt_dir, ignore_errors=True)
+                for p in (run.metrics, run.score_stats, run.frame_scores, run.log):
+                    if p.exists():
+                        p.unlink()
+            else:
+                raise RunError(f"run folder {run.root} already holds checkpoints; pass --resume "
+                               f"(train.resume=true) to continue it, train.overwrite=true to start over, "
+                               f"or choose another train.out")
+        run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if not (cfg.train.resume and run.config.exists()):
+            runs.save_config(run.config, cfg)
+    ctx.barrier()
+    return run
+
+
+# ---------------------------------------------------------------- one optimisation stage
+class _LossModule(torch.nn.Module):
+    """``forward(batch) = model.losses(batch, stage)``, so DDP can hook the stage's loss."""
+
+    def __init__(self, model: torch.nn.Module, stage: int):
+        super().__init__()
+        self.model, self.stage = model, stage
+
+    def forward(self, batch):
+        return self.model.losses(batch, self.stage)
+
+
+def _lr(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warmup then cosine decay to 10% of ``base`` (a function of the step: resume-safe)."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
+
+
+def _stage_seed(cfg, stage: int) -> int:
+    return int(cfg.seed) * 1009 + stage
+
+
+def _epoch_indices(store, cfg, stage: int, epoch: int, ctx: Dist) -> List[int]:
+    sampler = DistributedSampler(store, num_replicas=ctx.world, rank=ctx.rank, shuffle=True,
+                                 seed=_stage_seed(cfg, stage), drop_last=True)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budget: Dict[str, int]) -> None:
+    scfg = cfg.train[f"stage{stage}"]
+    total = int(scfg.steps)
+    gbs = int(cfg.train.batch_size)
+    if gbs % ctx.world:
+        raise ValueError(f"train.batch_size={gbs} must be divisible by the number of processes ({ctx.world})")
+    bs = gbs // ctx.world
+    per_rank = len(store) // ctx.world
+    steps_per_epoch = per_rank // bs
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training set has {len(store)} clips, fewer than train.batch_size={gbs}")
+
+    runs.seed_everything(_stage_seed(cfg, stage))
+    model.set_stage(stage)
+    params = model.stage_parameters(stage)
+    if not params:
+        raise RuntimeError(f"model.stage_parameters({stage}) is empty: nothing to train")
+    opt = torch.optim.AdamW(params, lr=float(scfg.lr), weight_decay=float(scfg.weight_decay))
+    step, history = 0, []
+    acc: Dict[str, float] = {}  # loss terms summed since the last history point
+    n_acc = 0
+    snap = run.snapshot(stage)
+    if cfg.train.resume and snap.exists():
+        st = runs.load_checkpoint(snap)
+        load_model_state(model, st, snap, cfg)
+        opt.load_state_dict(st["optimizer"])
+        step, history = int(st["step"]), list(st["history"])
+        acc, n_acc = dict(st["acc"]), int(st["n_acc"])
+        runs.set_rng_state(st["rng"])
+        model.set_stage(stage)
+        log.info(f"stage {stage}: resuming at step {step}/{total} from {snap}")
+
+    def snapshot(at_step):
+        if ctx.main:
+            runs.save_checkpoint(snap, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                        "step": at_step, "stage": stage, "history": history,
+                                        "acc": dict(acc), "n_acc": n_acc,
+                                        "rng": runs.rng_state(), **model_identity(cfg)})
+
+    fwd = _LossModule(model, stage)
+    if ctx.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        fwd = DDP(fwd, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                  find_unused_parameters=True)
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=step, desc=f"stage {stage}", disable=not ctx.main, dynamic_ncols=True,
+               file=sys.stderr)
+    t0, clips = time.perf_counter(), 0
+    with _annotate(f"stage{stage}", color="blue"):
+        while step < total:
+            epoch, skip = divmod(step, steps_per_epoch)
+            idx = _epoch_indices(store, cfg, stage, epoch, ctx)[skip * bs: steps_per_epoch * bs]
+            # own generator: creating the iterator must not draw from the global RNG (resume == uninterrupted)
+            loader = DataLoader(store, batch_size=bs, sampler=idx, drop_last=True,
+                                num_workers=int(cfg.train.num_workers),
+                                generator=torch.Generator().manual_seed(_stage_seed(cfg, stage) + epoch))
+            for batch in loader:
+                with _annotate(f"stage{stage}/step", color="green"):
+                    batch = to_device(batch, ctx.device)
+                    for g in opt.param_groups:
+                        g["lr"] = _lr(step, total, float(scfg.lr), int(scfg.warmup))
+                    with autocast(ctx.device, bool(cfg.train.amp)):
+                        out = fwd(batch)
+                    loss = out["loss"]
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"stage {stage} step {step}: loss is {loss.item()} "
+                                                 f"(terms: { {k: float(v) for k, v in out.items()} })")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.train.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(params, float(cfg.train.grad_clip))
+                    opt.step()
+                step += 1
+                clips += gbs
+                for k, v in out.items():
+                    acc[k] = acc.get(k, 0.0) + float(v.detach())
+                n_acc += 1
+                if step % int(cfg.train.log_every) == 0 or step == total:
+                    point = {"step": step, **{k: v / n_acc for k, v in acc.items()}}
+                    history.append(point)
+                    rate = clips / max(1e-9, time.perf_counter() - t0)
+                    bar.set_postfix(loss=f"{point['loss']:.4f}", clips_s=f"{rate:.0f}")
+                    acc, n_acc = {}, 0
+                bar.update(1)
+                budget["steps"] += 1
+                stop = budget["stop_after"] is not None and budget["steps"] >= budget["stop_after"]
+                if step < total and (stop or step % int(cfg.train.ckpt_every) == 0):
+                    snapshot(step)
+                if stop and step < total:
+                    bar.close()
+                    raise Stopped(f"stage {stage} step {step}")
+                if step >= total:
+                    break
+    bar.close()
+    dt = time.perf_counter() - t0
+    last = history[-1] if history else {}
+    log.info(f"stage {stage}: {total} steps in {dt:.1f}s ({clips / max(dt, 1e-9):.0f} clips/s); final "
+             + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "step"))
+    if ctx.main:
+        runs.save_checkpoint(run.stage(stage), {"model": model.state_dict(), "stage": stage, "history": history,
+                                                "steps": total, **model_identity(cfg)})
+        if snap.exists():
+            snap.unlink()
+    ctx.barrier()
+    if budget["stop_after"] is not None and budget["steps"] >= budget["stop_after"]:
+        raise Stopped(f"end of stage {stage}")
+
+
+def write_bsmm(model, store, cfg, run: RunDir, ctx: Dist, log) -> None:
+    """Stage 4: one pass over the whole training set (same order on every rank) writing the BSMM."""
+    from tqdm import tqdm
+    runs.seed_everything(_stage_seed(cfg, 4))
+    model.set_stage(4)
+    loader = DataLoader(store, batch_size=int(cfg.train.stage4.batch_size), shuffle=False,
+                        num_workers=int(cfg.train.num_workers), generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    with _annotate("stage4", color="blue"), torch.no_grad():
+        for batch in tqdm(loader, desc="stage 4 (BSMM write)", disable=not ctx.main, dynamic_ncols=True,
+                          file=sys.stderr):
+            with _annotate("stage4/write", color="green"):
+                model.bsmm_write(to_device(batch, ctx.device))
+    log.info(f"stage 4: BSMM written from {len(store)} clips in {time.perf_counter() - t0:.1f}s")
+    if ctx.main:
+        runs.save_checkpoint(run.stage(4), {"model": model.state_dict(), "stage": 4, "history": [],
+                                            **model_identity(cfg)})
+    ctx.barrier()
+
+
+def write_score_stats(model, store, cfg, run: RunDir, ctx: Dist, log) -> Optional[Dict[str, Any]]:
+    """Score the training set once; per-component and fused statistics to score_stats.json."""
+    from mgnet import scoring
+    from mgnet.evaluate import score_clips
+    clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp), desc="train scores")
+    if not ctx.main:
+        return None
+    stats: Dict[str, Any] = {name: scoring.summary_stats(clip[name]) for name in ("mo", "app", "mm", "nll")}
+    lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    stats["fused"] = scoring.summary_stats(scoring.fuse(clip, lambdas, stats=stats))
+    stats["lambdas"] = lambdas
+    stats["split"] = "train"
+    runs.write_json(run.score_stats, stats)
+    log.info(f"score statistics of {len(clip['mo'])} training clips -> {run.score_stats}")
+    return stats
+
+
+def plot_losses(run: RunDir) -> Optional[Path]:
+    """plots/loss.png: each stage's loss terms against its step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    hist = {}
+    for k in (1, 2, 3):
+        if run.stage(k).exists():
+            hist[k] = runs.load_checkpoint(run.stage(k)).get("history", [])
+    hist = {k: h for k, h in hist.items() if h}
+    if not hist:
+        return None
+    fig, axes = plt.subplots(1, len(hist), figsize=(4.5 * len(hist), 3.2), squeeze=False)
+    for ax, (k, h) in zip(axes[0], hist.items()):
+        steps = [p["step"] for p in h]
+        for key in h[0]:
+            if key != "step":
+                ax.plot(steps, [p.get(key, np.nan) for p in h], label=key)
+        ax.set_title(f"stage {k}")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = run.plots / "loss.png"
+    runs.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- the whole run
+def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
+    """Run the requested stages of one run. Returns ``{"run": RunDir, "stopped": bool, ...}``."""
+    own_ctx = ctx is None
+    ctx = ctx or Dist(str(cfg.train.device))
+    try:
+        if cfg.train.threads and ctx.device.type == "cpu":
+            torch.set_num_threads(int(cfg.train.threads))
+        stages = sorted({int(s) for s in cfg.train.stages})
+        if not stages or any(s not in STAGES for s in stages):
+            raise ValueError(f"train.stages={list(cfg.train.stages)}: expected a subset of {list(STAGES)}")
+        run = prepare_run_dir(cfg, ctx)
+        log = runs.get_logger(run, ctx.rank)
+        # stage prerequisites before any data or training time is spent
+        for s in stages:
+            if s > 1 and (s - 1) not in stages and not run.stage(s - 1).exists():
+                raise RunError(f"stage {s} needs {run.stage(s - 1)} (stage {s - 1}'s checkpoint), which does "
+                               f"not exist; run stage {s - 1} first (train.stages=[{s - 1},{s}])")
+        store = open_split(cfg.data, "train", ctx)
+        log.info(f"run {run.root}: {len(store)} training clips, stages {stages}, world {ctx.world}, "
+                 f"device {ctx.device}")
+        torch.manual_seed(int(cfg.seed))
+        model = build_model(cfg.model).to(ctx.device)
+        budget = {"steps": 0, "stop_after": cfg.train.stop_after_steps}
+        loaded = None
+        try:
+            for s in stages:
+                done = run.stage(s)
+                if cfg.train.resume and done.exists():
+                    log.info(f"stage {s}: finished earlier ({done}), skipped")
+                    continue
+                if s > 1 and loaded != s - 1:
+                    prev = run.stage(s - 1)
+                    load_model_state(model, runs.load_checkpoint(prev, ctx.device), prev, cfg)
+                if s < 4:
+                    train_stage(s, model, store, cfg, run, ctx, log, budget)
+                else:
+                    write_bsmm(model, store, cfg, run, ctx, log)
+                loaded = s
+        except Stopped as stop:
+            log.info(f"stopped after {budget['steps']} steps ({stop}; train.stop_after_steps); "
+                     f"continue with --resume")
+            return {"run": run, "stopped": True, "steps": budget["steps"]}
+        if 4 in stages:
+            if loaded != 4:
+                load_model_state(model, runs.load_checkpoint(run.stage(4), ctx.device), run.stage(4), cfg)
+            if cfg.train.score_stats:
+                write_score_stats(model, store, cfg, run, ctx, log)
+        if ctx.main:
+            plot_losses(run)
+        ctx.barrier()
+        return {"run": run, "stopped": False, "steps": budget["steps"], "model": model}
+    finally:
+        if own_ctx:
+            ctx.close()
+
+
+def parse_argv(argv: List[str]) -> List[str]:
+    """Hydra overrides from the command line; ``--resume`` -> ``train.resume=true``."""
+    overrides = []
+    for a in argv:
+        if a == "--resume":
+            overrides.append("train.resume=true")
+        elif a.startswith("-"):
+            raise ValueError(f"unknown option {a!r}; `mgnet train` takes hydra overrides (key=value) and --resume")
+        else:
+            overrides.append(a)
+    return overrides
+
+
+USAGE = """usage: mgnet train [--resume] [key=value ...]
+
+Hydra overrides of mgnet/conf/config.yaml, e.g.
+  mgnet train data=synthetic data.synth.size=tiny model=small train.out=runs/x
+  mgnet train experiment=demo train.stage2.steps=500
+  mgnet train train.out=runs/x --resume
+Multi-GPU: torchrun --nproc_per_node=N -m mgnet.cli train ...
+"""
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    from mgnet.data.errors import DataError
+    try:
+        cfg = runs.compose_config(parse_argv(argv))
+        result = train(cfg)
+    except (RunError, DataError, ValueError, FileNotFoundError) as exc:
+        print(f"mgnet train: error: {exc}", file=sys.stderr)
+        return 2
+    if result["stopped"]:
+        print(f"mgnet train: stopped early in {result['run'].root}; continue with --resume", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
