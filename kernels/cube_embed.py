@@ -102,11 +102,13 @@ _TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl
        torch.float64: tl.float64}
 
 
-def _types(dtype):
-    """(accumulator, dot operand dtype, input precision) for a weight dtype."""
+def _types(dtype, device):
+    """(accumulator, dot operand dtype, input precision) for a weight dtype. The interpreter
+    (CPU tensors) computes bf16 tl.dot wrongly (numpy has no bf16), so there bf16 operands are
+    upcast to fp32 (exact: bf16 values are fp32 values); on GPUs bf16 uses tensor cores."""
     if dtype == torch.float64:
         return tl.float64, tl.float64, "ieee"
-    if dtype == torch.float32:
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and device.type == "cpu"):
         return tl.float32, tl.float32, "ieee"
     return tl.float32, _TL[dtype], "ieee"
 
@@ -139,7 +141,7 @@ def forward(frames, visible, weight, bias, pos, mean, std):
     if N == 0:
         return out
     scale, shift = _affine(frames, mean, std, weight.dtype)
-    ACC, DOT, PREC = _types(weight.dtype)
+    ACC, DOT, PREC = _types(weight.dtype, weight.device)
     BM, BN, BK = _blocks(D, weight.dtype)
     w2d = weight.reshape(D, K).contiguous()
     grid = (triton.cdiv(N, BM), triton.cdiv(D, BN))
@@ -165,7 +167,7 @@ def backward(grad, frames, visible, weight, bias, pos, mean, std):
     if N == 0:
         return torch.zeros_like(weight), gb, gp
     scale, shift = _affine(frames, mean, std, weight.dtype)
-    ACC, DOT, PREC = _types(weight.dtype)
+    ACC, DOT, PREC = _types(weight.dtype, weight.device)
     BM, BN, BK = _blocks(D, weight.dtype)
     # split the rows so that the grid fills the device (interpreter: one split is fastest)
     tiles_nk = triton.cdiv(D, BN) * (K // BK)
