@@ -1,0 +1,273 @@
+"""MGNet assembly: the networks, the stage switches, the losses (eqs. 4, 6, 11, 12) and the
+per-clip raw scores (eqs. 13-15). Fusion and min-max normalisation (eq. 16) live in
+mgnet.scoring, not here.
+
+Batches are dicts as produced by mgnet.data.cache.ClipStore + default collate:
+  rgb (B, 3, T, crop, crop) uint8, pose (B, 2, T, 18) float, scene (B, 3, S, S) uint8
+(other keys, pose_conf included, are ignored). uint8 images go to the ops as uint8 and are
+normalised in-kernel (ImageNet mean/std); float images are taken to be in [0, 1] already.
+
+Stages (set_stage):
+  1  STG-NF                                   loss = NLL (bits/dim)
+  2  RGB encoder + H_B + behavior/scene memory loss = L_mo + beta (L_sep^b + L_sep^s)
+  3  mask encoder + mask head + H_u           loss = alpha L_app   (RGB encoder, memories frozen)
+  4  nothing trained; bsmm_write(batch) writes the Behavior-Scene Matching Memory (eq. 9)
+L_sep^r of eq. (12) belongs to the BSMM, which is written, not trained: bsmm_write reports it.
+
+Kernel backend: ``cfg.ops_backend`` other than "auto" is applied with ``mgnet.ops.backend(...)``
+around each losses / bsmm_write / scores call (no process-wide side effect; the backward pass
+uses the backend its forward recorded). With "auto" nothing is pushed, so ``MGNET_BACKEND``
+still decides.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Dict, List, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from ..data.masking import complementary_masks, visible_indices
+from .config import ModelConfig
+from .encoder import VideoEncoder
+from .heads import ProjectionHead, STHead
+from .memory import BehaviorSceneMatching, Memory
+from .scene import SceneFeatures
+from .stgnf import STGNF
+
+try:
+    import nvtx as _nvtx
+
+    def _range(name):
+        return _nvtx.annotate(name, domain="mgnet")
+except ImportError:  # pragma: no cover
+    def _range(name):
+        return contextlib.nullcontext()
+
+STAGE_MODULES = {
+    1: ("stgnf",),
+    2: ("rgb_encoder", "head_b", "mem_b", "mem_s"),
+    3: ("mask_encoder", "head_m", "head_u"),
+    4: (),
+}
+
+
+def cosine_dissimilarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - a.b / (|a| |b|) per time step, averaged over time: (B, T, C) x2 -> (B,)."""
+    return (1.0 - F.cosine_similarity(a, b, dim=-1, eps=1e-8)).mean(1)
+
+
+class MGNet(nn.Module):
+    def __init__(self, cfg: Union[ModelConfig, Mapping, None] = None):
+        super().__init__()
+        if cfg is None:
+            cfg = ModelConfig.small()
+        elif not isinstance(cfg, ModelConfig):
+            cfg = ModelConfig.from_dict(cfg)
+        self.cfg = cfg
+        t, h, w = cfg.grid
+        D = cfg.embed_dim
+        self.stgnf = STGNF.from_config(cfg)
+        self.rgb_encoder = VideoEncoder.from_config(cfg)
+        self.head_b = STHead(D, cfg.c_mo, cfg.grid, cfg.lsta_layers, cfg.head_hidden,
+                             cfg.lsta_k0, cfg.lsta_k1, cfg.lsta_dilation)
+        self.mem_b = Memory(cfg.n_b, D, cfg.sep_margin)
+        self.scene = SceneFeatures(cfg.scene_grid, cfg.scene_conv_channels, cfg.scene_seed, cfg.scene_weights)
+        self.mem_s = Memory(cfg.n_s, cfg.scene_dim, cfg.sep_margin)
+        self.mask_encoder = VideoEncoder.from_config(cfg)
+        self.head_m = ProjectionHead(D, cfg.c_app, cfg.grid, cfg.head_hidden)
+        self.head_u = ProjectionHead(D, cfg.c_app, cfg.grid, cfg.head_hidden)
+        self.bsmm = BehaviorSceneMatching(cfg.n_r, cfg.num_tokens * cfg.n_b, cfg.n_s)
+        # the fixed complementary pair S_app uses at scoring (derived from cfg.mask_seed)
+        g = torch.Generator().manual_seed(cfg.mask_seed)
+        m, _ = complementary_masks(1, (h, w), cfg.mask_ratio, g)
+        self.register_buffer("score_mask", m[0], persistent=False)
+        self.stage: Optional[int] = None
+        self._warned_empty_bsmm = False
+
+    # ------------------------------------------------------------------ stages
+    def set_stage(self, stage: int) -> "MGNet":
+        """Freeze everything but what `stage` trains and set train/eval modes accordingly."""
+        _check_stage(stage)
+        self.stage = stage
+        self.requires_grad_(False)
+        for name in STAGE_MODULES[stage]:
+            getattr(self, name).requires_grad_(True)
+        return self.train(True)
+
+    def stage_parameters(self, stage: int) -> List[nn.Parameter]:
+        """The parameters the optimizer of `stage` gets (empty for stage 4)."""
+        _check_stage(stage)
+        return [p for name in STAGE_MODULES[stage] for p in getattr(self, name).parameters()]
+
+    def train(self, mode: bool = True) -> "MGNet":
+        """With a stage set, train(True) puts only that stage's networks in training mode."""
+        super().train(mode)
+        if mode and self.stage is not None:
+            for name, child in self.named_children():
+                if name not in STAGE_MODULES[self.stage]:
+                    child.eval()
+        return self
+
+    # ------------------------------------------------------------------ pieces
+    def _backend(self):
+        be = self.cfg.ops_backend
+        return contextlib.nullcontext() if be == "auto" else ops.backend(be)
+
+    def _check_batch(self, batch: Mapping, keys) -> None:
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"batch must be a dict of tensors (ClipStore + default collate), got {type(batch).__name__}")
+        cfg = self.cfg
+        T, c = cfg.seg_len, cfg.crop
+        spec = {"rgb": ((3, T, c, c), f"(B, 3, T={T}, {c}, {c}) uint8"),
+                "pose": ((2, T, cfg.joints), f"(B, 2, T={T}, {cfg.joints}) float"),
+                "scene": ((3, None, None), "(B, 3, S, S) uint8")}
+        dev = self.bsmm.slots.device
+        B = None
+        for k in keys:
+            if k not in batch:
+                raise KeyError(f"batch has no {k!r} (keys: {sorted(batch)}); expected {spec[k][1]}")
+            x = batch[k]
+            shape, doc = spec[k]
+            if (not isinstance(x, torch.Tensor) or x.dim() != 1 + len(shape)
+                    or any(s is not None and s != d for s, d in zip(shape, x.shape[1:]))):
+                got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise ValueError(f"batch[{k!r}] must have shape {doc}, got {got}")
+            if k == "pose" and not x.is_floating_point():
+                raise TypeError(f"batch['pose'] must be floating point, got {x.dtype}")
+            if k != "pose" and x.dtype != torch.uint8 and not x.is_floating_point():
+                raise TypeError(f"batch[{k!r}] must be uint8 (or float), got {x.dtype}")
+            if x.device != dev:
+                raise ValueError(f"batch[{k!r}] is on {x.device} but the model is on {dev}; move the batch first")
+            if B is None:
+                B = x.shape[0]
+            elif x.shape[0] != B:
+                raise ValueError(f"batch[{k!r}] has batch size {x.shape[0]}, other entries have {B}")
+
+    def _pose(self, batch):
+        return batch["pose"].to(self.stgnf.A.dtype)
+
+    def _f_sk(self, pose):
+        z, nll = self.stgnf.nll(pose)
+        return STGNF.features(z), nll                                      # eq. (1)
+
+    def _behavior_memory(self, e_b):
+        B, P, D = e_b.shape
+        w, read, top2 = self.mem_b(e_b.reshape(B * P, D))                  # eq. (7)
+        return w.view(B, P, -1), read.view(B, P, D), top2
+
+    def _visible(self, mask_bhw, device):
+        return visible_indices(mask_bhw, self.cfg.grid[0]).to(device)
+
+    def _f_m(self, rgb, visible):
+        return self.head_m(self.mask_encoder(rgb, visible), visible)
+
+    # ------------------------------------------------------------------ losses
+    def losses(self, batch: Mapping, stage: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """Scalar loss terms of `stage` (default: the one set); "loss" is the total to backprop."""
+        stage = self.stage if stage is None else stage
+        _check_stage(stage)
+        with self._backend(), _range(f"mgnet.losses.stage{stage}"):
+            if stage == 1:
+                self._check_batch(batch, ("pose",))
+                _, nll = self.stgnf.nll(self._pose(batch))
+                return {"loss": nll.mean(), "nll": nll.mean().detach()}
+            if stage == 2:
+                return self._losses_stage2(batch)
+            if stage == 3:
+                return self._losses_stage3(batch)
+        raise ValueError("stage 4 trains nothing: call bsmm_write(batch) once per training batch")
+
+    def _losses_stage2(self, batch):
+        self._check_batch(batch, ("rgb", "pose", "scene"))
+        cfg = self.cfg
+        with torch.no_grad():
+            f_sk, _ = self._f_sk(self._pose(batch))                       # guidance, frozen
+        e_b = self.rgb_encoder(batch["rgb"])
+        f_rgb = self.head_b(e_b)
+        l_mo = F.mse_loss(f_rgb, f_sk.to(f_rgb.dtype))                     # eq. (4), mean over T, C_mo, B
+        q_b = e_b.reshape(-1, e_b.shape[-1])
+        _, _, top2_b = self.mem_b(q_b)
+        sep_b = self.mem_b.separateness(q_b, top2_b)                       # eq. (11), behavior
+        q_s = self.scene(batch["scene"]).to(e_b.dtype)
+        _, _, top2_s = self.mem_s(q_s)
+        sep_s = self.mem_s.separateness(q_s, top2_s)                       # eq. (11), scene
+        loss = l_mo + cfg.beta * (sep_b + sep_s)                           # eq. (12), stage-2 terms
+        return {"loss": loss, "mo": l_mo.detach(), "sep_b": sep_b.detach(), "sep_s": sep_s.detach()}
+
+    def _losses_stage3(self, batch):
+        self._check_batch(batch, ("rgb",))
+        cfg = self.cfg
+        rgb = batch["rgb"]
+        with torch.no_grad():                                              # RGB encoder + memory frozen
+            _, f_b, _ = self._behavior_memory(self.rgb_encoder(rgb))
+        f_u = self.head_u(f_b)
+        if cfg.app_target_stopgrad:
+            f_u = f_u.detach()
+        m1, m2 = complementary_masks(rgb.shape[0], cfg.grid[1:], cfg.mask_ratio)   # one pair per clip
+        l1 = cosine_dissimilarity(f_u, self._f_m(rgb, self._visible(m1, rgb.device))).mean()
+        l2 = cosine_dissimilarity(f_u, self._f_m(rgb, self._visible(m2, rgb.device))).mean()
+        l_app = 0.5 * (l1 + l2)                                            # eq. (6), both masks
+        return {"loss": cfg.alpha * l_app, "app": l_app.detach()}          # eq. (12), stage-3 term
+
+    # ------------------------------------------------------------------ stage 4
+    @torch.no_grad()
+    def bsmm_write(self, batch: Mapping) -> Dict[str, float]:
+        """One update of the Behavior-Scene Matching Memory with this batch (eq. 9)."""
+        self._check_batch(batch, ("rgb", "scene"))
+        with self._backend(), _range("mgnet.bsmm_write"):
+            w_b, _, _ = self._behavior_memory(self.rgb_encoder(batch["rgb"]))
+            w_s, _, _ = self.mem_s(self.scene(batch["scene"]).to(w_b.dtype))
+            sep_r = self.bsmm.write(self.bsmm.queries(w_b, w_s))           # eqs. (8)-(9)
+        return {"sep_r": float("nan") if sep_r is None else sep_r, "filled": float(self.bsmm.num_filled)}
+
+    # ------------------------------------------------------------------ scores
+    @torch.inference_mode()
+    def scores(self, batch: Mapping) -> Dict[str, torch.Tensor]:
+        """Per-clip raw scores, each (B,), higher = more anomalous: "mo" (eq. 13), "app" (eq. 14),
+        "mm" (eq. 15; zeros with a warning while the BSMM is empty), "nll" (STG-NF alone)."""
+        self._check_batch(batch, ("rgb", "pose", "scene"))
+        rgb = batch["rgb"]
+        B = rgb.shape[0]
+        with self._backend(), _range("mgnet.scores"):
+            f_sk, nll = self._f_sk(self._pose(batch))
+            e_b = self.rgb_encoder(rgb)
+            f_rgb = self.head_b(e_b)
+            s_mo = (f_sk.to(f_rgb.dtype) - f_rgb).flatten(1).norm(dim=1)   # eq. (13)
+
+            w_b, f_b, _ = self._behavior_memory(e_b)
+            f_u = self.head_u(f_b)
+            m = self.score_mask.expand(B, -1, -1)
+            s_app = (0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, self._visible(m, rgb.device)))
+                     + 0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, self._visible(~m, rgb.device))))  # eq. (14)
+
+            w_s, _, _ = self.mem_s(self.scene(batch["scene"]).to(e_b.dtype))
+            if self.bsmm.num_filled:
+                c_b, c_s = self.bsmm.read(w_b, w_s)                        # eq. (10)
+                s_mm = self.bsmm.score(c_b, c_s)                           # eq. (15)
+            else:
+                if not self._warned_empty_bsmm:
+                    warnings.warn("MGNet.scores: the Behavior-Scene Matching Memory is empty (stage 4 "
+                                  "not run); 'mm' scores are 0", RuntimeWarning, stacklevel=2)
+                    self._warned_empty_bsmm = True
+                s_mm = s_mo.new_zeros(B)
+        return {"mo": s_mo.float(), "app": s_app.float(), "mm": s_mm.float(), "nll": nll.float()}
+
+    def forward(self, batch: Mapping) -> Dict[str, torch.Tensor]:
+        """Same as scores(batch)."""
+        return self.scores(batch)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _check_stage(stage) -> None:
+    if stage not in STAGE_MODULES:
+        raise ValueError(f"stage must be 1, 2, 3 or 4, got {stage!r}")
+
+
+__all__ = ["MGNet", "STAGE_MODULES", "count_parameters", "cosine_dissimilarity"]

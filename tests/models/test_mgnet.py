@@ -1,0 +1,218 @@
+"""MGNet assembly: stage switches, losses, scores (eqs. 13-15), BSMM write, checkpoints, shapes."""
+import io
+import time
+
+import pytest
+import torch
+
+from mgnet.models import STAGE_MODULES, MGNet, ModelConfig, count_parameters
+from mgnet.models.mgnet import cosine_dissimilarity
+from mgnet.models.stgnf import STGNF
+
+TINY = dict(seg_len=4, crop=16, scene_size=16, embed_dim=16, depth=1, heads=2, head_hidden=16, c_app=8,
+            n_r=4, flow_steps=2, flow_hidden=4, scene_grid=2, scene_conv_channels=2,
+            lsta_k0=3, lsta_k1=3, lsta_dilation=1)
+
+
+def _batch(cfg, B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    T, c, S = cfg.seg_len, cfg.crop, cfg.scene_size
+    return {"rgb": torch.randint(0, 256, (B, 3, T, c, c), dtype=torch.uint8, generator=g),
+            "pose": torch.randn(B, 2, T, 18, generator=g),
+            "scene": torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8, generator=g),
+            "label": torch.zeros(B, dtype=torch.int64)}
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    cfg = ModelConfig.small(**TINY)
+    return MGNet(cfg), cfg
+
+
+def _grads(module):
+    return [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_each_stage_trains_only_its_networks(tiny, stage):
+    model, cfg = tiny
+    model.set_stage(stage)
+    trained = set(STAGE_MODULES[stage])
+    for name, child in model.named_children():
+        assert child.training == (name in trained), name
+        assert all(p.requires_grad == (name in trained) for p in child.parameters()), name
+    out = model.losses(_batch(cfg), stage)
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    for name, child in model.named_children():
+        gs = _grads(child)
+        if name in trained:
+            assert any(g is not None and g.abs().sum() > 0 for g in gs), f"{name} got no gradient"
+        else:
+            assert all(g is None for g in gs), f"{name} must be frozen in stage {stage}"
+    ids = {id(p) for p in model.stage_parameters(stage)}
+    assert ids == {id(p) for n in trained for p in getattr(model, n).parameters()}
+
+
+def test_stage3_rgb_encoder_gets_no_gradient(tiny):
+    model, cfg = tiny
+    model.set_stage(3)
+    model.losses(_batch(cfg), 3)["loss"].backward()
+    assert all(p.grad is None for p in model.rgb_encoder.parameters())
+    assert all(p.grad is None for p in model.mem_b.parameters())
+    assert any(p.grad is not None for p in model.mask_encoder.parameters())
+    assert any(p.grad is not None for p in model.head_u.parameters())
+
+
+def test_train_keeps_stage_modes_and_stage4(tiny):
+    model, cfg = tiny
+    model.set_stage(2)
+    model.eval().train()
+    assert model.rgb_encoder.training and not model.stgnf.training and not model.mask_encoder.training
+    model.set_stage(4)
+    assert model.stage_parameters(4) == [] and not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="stage 4 trains nothing"):
+        model.losses(_batch(cfg), 4)
+    with pytest.raises(ValueError, match="stage must be 1, 2, 3 or 4"):
+        model.set_stage(5)
+
+
+def test_stage2_loss_terms(tiny):
+    model, cfg = tiny
+    model.set_stage(2)
+    b = _batch(cfg)
+    out = model.losses(b, 2)
+    torch.testing.assert_close(out["loss"].detach(), out["mo"] + cfg.beta * (out["sep_b"] + out["sep_s"]))
+    with torch.no_grad():
+        f_sk = STGNF.features(model.stgnf(b["pose"])[0])
+        f_rgb = model.head_b(model.rgb_encoder(b["rgb"]))
+    torch.testing.assert_close(out["mo"], ((f_sk - f_rgb) ** 2).mean())             # eq. (4)
+
+
+def test_scores_match_equations(tiny):
+    model, cfg = tiny
+    model.set_stage(4)
+    b = _batch(cfg, B=4)
+    with pytest.warns(RuntimeWarning, match="Behavior-Scene Matching Memory is empty"):
+        s0 = model.scores(b)
+    assert torch.equal(s0["mm"], torch.zeros(4))
+    info = model.bsmm_write(_batch(cfg, B=6, seed=1))            # seeds 4 slots, updates with 2
+    assert info["filled"] == 4 and info["sep_r"] >= 0
+    s = model.scores(b)
+    assert set(s) == {"mo", "app", "mm", "nll"}
+    assert all(v.shape == (4,) and v.dtype == torch.float32 and torch.isfinite(v).all() for v in s.values())
+    with torch.no_grad():
+        z, nll = model.stgnf.nll(b["pose"])
+        e_b = model.rgb_encoder(b["rgb"])
+        mo = (STGNF.features(z) - model.head_b(e_b)).flatten(1).norm(dim=1)         # eq. (13)
+        w_b, f_b, _ = model._behavior_memory(e_b)
+        f_u = model.head_u(f_b)
+        m = model.score_mask.expand(4, -1, -1)
+        app = sum(0.5 * cosine_dissimilarity(f_u, model._f_m(b["rgb"], model._visible(mm, "cpu")))
+                  for mm in (m, ~m))                                                   # eq. (14)
+        w_s = model.mem_s(model.scene(b["scene"]))[0]
+        c_b, c_s = model.bsmm.read(w_b, w_s)
+        mm_ = (c_b - c_s).norm(dim=1)                                                  # eq. (15)
+    torch.testing.assert_close(s["mo"], mo)
+    torch.testing.assert_close(s["app"], app)
+    torch.testing.assert_close(s["mm"], mm_)
+    torch.testing.assert_close(s["nll"], nll)
+    assert s["mm"].abs().sum() > 0
+    assert int(model.score_mask.sum()) == int(cfg.mask_ratio * cfg.grid[1] * cfg.grid[2])
+
+
+def test_checkpoint_roundtrip_weights_only(tiny):
+    model, cfg = tiny
+    model.set_stage(1)
+    model.losses(_batch(cfg), 1)                    # ActNorm data init
+    model.bsmm_write(_batch(cfg, B=5, seed=2))
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    other = MGNet(cfg)
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    b = _batch(cfg, seed=3)
+    a, c = model.scores(b), other.scores(b)
+    for k in a:
+        torch.testing.assert_close(a[k], c[k])
+
+
+def test_bad_batches_name_the_key(tiny):
+    model, cfg = tiny
+    b = _batch(cfg)
+    with pytest.raises(KeyError, match="batch has no 'scene'"):
+        model.scores({k: v for k, v in b.items() if k != "scene"})
+    with pytest.raises(ValueError, match=r"batch\['rgb'\] must have shape \(B, 3, T=4, 16, 16\)"):
+        model.scores({**b, "rgb": b["rgb"][:, :, :2]})
+    with pytest.raises(TypeError, match=r"batch\['pose'\] must be floating point"):
+        model.scores({**b, "pose": b["pose"].long()})
+    with pytest.raises(ValueError, match="batch size"):
+        model.scores({**b, "scene": b["scene"][:1]})
+
+
+def test_config_errors_and_dict():
+    with pytest.raises(ValueError, match="unknown model config key"):
+        ModelConfig.from_dict({"embed_dimm": 3})
+    with pytest.raises(ValueError, match="model.c_mo"):
+        ModelConfig(c_mo=30)
+    cfg = ModelConfig.from_dict({"preset": "paper", "n_r": 7})
+    assert cfg.embed_dim == 384 and cfg.n_r == 7 and cfg.grid == (8, 8, 8)
+    assert MGNet({"preset": "small", **TINY}).cfg.embed_dim == 16
+
+
+@pytest.mark.filterwarnings("ignore:MGNet.scores")
+def test_ops_backend_from_config_is_scoped():
+    import mgnet.ops as ops
+    cfg = ModelConfig.small(**{**TINY, "ops_backend": "eager"})
+    model = MGNet(cfg)
+    seen = []
+    orig = ops.masked_cube_embed
+
+    def spy(*a, **k):
+        seen.append(ops.requested())
+        return orig(*a, **k)
+    import mgnet.models.encoder as enc
+    enc.ops.masked_cube_embed = spy
+    try:
+        model.scores(_batch(cfg))
+    finally:
+        enc.ops.masked_cube_embed = orig
+    assert seen and set(seen) == {"eager"}
+
+
+def test_small_config_forward_backward_real_shapes():
+    torch.manual_seed(0)
+    cfg = ModelConfig.small()
+    model = MGNet(cfg)
+    b = _batch(cfg, B=2)
+    assert b["rgb"].shape == (2, 3, 16, 64, 64)
+    for stage in (1, 2, 3):
+        model.set_stage(stage)
+        out = model.losses(b)
+        out["loss"].backward()
+        assert torch.isfinite(out["loss"])
+    model.set_stage(4)
+    model.bsmm_write(b)
+    s = model.scores(b)
+    assert all(v.shape == (2,) for v in s.values())
+    assert model.bsmm.slots.shape == (cfg.n_r, 512 * cfg.n_b + cfg.n_s)
+
+
+def test_paper_config_shapes():
+    torch.manual_seed(0)
+    full = MGNet(ModelConfig.paper())
+    assert 40e6 < count_parameters(full) < 50e6           # two ViT-S encoders (~21.6M each) + heads
+    assert count_parameters(full.rgb_encoder) == count_parameters(full.mask_encoder)
+    del full
+    cfg = ModelConfig.paper(depth=1)                      # paper widths; depth does not change shapes
+    model = MGNet(cfg)
+    b = _batch(cfg, B=1)
+    with torch.no_grad():
+        e_b = model.rgb_encoder(b["rgb"])
+        assert e_b.shape == (1, 512, 384)
+        assert model.head_b(e_b).shape == (1, 16, 36)
+        assert model.head_u(model._behavior_memory(e_b)[1]).shape == (1, 16, 128)
+        vis = model._visible(model.score_mask[None], "cpu")
+        assert vis.shape == (1, 256)
+        assert model._f_m(b["rgb"], vis).shape == (1, 16, 128)
