@@ -240,8 +240,6 @@ def _make_video(args):
         np.save(os.path.join(out, "gt", "test_frame_mask", f"{name}.npy"), v.gt)
         np.save(os.path.join(out, "gt", "test_frame_types", f"{name}.npy"), v.types)
     write_pose_json(os.path.join(out, "pose", split, f"{name}_alphapose_tracked_person.json"), v.poses)
-    events = [dict(kind=k, type=TYPE_NAMES[a["type"]]) for a, k in
-              zip(v.actors, [None] * len(v.actors))] if False else None
     return name, dict(scene=scene_id(s), split=split, frames=n, event=list(event),
                       abnormal_frames=int(v.gt.sum()), people=len(v.actors))
 
