@@ -240,8 +240,9 @@ def _make_video(args):
         np.save(os.path.join(out, "gt", "test_frame_mask", f"{name}.npy"), v.gt)
         np.save(os.path.join(out, "gt", "test_frame_types", f"{name}.npy"), v.types)
     write_pose_json(os.path.join(out, "pose", split, f"{name}_alphapose_tracked_person.json"), v.poses)
+    abnormal_people = [k + 1 for k, a in enumerate(v.actors) if a["type"] > 0]
     return name, dict(scene=scene_id(s), split=split, frames=n, event=list(event),
-                      abnormal_frames=int(v.gt.sum()), people=len(v.actors))
+                      abnormal_frames=int(v.gt.sum()), people=len(v.actors), abnormal_people=abnormal_people)
 
 
 def generate(out, size: str = "small", seed: int = 0, workers: int | None = None, force: bool = False) -> dict:
