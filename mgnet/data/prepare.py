@@ -140,10 +140,21 @@ def _atomic_save(path, arr):
 
 
 def build_shard(plan: _Plan, cfg: dict, shard_dir: str, chash: str, pbar=None) -> None:
-    """Decode the video once and write its shard into `shard_dir` (via a temporary folder)."""
+    """Decode the video once and write its shard into `shard_dir` (via a temporary folder that is
+    removed if anything, an interruption included, stops the build)."""
     tmp = shard_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    try:
+        _write_shard(plan, cfg, tmp, chash, pbar)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    os.replace(tmp, shard_dir)
+
+
+def _write_shard(plan: _Plan, cfg: dict, tmp: str, chash: str, pbar) -> None:
     C, S = cfg["crop_size"], cfg["scene_size"]
     R = len(plan.row_frame)
     rgb = np.lib.format.open_memmap(os.path.join(tmp, "rgb.npy"), "w+", np.uint8, (R, 3, C, C))
@@ -189,8 +200,6 @@ def build_shard(plan: _Plan, cfg: dict, shard_dir: str, chash: str, pbar=None) -
     with open(os.path.join(tmp, "shard.json"), "w") as f:
         json.dump(dict(hash=chash, num_frames=plan.n_frames, frame_size=list(plan.size),
                        scene=plan.item.scene, rows=R, windows=len(plan.windows)), f)
-    shutil.rmtree(shard_dir, ignore_errors=True)
-    os.replace(tmp, shard_dir)
 
 
 def _shard_ok(shard_dir, chash):
