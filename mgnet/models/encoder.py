@@ -40,14 +40,16 @@ class CubeEmbed(nn.Module):
     def num_tokens(self) -> int:
         return self.pos.shape[0]
 
-    def forward(self, frames: torch.Tensor, visible: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, visible: Optional[torch.Tensor] = None,
+                validate: bool = True) -> torch.Tensor:
+        """`validate=False` skips the index check (a host sync) for indices the caller built."""
         t, h, w = self.grid
         want = (3, t * CUBE[0], h * CUBE[1], w * CUBE[2])
         if not isinstance(frames, torch.Tensor) or frames.dim() != 5 or tuple(frames.shape[1:]) != want:
             got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
             raise ValueError(f"rgb must have shape (B, 3, T={want[1]}, {want[2]}, {want[3]}), got {got}")
-        validate = visible is not None
         if visible is None:
+            validate = False
             visible = torch.arange(self.num_tokens, device=frames.device).expand(frames.shape[0], -1)
         if frames.is_floating_point() and frames.dtype != self.weight.dtype:
             frames = frames.to(self.weight.dtype)
@@ -102,8 +104,8 @@ class VideoEncoder(nn.Module):
     def from_config(cls, cfg) -> "VideoEncoder":
         return cls(cfg.embed_dim, cfg.depth, cfg.heads, cfg.grid, cfg.mlp_ratio)
 
-    def forward(self, frames, visible=None):
-        x = self.embed(frames, visible)
+    def forward(self, frames, visible=None, validate: bool = True):
+        x = self.embed(frames, visible, validate)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)

@@ -59,10 +59,15 @@ class BehaviorSceneMatching(nn.Module):
         self.len_b, self.len_s = len_b, len_s
         self.register_buffer("slots", torch.zeros(slots, len_b + len_s))
         self.register_buffer("filled", torch.tensor(0, dtype=torch.long))
+        self._filled = 0            # host mirror of `filled`: reads need no device sync
 
     @property
     def num_filled(self) -> int:
-        return int(self.filled)
+        return self._filled
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._filled = int(self.filled)
 
     def queries(self, w_b: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:
         """W_r = [flatten(W_b), W_s]   # eq. (8);  w_b (B, P, N_b), w_s (B, N_s) -> (B, L_b + L_s)"""
@@ -83,6 +88,7 @@ class BehaviorSceneMatching(nn.Module):
             f = self.num_filled
             self.slots[f:f + take] = F.normalize(w_r[:take], dim=1)
             self.filled += take
+            self._filled += take
             w_r = w_r[take:]
         if w_r.shape[0] == 0:
             return None

@@ -85,6 +85,8 @@ class MGNet(nn.Module):
         g = torch.Generator().manual_seed(cfg.mask_seed)
         m, _ = complementary_masks(1, (h, w), cfg.mask_ratio, g)
         self.register_buffer("score_mask", m[0], persistent=False)
+        self.register_buffer("score_visible", torch.cat([visible_indices(m, t), visible_indices(~m, t)]),
+                             persistent=False)                             # (2, Pv): MASK, complement
         self.stage: Optional[int] = None
         self._warned_empty_bsmm = False
 
@@ -163,7 +165,8 @@ class MGNet(nn.Module):
         return visible_indices(mask_bhw, self.cfg.grid[0]).to(device)
 
     def _f_m(self, rgb, visible):
-        return self.head_m(self.mask_encoder(rgb, visible), visible)
+        # indices built here (masking.visible_indices): skip the op's host-side index check
+        return self.head_m(self.mask_encoder(rgb, visible, validate=False), visible)
 
     # ------------------------------------------------------------------ losses
     def losses(self, batch: Mapping, stage: Optional[int] = None) -> Dict[str, torch.Tensor]:
@@ -240,9 +243,9 @@ class MGNet(nn.Module):
 
             w_b, f_b, _ = self._behavior_memory(e_b)
             f_u = self.head_u(f_b)
-            m = self.score_mask.expand(B, -1, -1)
-            s_app = (0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, self._visible(m, rgb.device)))
-                     + 0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, self._visible(~m, rgb.device))))  # eq. (14)
+            v1, v2 = (v.expand(B, -1) for v in self.score_visible)
+            s_app = (0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, v1))
+                     + 0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, v2)))       # eq. (14)
 
             w_s, _, _ = self.mem_s(self.scene(batch["scene"]).to(e_b.dtype))
             if self.bsmm.num_filled:

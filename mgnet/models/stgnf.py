@@ -197,17 +197,19 @@ class STGNF(nn.Module):
 
     def forward(self, x) -> Tuple[torch.Tensor, torch.Tensor]:
         self._check("pose", x)
-        A = self.A.to(x.dtype)
-        logdet = x.new_zeros(x.shape[0])
-        for step in self.steps:
-            x, logdet = step(x, logdet, A)
+        with torch.autocast(x.device.type, enabled=False):   # a flow's log-det wants full precision
+            A = self.A.to(x.dtype)
+            logdet = x.new_zeros(x.shape[0])
+            for step in self.steps:
+                x, logdet = step(x, logdet, A)
         return x, logdet
 
     def inverse(self, z) -> torch.Tensor:
         self._check("z", z)
-        A = self.A.to(z.dtype)
-        for step in reversed(self.steps):
-            z = step.inverse(z, A)
+        with torch.autocast(z.device.type, enabled=False):
+            A = self.A.to(z.dtype)
+            for step in reversed(self.steps):
+                z = step.inverse(z, A)
         return z
 
     def log_prior(self, z) -> torch.Tensor:
