@@ -13,6 +13,7 @@ prepares the splits in ``data.splits`` (default: train and test).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -229,13 +230,34 @@ def _ensure_synthetic(cfg, progress):
     generate(cfg["root"], s["size"], s["seed"], force=os.path.isfile(meta))
 
 
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive lock file, so concurrent `mgnet prepare` runs on one store take turns."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            import fcntl
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - not POSIX: no locking
+            pass
+        yield
+
+
 def prepare_split(data_cfg, split: str, progress: bool = True) -> ClipStore:
     """Build the store of `split` if missing or stale (config hash), else open it. Returns the ClipStore."""
     cfg = data_config(data_cfg)
     if not isinstance(split, str) or not split:
         raise DataError(None, f"split must be a non-empty string, got {split!r}")
     if cfg["kind"] == "synthetic":
-        _ensure_synthetic(cfg, progress)
+        with _locked(cfg["root"].rstrip(os.sep) + ".lock"):
+            _ensure_synthetic(cfg, progress)
+    if not os.path.isdir(cfg["root"]):  # checked before the lock file creates any folder
+        raise DataError(cfg["root"], "dataset root folder not found")
+    with _locked(os.path.join(cfg["cache_dir"], f".{split}.lock")):
+        return _prepare_locked(cfg, split, progress)
+
+
+def _prepare_locked(cfg: dict, split: str, progress: bool) -> ClipStore:
     chash = config_hash(cfg, split)
     store_dir = os.path.join(cfg["cache_dir"], split)
     meta_path = os.path.join(store_dir, "store.json")
