@@ -199,8 +199,9 @@ def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
         if cfg.eval.plots:
             metrics["plots"] = plot_videos(run, curves, int(cfg.eval.max_plots))
         runs.write_json(run.metrics, metrics)
-        log.info("frame-level AUC (%d test videos, %d frames, sigma %g):\n%s", metrics["num_videos"],
-                 metrics["num_frames"], metrics["sigma"], format_table(metrics))
+        log.info("evaluated %d test videos (%d frames, sigma %g): fused micro AUC %.4f -> %s",
+                 metrics["num_videos"], metrics["num_frames"], metrics["sigma"],
+                 metrics["auc"]["fused"]["micro"], run.metrics)
         return metrics
     finally:
         if own_ctx:
