@@ -30,7 +30,28 @@ def test_cpu_backend_is_built():
     assert ops.resolve(OP, CPU) == "cpu"
 
 
-BACKENDS = (["cpu"] if not SKIP_EXT else []) + (["triton"] if _triton_ok() else [])
+HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_cuda_backend_is_built():
+    """On a GPU machine the CUDA kernels are built (gpu_check.sh builds with MGNET_BUILD_CUDA=1)."""
+    if SKIP_EXT or os.environ.get("MGNET_BUILD_CUDA") == "0":
+        pytest.skip("extension or its CUDA kernels deliberately not built")
+    assert "cuda" in ops.available_backends(OP, torch.device("cuda")), _dispatch.extension_error()
+
+
+# (backend, device) pairs that exist in this process; triton runs on the GPU when there is one
+BACKENDS = (["cpu"] if not SKIP_EXT else []) + (["triton"] if _triton_ok() or HAS_CUDA else []) + \
+    (["cuda"] if HAS_CUDA and "cuda" in ops.available_backends(OP, torch.device("cuda")) else [])
+
+
+def device_of(backend):
+    return torch.device("cuda") if backend == "cuda" or (backend == "triton" and HAS_CUDA) else CPU
+
+
+def to(a, device):
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in a.items()}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -75,6 +96,7 @@ def _tol(dtype):
 
 
 def _compare(backend, a, wdtype):
+    a = to(a, device_of(backend))
     ref_out, ref_g = _grads(reference, a)
     with ops.backend(backend):
         assert ops.resolve(OP, a["frames"].device) == backend
@@ -127,7 +149,7 @@ def test_many_tiles_and_threads(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float16])
 def test_half_weights(backend, wdtype):
-    a = make(wdtype=wdtype, D=16, seed=4)
+    a = to(make(wdtype=wdtype, D=16, seed=4), device_of(backend))
     ref = reference(**{k: (v.double() if k in ("weight", "bias", "pos") and v is not None else v)
                        for k, v in a.items()})
     with ops.backend(backend):
@@ -149,7 +171,7 @@ def test_noncontiguous_inputs(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("pos", [True, False])
 def test_opcheck(backend, pos):
-    a = make(B=2, T=2, H=8, W=16, D=4, pv=2, pos=pos, wdtype=torch.float64)
+    a = to(make(B=2, T=2, H=8, W=16, D=4, pv=2, pos=pos, wdtype=torch.float64), device_of(backend))
     for k in ("weight", "bias", "pos"):
         if a[k] is not None:
             a[k].requires_grad_(True)
@@ -175,11 +197,13 @@ def test_pos_rows_shared_across_samples_accumulate():
     want = torch.zeros(12, 5)
     want[a["visible"][0]] = g_rows.sum(0)   # rows 0, 2, 4, 6 get the sum over the 3 samples
     for backend in ["eager"] + BACKENDS:
-        p = a["pos"].clone().requires_grad_(True)
+        dev = device_of(backend)
+        b = to(a, dev)
+        p = b["pos"].clone().requires_grad_(True)
         with ops.backend(backend):
-            out = ops.masked_cube_embed(a["frames"], a["visible"], a["weight"], a["bias"], p, a["mean"], a["std"])
-        (gp,) = torch.autograd.grad(out, p, g_rows)
-        torch.testing.assert_close(gp, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{backend}: {m}")
+            out = ops.masked_cube_embed(b["frames"], b["visible"], b["weight"], b["bias"], p, b["mean"], b["std"])
+        (gp,) = torch.autograd.grad(out, p, g_rows.to(dev))
+        torch.testing.assert_close(gp.cpu(), want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{backend}: {m}")
 
 
 # ----------------------------------------------------------------------------- errors
