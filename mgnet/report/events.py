@@ -39,12 +39,13 @@ def resolve_threshold(spec, stats: Optional[Mapping] = None, key: str = "fused")
 
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(threshold, F1) maximising frame-level F1 of ``score >= threshold`` against labels (1 =
-    abnormal), over the observed score values. NaN scores are dropped."""
+    abnormal), over the observed score values. NaN scores are dropped; -inf (e.g. frames nobody is
+    scored at) counts as below every threshold."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels).astype(bool).ravel()
     if s.shape != y.shape:
         raise ValueError(f"best_f1_threshold: {s.size} scores but {y.size} labels")
-    ok = np.isfinite(s)
+    ok = ~np.isnan(s)
     s, y = s[ok], y[ok]
     if not y.any():
         raise ValueError("best_f1_threshold: no abnormal frame among the labels")

@@ -1,0 +1,169 @@
+"""Online scoring: each frame emitted `latency` frames after it arrives, with exactly the scores of
+offline scoring under the same (training-statistics) normalisation; clips cut like training's."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from mgnet.data.pose_formats import save_poses
+from mgnet.data.video import open_frames
+from mgnet.online import ClipSpec, OnlineScorer, fused_scores, load_score_stats
+from mgnet.score_videos import offline_batches, score_offline, score_online
+
+W, H = 128, 96
+# a COCO-17 standing skeleton ~50 px tall around (0, 0)
+SKEL = np.array([[0, -23], [-2, -25], [2, -25], [-4, -24], [4, -24], [-7, -16], [7, -16], [-9, -6], [9, -6],
+                 [-10, 2], [10, 2], [-4, 3], [4, 3], [-4, 13], [4, 13], [-4, 24], [4, 24]], np.float32)
+STATS = {"mo": {"min": 0.0, "max": 40.0}, "app": {"min": 0.0, "max": 1.0}, "mm": {"min": 0.0, "max": 1e-3}}
+LAMBDAS = {"app": 1.0, "mm": 1.0}
+
+
+def clip_tracks(num_frames=26):
+    """Person 1 walks right with a 2-frame gap (interpolated); person 2 walks left with a 4-frame
+    gap (splits the track); person 3 is short-lived. Ids in order of first appearance."""
+    rng = np.random.default_rng(1)
+
+    def walk(frames, x0, y0, vx):
+        t = (np.asarray(frames) - frames[0])[:, None, None]
+        xy = SKEL[None] + np.array([x0, y0], np.float32) + np.concatenate([vx * t, 0 * t], -1)
+        xy += rng.normal(0, 0.4, xy.shape)
+        sc = rng.uniform(0.4, 0.95, (len(frames), 17, 1))
+        return np.concatenate([np.round(xy, 2), np.round(sc, 3)], -1).astype(np.float32)
+
+    f1 = np.array([f for f in range(num_frames) if f not in (11, 12)], np.int64)
+    f2 = np.array([f for f in range(2, num_frames) if f not in range(20, 24)], np.int64)
+    f3 = np.arange(5, 12, dtype=np.int64)
+    return {1: (f1, walk(f1, 24, 40, 1.5)), 2: (f2, walk(f2, 104, 52, -1.5)), 3: (f3, walk(f3, 64, 70, 0.0))}
+
+
+def write_clip_video(path, tracks, num_frames=26, fps=10):
+    """An H.264 mp4 of stick figures drawn from the tracks over a textured background."""
+    import imageio_ffmpeg
+    yy, xx = np.mgrid[0:H, 0:W]
+    bg = np.stack([(xx * 2) % 256, (yy * 2) % 256, ((xx + yy) * 3) % 256], -1).astype(np.uint8)
+    w = imageio_ffmpeg.write_frames(str(path), (W, H), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                    macro_block_size=2, quality=None, output_params=["-crf", "18"],
+                                    ffmpeg_log_level="error")
+    w.send(None)
+    from mgnet.report.annotated_video import COCO17_EDGES
+    for f in range(num_frames):
+        img = Image.fromarray(bg.copy())
+        d = ImageDraw.Draw(img)
+        for pid, (fr, kp) in tracks.items():
+            hit = np.flatnonzero(fr == f)
+            if hit.size:
+                k = kp[hit[0]]
+                for a, b in COCO17_EDGES:
+                    d.line([tuple(k[a, :2]), tuple(k[b, :2])], fill=(255, 255, 255), width=3)
+        w.send(np.asarray(img))
+    w.close()
+    return path
+
+
+def tiny_model():
+    from mgnet.models.config import ModelConfig
+    from mgnet.models.mgnet import MGNet
+    torch.manual_seed(0)
+    cfg = ModelConfig.small()  # narrowed further: these tests check plumbing, not accuracy
+    cfg.embed_dim, cfg.depth, cfg.heads, cfg.head_hidden, cfg.c_app = 32, 1, 2, 32, 32
+    cfg.flow_steps, cfg.flow_hidden = 2, 8
+    return MGNet(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    d = tmp_path_factory.mktemp("online")
+    tracks = clip_tracks()
+    video = write_clip_video(d / "clip.mp4", tracks)
+    save_poses(tracks, d / "clip.json", "alphapose-tracked")
+    return d, video, tracks
+
+
+@pytest.fixture(scope="module")
+def model():
+    import warnings
+    warnings.filterwarnings("ignore", message=".*Behavior-Scene Matching Memory is empty.*")
+    return tiny_model()
+
+
+def test_online_scores_equal_offline_scores_under_training_normalisation(clip, model):
+    d, video, tracks = clip
+    src = open_frames(video)
+    spec = ClipSpec()
+    off = score_offline(model, src, tracks, spec, STATS, LAMBDAS, batch_size=5)
+    on = score_online(model, src, tracks, spec, STATS, LAMBDAS, batch_size=64)
+    assert len(off.score) == len(on.score) == 26
+    np.testing.assert_array_equal(np.isnan(off.score), np.isnan(on.score))
+    assert np.isfinite(off.score).sum() == 11
+    np.testing.assert_allclose(on.score, off.score, rtol=1e-6, equal_nan=True)
+    assert sorted(on.persons) == sorted(off.persons) == [1, 2]  # person 3 never has 16 frames
+    for p in off.persons:
+        np.testing.assert_allclose(on.persons[p], off.persons[p], rtol=1e-6, equal_nan=True)
+    for k in ("mo", "app", "mm", "nll"):
+        np.testing.assert_allclose(on.components[k], off.components[k], rtol=1e-6, equal_nan=True)
+    # person 1: frames 0..25 (gap 11-12 filled) -> windows starting 0..10 -> centres 8..18
+    np.testing.assert_array_equal(np.flatnonzero(np.isfinite(off.persons[1])), np.arange(8, 19))
+    # person 2: 2..19 before its 4-frame gap (split) -> windows starting 2..4 -> centres 10..12
+    np.testing.assert_array_equal(np.flatnonzero(np.isfinite(off.persons[2])), np.arange(10, 13))
+
+
+def test_frames_are_emitted_exactly_latency_frames_late(clip, model):
+    d, video, tracks = clip
+    src = open_frames(video)
+    spec = ClipSpec()
+    assert spec.latency == 16 - 1 - 8 + 2 == 9 and spec.latency < spec.seg_len
+    scorer = OnlineScorer(model, STATS, LAMBDAS, src.size, spec)
+    frames = src.get(np.arange(len(src)))
+    emitted_at = {}
+    for f in range(len(src)):
+        poses = {p: kp[list(fr).index(f)] for p, (fr, kp) in tracks.items() if f in fr}
+        for fs in scorer.push(f, frames[f], poses):
+            emitted_at[fs.frame] = f
+    tail = [fs.frame for fs in scorer.flush()]
+    assert all(emitted_at[t] == t + 9 for t in emitted_at)
+    assert sorted(emitted_at) == list(range(len(src) - 9)) and tail == list(range(len(src) - 9, len(src)))
+    with pytest.raises(ValueError, match="push every frame in order"):
+        scorer.push(len(src) + 3, frames[0], {})
+
+
+def test_fused_scores_use_the_training_min_max():
+    raw = {"mo": np.array([10.0, 50.0]), "app": np.array([0.5, 0.5]), "mm": np.array([0.0, 2e-3]),
+           "nll": np.array([3.0, 4.0])}
+    out = fused_scores(raw, STATS, LAMBDAS)
+    np.testing.assert_allclose(out["mo"], [0.25, 1.25])  # outside the training range: not clipped
+    np.testing.assert_allclose(out["score"], [0.25 + 0.5 + 0.0, 1.25 + 0.5 + 2.0])
+    np.testing.assert_allclose(out["nll"], [3.0, 4.0])
+
+
+def test_score_stats_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"score_stats\.json: missing"):
+        load_score_stats(tmp_path)
+    (tmp_path / "score_stats.json").write_text('{"mo": {"min": 0, "max": 1}}')
+    with pytest.raises(ValueError, match=r"lacks statistics for \['app', 'mm', 'fused'\]"):
+        load_score_stats(tmp_path)
+
+
+def test_clips_match_the_prepared_training_store(tmp_path):
+    """The windows scored here are bit-identical to the ClipStore items training and eval use."""
+    from mgnet.data.prepare import prepare_split
+    from mgnet.data.pose_formats import load_poses
+    cfg = {"kind": "synthetic", "root": str(tmp_path / "syn"), "cache_dir": str(tmp_path / "prep"), "seg_len": 16,
+           "train_stride": 4, "test_stride": 1, "crop_size": 64, "scene_size": 64, "max_gap": 2,
+           "box_expand": 0.2, "box_min_conf": 0.1, "decode_chunk": 64, "synth": {"size": "tiny", "seed": 0}}
+    store = prepare_split(cfg, "test", progress=False)
+    name = store.videos[0]
+    vi = 0
+    items = {(int(store[i]["person"]), int(store[i]["start"])): store[i]
+             for i in np.flatnonzero(store.column("video") == vi)}
+    src = open_frames(tmp_path / "syn" / "testing" / "frames" / name)
+    tracks = load_poses(tmp_path / "syn" / "pose" / "test" / f"{name}_alphapose_tracked_person.json")
+    seen = 0
+    for batch in offline_batches(src, tracks, ClipSpec.from_config({"data": cfg}), batch_size=32):
+        for j in range(len(batch["person"])):
+            ref = items[(int(batch["person"][j]), int(batch["start"][j]))]
+            for k in ("rgb", "pose", "pose_conf", "scene", "frame"):
+                assert torch.equal(batch[k][j], ref[k]), (k, j)
+            seen += 1
+    assert seen == len(items) > 0
