@@ -1,0 +1,89 @@
+"""memory_address: eager (the reference, plain PyTorch autograd) vs fused (the public op on the auto
+backend) vs torch.compile of the reference, forward and forward+backward, in MGNet's two regimes:
+
+  many  behavior memory: every token of every clip queries it, N = 256 clips x 512 tokens = 131072
+        queries of width 192 against 10 slots (CUDA: also batch 64 x 512 at the paper width 384)
+  wide  Behavior-Scene Matching Memory: 256 queries of width P*N_b + N_s = 512*10 + 10 = 5130 against 50 slots
+
+Minimum bytes moved (b = bytes per element, int64 top2):
+  fwd      b * (N*C + S*C)           read q, mem
+         + b * (N*S + N*C) + 16*N    write weights, read, top2
+  fwd+bwd  fwd
+         + b * (N*C + N*S + N*C + S*C + N*S)   read grad_read, grad_weights, q, mem, weights
+         + b * (N*C + S*C)                     write grad_q, grad_mem
+GB/s = that / time, against bench/_common.memory_bandwidth_gbs (a 256 MiB copy on CPU, 2 GiB on GPU:
+bytes read + written / time). The many-query regime is bandwidth-bound (S = 10 slots: 20 FLOP per
+element of q); the wide regime does 2*S = 100 FMA per element and is compute-bound on a CPU.
+"""
+import pytest
+import torch
+
+import mgnet.ops as ops
+from mgnet.ops.memory import memory_address_reference
+from _common import bench_pedantic, record
+
+OP = "memory_address"
+HAS_CUDA = torch.cuda.is_available()
+ROUNDS = {"cpu": 3, "cuda": 20}
+SHAPES = {  # name: (N, C, S)
+    "many": (131072, 192, 10),
+    "wide": (256, 5130, 50),
+    "many-paper": (64 * 512, 384, 10),
+}
+
+CASES = []
+for dev in ("cpu", "cuda"):
+    for name in ("many", "wide") + (("many-paper",) if dev == "cuda" else ()):
+        for pass_ in ("fwd", "fwd+bwd"):
+            marks = [pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")] if dev == "cuda" else []
+            CASES.append(pytest.param(dev, name, pass_, marks=marks, id=f"{dev}-{name}-{pass_}"))
+
+_COMPILED = {}
+
+
+def _compiled():
+    if "f" not in _COMPILED:
+        _COMPILED["f"] = torch.compile(memory_address_reference, dynamic=False)
+    return _COMPILED["f"]
+
+
+def min_bytes(N, C, S, elem, bwd):
+    fwd = elem * (N * C + S * C) + elem * (N * S + N * C) + 16 * N
+    if not bwd:
+        return fwd
+    return fwd + elem * (3 * N * C + 2 * N * S + S * C) + elem * (N * C + S * C)
+
+
+@pytest.mark.parametrize("impl", ["eager", "fused", "compile"])
+@pytest.mark.parametrize("device,name,pass_", CASES)
+def test_memory_address(benchmark, device, name, pass_, impl):
+    N, C, S = SHAPES[name]
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(N, C, generator=g).to(device)
+    mem = torch.randn(S, C, generator=g).to(device)
+    bwd = pass_ == "fwd+bwd"
+    if impl == "eager":
+        f = memory_address_reference
+    elif impl == "fused":
+        assert ops.resolve(OP, q.device) != "eager", "no fused backend available for this device"
+        f = ops.memory_address
+    else:
+        f = _compiled()
+    if bwd:
+        q.requires_grad_(True)
+        mem.requires_grad_(True)
+        gw = torch.randn(N, S, generator=g).to(device)
+        gr = torch.randn(N, C, generator=g).to(device)
+
+        def run():
+            w, r, _ = f(q, mem)
+            torch.autograd.grad((w, r), (q, mem), (gw, gr))
+    else:
+        def run():
+            with torch.no_grad():
+                f(q, mem)
+    run()  # compile / first-touch outside the timed region
+    run()
+    record(benchmark, op=OP, shape=f"{name} N{N} C{C} S{S} fp32", impl=impl, pass_=pass_, device=device,
+           bytes_=min_bytes(N, C, S, 4, bwd))
+    bench_pedantic(benchmark, run, device, rounds=ROUNDS[device])
