@@ -26,7 +26,8 @@
 namespace {
 
 constexpr int64_t K = 384;        // 3 channels x 2 frames x 8 x 8 pixels
-constexpr int64_t TILE = 128;     // rows per tile: A is 128 x 384 x 4 B = 192 KiB (fits L2)
+constexpr int64_t TILE = 128;      // forward rows per tile: A is 128 x 384 x 4 B = 192 KiB (fits L2)
+constexpr int64_t TILE_BWD = 512;  // backward: a longer reduction per grad_weight update (768 KiB)
 
 struct Geometry {
   int64_t B, T, H, W, t, h, w, P, Pv, N;
@@ -163,7 +164,7 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& frames, const at::T
   const in_t* fp = frames.data_ptr<in_t>();
   const int64_t* vp = visible.data_ptr<int64_t>();
   const acc_t* gr = grad.data_ptr<acc_t>();
-  const int64_t ntiles = (g.N + TILE - 1) / TILE;
+  const int64_t ntiles = (g.N + TILE_BWD - 1) / TILE_BWD;
   const int nthr = at::get_num_threads();
   const auto opts = gw2d.options();
   // one (D x 384) + (D) accumulator per thread
@@ -171,11 +172,11 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& frames, const at::T
   at::Tensor gb_part = at::zeros({nthr, D}, opts);
   at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
     const int tid = at::get_thread_num();
-    std::vector<acc_t> buf(TILE * K);
+    std::vector<acc_t> buf(TILE_BWD * K);
     at::Tensor gwl = gw_part[tid];
     acc_t* gbl = gb_part.data_ptr<acc_t>() + tid * D;
     for (int64_t tile = t0; tile < t1; ++tile) {
-      const int64_t r0 = tile * TILE, M = std::min(TILE, g.N - r0);
+      const int64_t r0 = tile * TILE_BWD, M = std::min(TILE_BWD, g.N - r0);
       gather_tile<in_t, acc_t>(fp, vp, g, r0, M, scale, shift, buf.data());
       const acc_t* gt = gr + r0 * D;
       at::Tensor a = at::from_blob(buf.data(), {M, K}, opts);
