@@ -140,8 +140,8 @@ def test_matches_reference(backend, case):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_many_tiles_and_threads(backend):
-    """More rows than one CPU tile (128) / Triton block (64), a ragged last tile, D > one block."""
-    big = dict(B=3, T=4, H=32, W=40, D=70, pv=61) if backend == "cpu" else dict(B=2, T=2, H=16, W=72, D=70, pv=37)
+    """More rows than one CPU tile (128 forward, 512 backward) / Triton block (64), ragged last tiles, D > one block."""
+    big = dict(B=12, T=4, H=32, W=64, D=70, pv=61) if backend == "cpu" else dict(B=2, T=2, H=16, W=72, D=70, pv=37)
     a = make(**big, seed=3)
     _compare(backend, a, torch.float32)
 
