@@ -66,6 +66,11 @@ class ClipStore(Dataset):
     def __len__(self):
         return len(self.index)
 
+    def __getstate__(self):  # DataLoader workers (spawn) reopen the memory maps themselves
+        state = dict(self.__dict__)
+        state["_open"] = OrderedDict()
+        return state
+
     def __repr__(self):
         return f"ClipStore({self.path!r}, split={self.split!r}, videos={len(self.videos)}, clips={len(self)})"
 
