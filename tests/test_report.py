@@ -108,7 +108,7 @@ def small_video(tmp_path_factory):
         k1, _ = _person(40, 55, 0.0)
         k2, _ = _person(120, 55, 0.0)
         people.append([(1, k1, 0.0), (2, k2, 3.0 if t >= 8 else float("nan"))])
-    vid = write_annotated_video(d / "a.mp4", frames, people, scores, threshold=1.0, fps=10)
+    vid = write_annotated_video(d / "a.mp4", frames, people, scores, threshold=1.0, fps=10, min_height=0)
     return d, vid, n, h, w
 
 
@@ -152,3 +152,13 @@ def test_html_report_opens_in_headless_chromium(small_video, tmp_path):
     assert dom.count("<tr>") == 2 + 1 + len(ev)  # meta rows + events header + one row per event
     emb = write_report(tmp_path / "r.html", "x", png, vid, [], embed_video_max_bytes=10**7)
     assert "data:video/mp4;base64," in emb.read_text() and "No frame reached" in emb.read_text()
+
+
+def test_small_frames_are_enlarged_for_legible_labels():
+    from mgnet.report.annotated_video import render_frame
+    k, _ = _person(40, 50, 2.0)
+    out = render_frame(np.zeros((96, 128, 3), np.uint8), [(1, k, 2.0)], np.full(5, 2.0), 2, 1.0, 4.0)
+    assert out.shape[1] == 4 * 128 and out.shape[0] == 4 * 96 + 96  # x4 (>= 360 rows), strip of H/4
+    red = (out[..., 0].astype(int) - out[..., 1]) > 60
+    ys, xs = np.nonzero(red[:4 * 96])
+    assert xs.min() >= 4 * 30 - 20 and xs.max() <= 4 * 50 + 20  # the skeleton scaled with the frame

@@ -26,7 +26,7 @@ def draw_people(img: Image.Image, people: Sequence[tuple[int, np.ndarray, float]
                 min_conf: float = 0.05) -> None:
     """Draw, in place, a box, a skeleton and "id score" for each ``(track_id, kps17 (17, 3), score)``."""
     d = ImageDraw.Draw(img)
-    lw = max(1, round(min(img.size) / 160))
+    lw = max(1, round(min(img.size) / 180))
     for pid, kps, score in people:
         col = score_colour(score, threshold)
         ok = kps[:, 2] > min_conf
@@ -67,17 +67,25 @@ def draw_curve_strip(width: int, height: int, scores: np.ndarray, t: int, thresh
     cx = xy(t, 0)[0]
     d.line([(cx, pad), (cx, height - pad)], fill=score_colour(scores[t] if t < n else np.nan, threshold), width=2)
     cur = scores[t] if t < n else np.nan
-    d.text((pad + 2, pad), f"frame {t}  score {cur:.2f}" if np.isfinite(cur) else f"frame {t}", fill=(235, 235, 235))
+    label = f"frame {t}  score {cur:.2f}" if np.isfinite(cur) else f"frame {t}  (no score)"
+    tw = d.textlength(label)
+    d.rectangle([width - tw - 2 * pad - 4, pad, width - pad, pad + 12], fill=(24, 24, 24))
+    d.text((width - tw - pad - 2, pad), label, fill=(235, 235, 235))
     return strip
 
 
 def render_frame(frame: np.ndarray, people, scores: np.ndarray, t: int, threshold: float, vmax: float,
-                 strip_height: Optional[int] = None) -> np.ndarray:
-    """One annotated frame (H + strip, W, 3) uint8, padded to even sizes for yuv420p."""
+                 strip_height: Optional[int] = None, min_height: int = 360) -> np.ndarray:
+    """One annotated frame (H' + strip, W', 3) uint8, padded to even sizes for yuv420p. Frames
+    lower than ``min_height`` are enlarged by an integer factor so that labels stay legible."""
     img = Image.fromarray(np.ascontiguousarray(frame[..., :3]).astype(np.uint8))
+    k = max(1, -(-min_height // img.size[1])) if min_height else 1
+    if k > 1:
+        img = img.resize((img.size[0] * k, img.size[1] * k), Image.BILINEAR)
+        people = [(p, np.concatenate([kp[:, :2] * k, kp[:, 2:]], 1), s) for p, kp, s in people]
     draw_people(img, people, threshold)
     w, h = img.size
-    sh = strip_height or max(48, h // 3)
+    sh = strip_height or max(48, h // 4)
     out = Image.new("RGB", (w + (w % 2), h + sh + ((h + sh) % 2)), (0, 0, 0))
     out.paste(img, (0, 0))
     out.paste(draw_curve_strip(w, sh, scores, t, threshold, vmax), (0, h))
@@ -86,12 +94,13 @@ def render_frame(frame: np.ndarray, people, scores: np.ndarray, t: int, threshol
 
 def write_annotated_video(path, frames: Iterable[np.ndarray], people_per_frame: Sequence[Sequence],
                           scores: np.ndarray, threshold: float, fps: float = 25.0,
-                          vmax: Optional[float] = None) -> Path:
+                          vmax: Optional[float] = None, min_height: int = 360) -> Path:
     """Encode the annotated video as H.264 .mp4 (browser-playable); written atomically.
 
     frames: the video's RGB frames (H, W, 3) uint8; people_per_frame[t]: ``(track_id, kps17, score)``
     for each person at frame t (score NaN when unknown); scores: the per-frame score curve.
-    vmax: the curve strip's top (default: max(2 * threshold, max score)).
+    vmax: the curve strip's top (default: max(2 * threshold, max score)); min_height: frames lower
+    than this are enlarged (integer factor) before drawing.
     """
     import imageio_ffmpeg
 
@@ -105,7 +114,7 @@ def write_annotated_video(path, frames: Iterable[np.ndarray], people_per_frame: 
     try:
         for t, frame in enumerate(frames):
             img = render_frame(frame, people_per_frame[t] if t < len(people_per_frame) else (), scores, t,
-                               threshold, vmax)
+                               threshold, vmax, min_height=min_height)
             if writer is None:
                 writer = imageio_ffmpeg.write_frames(
                     str(tmp), (img.shape[1], img.shape[0]), fps=float(fps), codec="libx264",
