@@ -53,7 +53,8 @@ def _rows(session):
         if "op" not in info or b.stats is None:
             continue
         key = (info["op"], info["shape"], info["pass_"], info["device"])
-        cases.setdefault(key, {})[info["impl"]] = (b.stats.stats.min, info)
+        st = b.stats if hasattr(b.stats, "min") else b.stats.stats   # Metadata or its Stats
+        cases.setdefault(key, {})[info["impl"]] = (st.min, info)
     rows = []
     for (op, shape, pass_, device), impls in sorted(cases.items()):
         row = {"op": op, "shape": shape, "pass": pass_, "device": device}
