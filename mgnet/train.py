@@ -319,11 +319,14 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
 
 
 def write_bsmm(model, store, cfg, run: RunDir, ctx: Dist, log) -> None:
-    """Stage 4: one pass over the whole training set (same order on every rank) writing the BSMM."""
+    """Stage 4: one pass over the whole training set (same shuffled order on every rank) writing the BSMM."""
     from tqdm import tqdm
     runs.seed_everything(_stage_seed(cfg, 4))
     model.set_stage(4)
-    loader = DataLoader(store, batch_size=int(cfg.train.stage4.batch_size), shuffle=False,
+    # a seeded permutation, the same on every rank: the first writes seed the memory's slots, so
+    # they must come from all over the training set, not from its first video
+    order = torch.randperm(len(store), generator=torch.Generator().manual_seed(_stage_seed(cfg, 4))).tolist()
+    loader = DataLoader(store, batch_size=int(cfg.train.stage4.batch_size), sampler=order,
                         num_workers=int(cfg.train.num_workers), generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
     with _annotate("stage4", color="blue"), torch.no_grad():
