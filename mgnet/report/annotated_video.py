@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from mgnet.report.colours import score_colour
 
@@ -22,11 +22,20 @@ COCO17_EDGES = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 1
                 (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
 
 
+def _font(px: int):
+    """Pillow's bundled font at ``px`` pixels (older Pillow: its fixed bitmap font)."""
+    try:
+        return ImageFont.load_default(size=px)
+    except TypeError:
+        return ImageFont.load_default()
+
+
 def draw_people(img: Image.Image, people: Sequence[tuple[int, np.ndarray, float]], threshold: float,
                 min_conf: float = 0.05) -> None:
     """Draw, in place, a box, a skeleton and "id score" for each ``(track_id, kps17 (17, 3), score)``."""
     d = ImageDraw.Draw(img)
     lw = max(1, round(min(img.size) / 180))
+    font = _font(max(10, img.size[1] // 28))
     for pid, kps, score in people:
         col = score_colour(score, threshold)
         ok = kps[:, 2] > min_conf
@@ -41,7 +50,8 @@ def draw_people(img: Image.Image, people: Sequence[tuple[int, np.ndarray, float]
         x2, y2 = kps[ok, :2].max(0) + 4
         d.rectangle([x1, y1, x2, y2], outline=col, width=lw)
         label = f"{pid}" if not np.isfinite(score) else f"{pid}: {score:.2f}"
-        d.text((x1, max(0, y1 - 11)), label, fill=col)
+        d.text((x1, max(0, y1 - font.size - 2) if hasattr(font, "size") else max(0, y1 - 11)), label,
+               fill=col, font=font)
 
 
 def draw_curve_strip(width: int, height: int, scores: np.ndarray, t: int, threshold: float,
@@ -68,9 +78,9 @@ def draw_curve_strip(width: int, height: int, scores: np.ndarray, t: int, thresh
     d.line([(cx, pad), (cx, height - pad)], fill=score_colour(scores[t] if t < n else np.nan, threshold), width=2)
     cur = scores[t] if t < n else np.nan
     label = f"frame {t}  score {cur:.2f}" if np.isfinite(cur) else f"frame {t}  (no score)"
-    tw = d.textlength(label)
-    d.rectangle([width - tw - 2 * pad - 4, pad, width - pad, pad + 12], fill=(24, 24, 24))
-    d.text((width - tw - pad - 2, pad), label, fill=(235, 235, 235))
+    font = _font(max(10, height // 7))
+    tw = d.textlength(label, font=font)
+    d.text((width - tw - pad - 2, pad), label, fill=(235, 235, 235), font=font)
     return strip
 
 
