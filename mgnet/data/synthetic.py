@@ -153,7 +153,7 @@ class _Video:
             t += int(rng.integers(35, 75))
         normal_special = SCENE_NORMAL.get(self.scene)
         if normal_special and (split == "train" or event[0] == "none" or rng.random() < 0.5):
-            for _ in range(1 if split == "test" else int(rng.integers(1, 3))):
+            for _ in range(1 if split == "test" else int(rng.integers(2, 4))):
                 self.add(int(rng.uniform(0.0, 0.4) * n), kind=normal_special)
         if split == "test" and event[0] != "none":
             t0 = int(rng.uniform(0.05, 0.25) * n)
