@@ -3,6 +3,8 @@
 Given e (B, t, c, h, w): f = mean over c; f_o = 3DLKA(f) (depthwise k0^3 conv -> depthwise
 dilated k1^3 conv -> 1x1x1 conv on the 1-channel (t, h, w) volume); e_o = e + e * sigmoid(f_o).
 The whole gate is one fused op, ``mgnet.ops.lsta``; this module only owns its weights.
+LKA3D is the bare attention map (``mgnet.ops.lka3d``) on a C-channel volume. Weights are cast
+to the input's dtype (autocast hands the head half-precision tokens).
 """
 from __future__ import annotations
 
@@ -12,6 +14,31 @@ import torch
 import torch.nn as nn
 
 from .. import ops
+
+
+def _conv_init(w, b):
+    bound = 1.0 / math.sqrt(w[0].numel())     # nn.Conv3d's default init (fan_in = in/groups * k^3)
+    nn.init.uniform_(w, -bound, bound)
+    nn.init.uniform_(b, -bound, bound)
+
+
+class LKA3D(nn.Module):
+    """3D large-kernel attention map of x (B, C, D, H, W): depthwise k0^3 conv -> depthwise
+    dilated k1^3 conv -> pointwise conv (eq. 2), through ``mgnet.ops.lka3d``."""
+
+    def __init__(self, channels: int, k0: int = 5, k1: int = 7, dilation: int = 3):
+        super().__init__()
+        C = channels
+        self.dilation = dilation
+        self.w0, self.b0 = nn.Parameter(torch.empty(C, 1, k0, k0, k0)), nn.Parameter(torch.empty(C))
+        self.w1, self.b1 = nn.Parameter(torch.empty(C, 1, k1, k1, k1)), nn.Parameter(torch.empty(C))
+        self.wp, self.bp = nn.Parameter(torch.empty(C, C, 1, 1, 1)), nn.Parameter(torch.empty(C))
+        for w, b in ((self.w0, self.b0), (self.w1, self.b1), (self.wp, self.bp)):
+            _conv_init(w, b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ws = [p.to(x.dtype) for p in (self.w0, self.b0, self.w1, self.b1, self.wp, self.bp)]
+        return ops.lka3d(x, *ws, dilation=self.dilation)
 
 
 class LSTA(nn.Module):
@@ -25,16 +52,15 @@ class LSTA(nn.Module):
         self.wp = nn.Parameter(torch.empty(1, 1, 1, 1, 1))
         self.bp = nn.Parameter(torch.empty(1))
         for w, b in ((self.w0, self.b0), (self.w1, self.b1), (self.wp, self.bp)):
-            bound = 1.0 / math.sqrt(w[0].numel())     # nn.Conv3d's default init, fan_in = k^3
-            nn.init.uniform_(w, -bound, bound)
-            nn.init.uniform_(b, -bound, bound)
+            _conv_init(w, b)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         """e (B, t, c, h, w) -> e + e * sigmoid(3DLKA(mean_c e))   # eqs. (2)-(3)"""
-        return ops.lsta(e, self.w0, self.b0, self.w1, self.b1, self.wp, self.bp, dilation=self.dilation)
+        ws = [p.to(e.dtype) for p in (self.w0, self.b0, self.w1, self.b1, self.wp, self.bp)]
+        return ops.lsta(e, *ws, dilation=self.dilation)
 
     def extra_repr(self) -> str:
         return f"k0={self.w0.shape[-1]}, k1={self.w1.shape[-1]}, dilation={self.dilation}"
 
 
-__all__ = ["LSTA"]
+__all__ = ["LSTA", "LKA3D"]

@@ -56,8 +56,9 @@ STAGE_MODULES = {
 
 
 def cosine_dissimilarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1 - a.b / (|a| |b|) per time step, averaged over time: (B, T, C) x2 -> (B,)."""
-    return (1.0 - F.cosine_similarity(a, b, dim=-1, eps=1e-8)).mean(1)
+    """1 - a.b / (|a| |b|) per time step, averaged over time: (B, T, C) x2 -> (B,), in float32
+    (under autocast the heads give half-precision features)."""
+    return (1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-8)).mean(1)
 
 
 class MGNet(nn.Module):
@@ -191,7 +192,7 @@ class MGNet(nn.Module):
             f_sk, _ = self._f_sk(self._pose(batch))                       # guidance, frozen
         e_b = self.rgb_encoder(batch["rgb"])
         f_rgb = self.head_b(e_b)
-        l_mo = F.mse_loss(f_rgb, f_sk.to(f_rgb.dtype))                     # eq. (4), mean over T, C_mo, B
+        l_mo = F.mse_loss(f_rgb.float(), f_sk.float())                     # eq. (4), mean over T, C_mo, B
         q_b = e_b.reshape(-1, e_b.shape[-1])
         _, _, top2_b = self.mem_b(q_b)
         sep_b = self.mem_b.separateness(q_b, top2_b)                       # eq. (11), behavior
@@ -239,7 +240,7 @@ class MGNet(nn.Module):
             f_sk, nll = self._f_sk(self._pose(batch))
             e_b = self.rgb_encoder(rgb)
             f_rgb = self.head_b(e_b)
-            s_mo = (f_sk.to(f_rgb.dtype) - f_rgb).flatten(1).norm(dim=1)   # eq. (13)
+            s_mo = (f_sk.float() - f_rgb.float()).flatten(1).norm(dim=1)   # eq. (13)
 
             w_b, f_b, _ = self._behavior_memory(e_b)
             f_u = self.head_u(f_b)

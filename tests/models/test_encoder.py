@@ -90,3 +90,14 @@ def test_bad_rgb_shape_names_argument():
     enc = VideoEncoder(8, 1, 2, GRID)
     with pytest.raises(ValueError, match=r"rgb must have shape \(B, 3, T=4, 16, 16\)"):
         enc(torch.zeros(1, 3, 4, 16, 8, dtype=torch.uint8))
+
+
+def test_lka3d_module_matches_reference():
+    from mgnet.models.lsta import LKA3D
+    from mgnet.ops import lka3d_reference
+    m = LKA3D(3, 3, 5, 2)
+    x = torch.randn(2, 3, 4, 6, 5, requires_grad=True)
+    out = m(x)
+    torch.testing.assert_close(out, lka3d_reference(x, m.w0, m.b0, m.w1, m.b1, m.wp, m.bp, 2))
+    out.sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in m.parameters())
