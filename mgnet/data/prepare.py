@@ -28,6 +28,7 @@ from . import datasets
 from .cache import FORMAT_VERSION, ClipStore
 from .crops import crop_squares, person_boxes, scene_images
 from .errors import DataError
+from .synthetic import VERSION as SYNTH_VERSION
 from .poses import coco17_to_openpose18, read_pose_json
 from .video import open_frames
 from .windows import split_track, window_labels, window_starts
@@ -78,6 +79,8 @@ def stride_for(cfg: dict, split: str) -> int:
 def config_hash(cfg: dict, split: str) -> str:
     key = {k: cfg.get(k) for k in HASHED}
     key.update(split=split, stride=stride_for(cfg, split), format=FORMAT_VERSION, synth=cfg.get("synth"))
+    if cfg["kind"] == "synthetic":
+        key["synth_version"] = SYNTH_VERSION  # regenerated content invalidates the store
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -222,7 +225,7 @@ def _ensure_synthetic(cfg, progress):
     if os.path.isfile(meta):
         with open(meta) as f:
             m = json.load(f)
-        if (m.get("size"), m.get("seed")) == (s["size"], s["seed"]):
+        if (m.get("size"), m.get("seed"), m.get("version")) == (s["size"], s["seed"], SYNTH_VERSION):
             return
     if progress:
         print(f"mgnet prepare: generating the synthetic benchmark ({s['size']}, seed {s['seed']}) into {cfg['root']}",

@@ -39,7 +39,7 @@ from . import synth_scene as S
 from .errors import DataError
 from .poses import write_pose_json
 
-VERSION = 1
+VERSION = 2  # bump when the generated content changes: older folders are regenerated
 TYPE_NAMES = {0: "normal", 1: "motion", 2: "appearance", 3: "scene"}
 SCENE_NORMAL = {0: "sit", 1: "wave"}  # scene index -> the extra behaviour normal there only
 

@@ -155,3 +155,20 @@ def test_cli(tiny, capsys):
 def test_bad_size(tmp_path):
     with pytest.raises(DataError, match="--size must be one of"):
         synthetic.generate(tmp_path / "x", "huge")
+
+
+def test_stale_synthetic_root_is_regenerated(tmp_path, monkeypatch):
+    root = tmp_path / "syn"
+    os.makedirs(root)
+    calls = []
+    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: calls.append((a, k)))
+    cfg = prepare.data_config(dict(kind="synthetic", root=str(root), seg_len=16, train_stride=4, test_stride=1,
+                                   crop_size=64, scene_size=64, synth={"size": "tiny", "seed": 1}))
+    for version, expect in ((synthetic.VERSION, 0), (synthetic.VERSION - 1, 1)):
+        (root / "synth.json").write_text(json.dumps({"size": "tiny", "seed": 1, "version": version}))
+        prepare._ensure_synthetic(cfg, progress=False)
+        assert len(calls) == expect
+    assert calls[0][1] == {"force": True}
+    h = prepare.config_hash(cfg, "train")
+    monkeypatch.setattr(prepare, "SYNTH_VERSION", synthetic.VERSION + 1)
+    assert prepare.config_hash(cfg, "train") != h
