@@ -150,9 +150,15 @@ def folder_videos(root, split) -> list[VideoItem]:
     root = _need_dir(os.fspath(root), "video")
     d = os.path.join(root, split) if split and os.path.isdir(os.path.join(root, split)) else root
     scenes = {}
-    if os.path.isfile(os.path.join(d, "scenes.json")):
-        with open(os.path.join(d, "scenes.json")) as f:
-            scenes = json.load(f)
+    sp = os.path.join(d, "scenes.json")
+    if os.path.isfile(sp):
+        try:
+            with open(sp) as f:
+                scenes = json.load(f)
+        except ValueError:
+            raise DataError(sp, "not valid JSON") from None
+        if not isinstance(scenes, dict):
+            raise DataError(sp, "expected a JSON object {video name: scene}")
     items = []
     for entry in sorted(os.listdir(d)):
         p = os.path.join(d, entry)

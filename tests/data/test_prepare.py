@@ -230,3 +230,19 @@ def test_folder_of_own_videos(tmp_path):
     os.remove(os.path.join(root, "cam1.json"))
     with pytest.raises(DataError, match="cam1_alphapose_tracked_person.json: pose file of video cam1.mp4 not found"):
         prep.prepare_split(data_cfg(root, kind="folder", seg_len=4), "test", progress=False)
+
+
+def test_video_without_long_enough_tracks(tmp_path):
+    root = str(tmp_path / "mine")
+    os.makedirs(root)
+    write_jpegs(os.path.join(root, "a"), frames_pattern(12, 32, 24))
+    write_pose_json(os.path.join(root, "a.json"), tracks_for({1: range(0, 5), 2: range(7, 12)}))
+    write_jpegs(os.path.join(root, "b"), frames_pattern(10, 32, 24))
+    write_pose_json(os.path.join(root, "b.json"), tracks_for({1: range(10)}))
+    store = prep.prepare_split(data_cfg(root, kind="folder"), "test", progress=False)
+    assert store.videos == ["a", "b"] and store.num_frames == {"a": 12, "b": 10}
+    assert len(store) == 3 and set(store.column("video").tolist()) == {1}
+    with open(os.path.join(root, "scenes.json"), "w") as f:
+        f.write("[1, 2")
+    with pytest.raises(DataError, match="scenes.json: not valid JSON"):
+        prep.prepare_split(data_cfg(root, kind="folder", seg_len=4), "test", progress=False)
