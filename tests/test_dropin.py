@@ -5,8 +5,10 @@ Both runs start from the same seed and see the same batches; stage 1 (STG-NF NLL
 (L_mo + beta * separateness), stage 3 (alpha * L_app), the stage-4 BSMM write, then scores().
 Optimizer: plain SGD, so that a kernel's rounding differences stay rounding differences (Adam's
 first step is ~lr * sign(grad), which turns a 1e-9 difference in a near-zero gradient into a full
-step). Tolerances (fp32): every loss term at every step rtol 1e-4 / atol 1e-5; the four scores
-rtol 1e-3 / atol 1e-4; the trained parameters atol 1e-4 (after 8 SGD steps).
+step). Tolerances (fp32): every loss term at every step rtol 1e-4 / atol 1e-5; the four scores and
+the trained parameters rtol 1e-4 / atol 1e-6 (the "mm" scores are ~1e-3, so their atol must be
+small). Measured with the C++ kernels: largest relative loss difference 1.3e-7, scores 2e-6 abs on
+values ~20, parameters 2e-8 abs. Runtime ~30 s on the shared 2-core machine.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from mgnet.models.config import ModelConfig  # noqa: E402
 FUSED_OPS = ("lka3d", "lsta", "memory_address", "masked_cube_embed")
 STEPS = ((1, 2), (2, 3), (3, 3))       # (stage, SGD steps)
 LOSS_TOL = dict(rtol=1e-4, atol=1e-5)
-SCORE_TOL = dict(rtol=1e-3, atol=1e-4)
-PARAM_TOL = dict(rtol=1e-3, atol=1e-4)
+SCORE_TOL = dict(rtol=1e-4, atol=1e-6)
+PARAM_TOL = dict(rtol=1e-4, atol=1e-6)
 
 
 def tiny_config(**kw) -> ModelConfig:
