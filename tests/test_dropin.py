@@ -110,8 +110,23 @@ def test_fused_backend_is_a_drop_in_for_eager():
 
 
 def test_config_switch_selects_the_backend(monkeypatch):
-    """model.ops_backend in the config reaches the dispatcher (set_backend -> MGNET_BACKEND)."""
+    """model.ops_backend reaches the dispatcher: with "eager" no fused kernel runs inside the model's
+    calls, with "auto" the fused CPU kernels do; set_backend (the process-wide form) too."""
     monkeypatch.delenv("MGNET_BACKEND", raising=False)
+    fused = _fused_cpu_ops()
+    if not fused:
+        pytest.skip("no fused CPU kernel available: nothing to switch between")
+    calls = []
+    for op in fused:
+        k = _dispatch.get_kernel(op, "cpu")
+        monkeypatch.setattr(k, "forward", lambda *a, _f=k.forward, _op=op: calls.append(_op) or _f(*a))
+    batch = synthetic_batch(tiny_config(), 2)
+    for be in ("eager", "auto"):
+        calls.clear()
+        model = models.MGNet(tiny_config(ops_backend=be))
+        model.set_stage(2)
+        model.losses(batch, 2)["loss"].backward()
+        assert (len(calls) > 0) == (be == "auto"), (be, calls)
     ops.set_backend("eager")
     try:
         assert _dispatch.requested() == "eager"
