@@ -172,3 +172,14 @@ def test_stale_synthetic_root_is_regenerated(tmp_path, monkeypatch):
     h = prepare.config_hash(cfg, "train")
     monkeypatch.setattr(prepare, "SYNTH_VERSION", synthetic.VERSION + 1)
     assert prepare.config_hash(cfg, "train") != h
+
+
+def test_older_version_regenerated_other_size_refused(tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    os.makedirs(out)
+    (out / "synth.json").write_text(json.dumps({"size": "tiny", "seed": 0, "version": synthetic.VERSION - 1}))
+    monkeypatch.setattr(synthetic, "video_names", lambda size: {"train": [], "test": []})  # no videos: fast
+    meta = synthetic.generate(out, "tiny", 0)
+    assert meta["version"] == synthetic.VERSION and json.loads((out / "synth.json").read_text())["version"] == synthetic.VERSION
+    with pytest.raises(DataError, match="pass --force"):
+        synthetic.generate(out, "tiny", 1)
