@@ -82,3 +82,25 @@ def test_bad_pose_shape_names_argument():
         f(torch.randn(2, 2, 5, 18))
     with pytest.raises(TypeError, match="pose must be a floating-point"):
         f(torch.zeros(2, 2, 4, 18, dtype=torch.int64))
+
+
+def test_training_separates_normal_from_anomalous_poses():
+    torch.manual_seed(0)
+    f = STGNF(seg_len=4, steps=2, hidden=8)
+    base = torch.randn(1, 2, 4, 18)
+    normal = lambda n: base + 0.1 * torch.randn(n, 2, 4, 18)  # noqa: E731
+    opt = torch.optim.Adam(f.parameters(), lr=3e-3)
+    f.train()
+    start = None
+    for _ in range(40):
+        loss = f.nll(normal(32))[1].mean()
+        start = loss.item() if start is None else start
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    f.eval()
+    with torch.no_grad():
+        held_out = f.nll(normal(64))[1]
+        anomalous = f.nll(normal(64) + torch.randn(64, 2, 4, 18))[1]
+    assert float(held_out.mean()) < start - 1.0
+    assert float(held_out.max()) < float(anomalous.min())
