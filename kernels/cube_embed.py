@@ -107,10 +107,10 @@ def _types(dtype, device):
     (CPU tensors) computes bf16 tl.dot wrongly (numpy has no bf16), so there bf16 operands are
     upcast to fp32 (exact: bf16 values are fp32 values); on GPUs bf16 uses tensor cores."""
     if dtype == torch.float64:
-        return tl.float64, tl.float64, "ieee"
+        return tl.float64, tl.float64, None
     if dtype == torch.float32 or (dtype == torch.bfloat16 and device.type == "cpu"):
-        return tl.float32, tl.float32, "ieee"
-    return tl.float32, _TL[dtype], "ieee"
+        return tl.float32, tl.float32, "ieee"  # no TF32: match the fp32 reference
+    return tl.float32, _TL[dtype], None
 
 
 def _affine(frames, mean, std, dtype):
