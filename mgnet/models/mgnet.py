@@ -42,6 +42,8 @@ try:
     import nvtx as _nvtx
 
     def _range(name):
+        if torch.compiler.is_compiling():   # dynamo cannot enter nvtx.annotate: it would skip the frame
+            return contextlib.nullcontext()
         return _nvtx.annotate(name, domain="mgnet")
 except ImportError:  # pragma: no cover
     def _range(name):
