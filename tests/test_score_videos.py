@@ -66,12 +66,16 @@ def test_pose_files_are_found_by_video_name(tmp_path):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A finished tiny run: the synthetic tiny benchmark, two steps per stage."""
+    import torch
+    threads = torch.get_num_threads()
     d = tmp_path_factory.mktemp("scorerun")
+    # one thread: on a busy shared CPU OpenMP's second thread costs more than it gives
     rc = cli(["train", "experiment=tiny", f"train.out={d / 'run'}", f"data.root={d / 'syn'}",
               f"data.cache_dir={d / 'prep'}", "data.train_stride=16", "train.stage1.steps=2",
-              "train.stage2.steps=2", "train.stage3.steps=2", "train.device=cpu"])
+              "train.stage2.steps=2", "train.stage3.steps=2", "train.device=cpu", "train.threads=1"])
     assert rc == 0
-    return d
+    yield d
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +83,8 @@ def scored(run):
     out = run / "out"
     video = run / "syn" / "testing" / "frames" / "01_0001"
     poses = run / "syn" / "pose" / "test" / "01_0001_alphapose_tracked_person.json"
-    rc = cli(["score", "--video", str(video), "--poses", str(poses), "--run", str(run / "run"), "--out", str(out)])
+    rc = cli(["score", "--threads", "1", "--video", str(video), "--poses", str(poses), "--run", str(run / "run"),
+              "--out", str(out)])
     assert rc == 0
     return out / "01_0001", video, poses
 
@@ -133,7 +138,7 @@ def test_online_cli_prints_final_frames_in_order_and_equals_offline(run, scored,
     folder, video, poses = scored
     capsys.readouterr()
     out = run / "out_online"
-    rc = cli(["score", "--online", "--no-video", "--video", str(video), "--poses", str(poses),
+    rc = cli(["score", "--online", "--no-video", "--threads", "1", "--video", str(video), "--poses", str(poses),
               "--run", str(run / "run"), "--out", str(out)])
     assert rc == 0
     printed = [ln for ln in capsys.readouterr().out.splitlines() if not ln.startswith("#")]
@@ -145,7 +150,10 @@ def test_online_cli_prints_final_frames_in_order_and_equals_offline(run, scored,
     a = np.array([np.nan if v is None else v for v in on["frames"]["score"]])
     b = np.array([np.nan if v is None else v for v in off["frames"]["score"]])
     np.testing.assert_allclose(a, b, rtol=1e-5, equal_nan=True)
-    assert on["events"] == off["events"]
+    assert len(on["events"]) == len(off["events"])
+    for e, f in zip(on["events"], off["events"]):
+        assert {k: v for k, v in e.items() if k != "peak_score"} == {k: v for k, v in f.items() if k != "peak_score"}
+        assert e["peak_score"] == pytest.approx(f["peak_score"], rel=1e-5)
     assert on["frames_per_second"] > 0
     print(f"online frames/s: {on['frames_per_second']}, offline frames/s: {off['frames_per_second']}")
 
