@@ -51,6 +51,11 @@ class ActNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.logs = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("initialized", torch.tensor(False))
+        self._initialized = False   # host mirror: no device sync per step
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._initialized = bool(self.initialized)
 
     @torch.no_grad()
     def _init(self, x):
@@ -59,9 +64,10 @@ class ActNorm(nn.Module):
         self.bias.copy_(-mean)
         self.logs.copy_(torch.log(1.0 / (std + 1e-6)))
         self.initialized.fill_(True)
+        self._initialized = True
 
     def forward(self, x, logdet):
-        if self.training and torch.is_grad_enabled() and not bool(self.initialized):
+        if self.training and torch.is_grad_enabled() and not self._initialized:
             self._init(x)
         z = (x + self.bias) * torch.exp(self.logs)
         return z, logdet + self.logs.sum() * (x.shape[2] * x.shape[3])

@@ -104,3 +104,12 @@ def test_training_separates_normal_from_anomalous_poses():
         anomalous = f.nll(normal(64) + torch.randn(64, 2, 4, 18))[1]
     assert float(held_out.mean()) < start - 1.0
     assert float(held_out.max()) < float(anomalous.min())
+
+
+def test_loaded_actnorm_is_not_reinitialised():
+    f = STGNF(seg_len=4, steps=1, hidden=4).train()
+    f(torch.randn(8, 2, 4, 18) * 3)
+    g = STGNF(seg_len=4, steps=1, hidden=4).train()
+    g.load_state_dict(f.state_dict())
+    g(torch.randn(8, 2, 4, 18))
+    torch.testing.assert_close(g.steps[0].actnorm.logs, f.steps[0].actnorm.logs)
