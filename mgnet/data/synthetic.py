@@ -39,7 +39,7 @@ from . import synth_scene as S
 from .errors import DataError
 from .poses import write_pose_json
 
-VERSION = 2  # bump when the generated content changes: older folders are regenerated
+VERSION = 3  # bump when the generated content changes: older folders are regenerated
 TYPE_NAMES = {0: "normal", 1: "motion", 2: "appearance", 3: "scene"}
 SCENE_NORMAL = {0: "sit", 1: "wave"}  # scene index -> the extra behaviour normal there only
 
@@ -68,20 +68,26 @@ def video_names(size: str) -> dict:
 
 
 def _test_event(size: str, s: int, i: int) -> tuple:
-    """(type, variant) of test video i of scene s: types rotate over scenes so each recurs."""
+    """(type, variant) of test video i of scene s. Types rotate over scenes so each recurs; the
+    variants of a type (e.g. run, jump, fall, flail) cycle over that type's videos in order."""
     c = SIZES[size]
     k = 3 if size == "tiny" else 4
-    t = ("motion", "appearance", "scene", "none")[(i + s) % k]
-    n = s * c["test_videos"] + i
+    kinds = ("motion", "appearance", "scene", "none")
+
+    def kind(s_, i_):
+        return kinds[(i_ + s_) % k]
+    t = kind(s, i)
+    if t == "none":
+        return t, None
+    order = [(s_, i_) for s_ in range(c["scenes"]) for i_ in range(c["test_videos"]) if kind(s_, i_) == t]
+    n = order.index((s, i))
     if t == "motion":
-        return t, MOTIONS[(n // k + s) % len(MOTIONS)]
+        return t, MOTIONS[n % len(MOTIONS)]
     if t == "appearance":
-        return t, OBJECTS[(n // k) % len(OBJECTS)]
-    if t == "scene":
-        if s in SCENE_NORMAL:  # the behaviour of the other special scene
-            return t, SCENE_NORMAL[1 - s]
-        return t, ("sit", "wave")[(n // k) % 2]
-    return t, None
+        return t, OBJECTS[n % len(OBJECTS)]
+    if s in SCENE_NORMAL:  # the behaviour normal in the other special scene
+        return t, SCENE_NORMAL[1 - s]
+    return t, ("sit", "wave")[n % 2]
 
 
 class _Video:
