@@ -62,6 +62,9 @@ def test_best_f1_threshold_and_resolve():
     assert thr == 0.8 and f1 == 1.0
     thr, f1 = best_f1_threshold(np.array([0.1, 0.5, 0.5, 0.9]), np.array([0, 1, 0, 1]))
     assert thr == 0.5 and f1 == pytest.approx(0.8)  # cut at 0.5: tp 2, fp 1 -> 4/5
+    # unscored frames (-inf) count as normal and never become the threshold
+    thr, f1 = best_f1_threshold(np.array([-np.inf, -np.inf, 0.2, 0.9, np.nan]), np.array([1, 1, 0, 1, 1]))
+    assert thr == 0.9 and f1 == pytest.approx(2 * 1 / (1 + 0 + 3))
     stats = {"fused": {"p99": 1.7, "p95": 1.2}}
     assert resolve_threshold("p99", stats) == 1.7 and resolve_threshold("0.4", stats) == 0.4
     with pytest.raises(ValueError, match="only percentiles"):

@@ -155,6 +155,12 @@ def test_online_cli_prints_final_frames_in_order_and_equals_offline(run, scored,
         assert {k: v for k, v in e.items() if k != "peak_score"} == {k: v for k, v in f.items() if k != "peak_score"}
         assert e["peak_score"] == pytest.approx(f["peak_score"], rel=1e-5)
     assert on["frames_per_second"] > 0
+    # the Python iterator API yields the same frames, in order
+    from mgnet.online import iter_scores
+    it = list(iter_scores(video, poses, run / "run"))
+    assert [fs.frame for fs in it] == list(range(n))
+    np.testing.assert_allclose([fs.score for fs in it], a, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert all(set(map(str, fs.persons)) <= set(on["persons"]) for fs in it)
     print(f"online frames/s: {on['frames_per_second']}, offline frames/s: {off['frames_per_second']}")
 
 

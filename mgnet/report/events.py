@@ -53,7 +53,9 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, fl
     s, y = s[order], y[order]
     tp = np.cumsum(y)
     fp = np.cumsum(~y)
-    last = np.r_[s[1:] != s[:-1], True]  # only cut between distinct score values
+    last = np.r_[s[1:] != s[:-1], True] & np.isfinite(s)  # cut between distinct finite values only
+    if not last.any():
+        raise ValueError("best_f1_threshold: no finite score")
     tp, fp, cut = tp[last], fp[last], s[last]
     f1 = 2 * tp / (tp + fp + y.sum())
     i = int(np.argmax(f1))
