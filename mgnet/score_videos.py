@@ -297,7 +297,8 @@ def write_outputs(folder: Path, name: str, res: VideoScores, src, tracks, thresh
             "mode": meta["mode"], "run": meta["run"], "events": len(events)}
     if meta["mode"] == "online":
         info["latency"] = f"{meta['latency_frames']} frames"
-    write_report(folder / "report.html", f"mgnet score: {name}", png, mp4, events, info)
+    write_report(folder / "report.html", f"mgnet score: {name}", png, mp4, events, info,
+                 links=("frame_scores.csv", "person_scores.csv", "scores.json"))
     return {"events": events}
 
 

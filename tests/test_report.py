@@ -153,7 +153,8 @@ def test_html_report_opens_in_headless_chromium(small_video, tmp_path):
     assert 'data-loaded="yes"' in dom, "Chromium could not decode the annotated H.264 video"
     assert 'data-duration="3.00"' in dom
     assert dom.count("<tr>") == 2 + 1 + len(ev)  # meta rows + events header + one row per event
-    emb = write_report(tmp_path / "r.html", "x", png, vid, [], embed_video_max_bytes=10**7)
+    emb = write_report(tmp_path / "r.html", "x", png, vid, [], embed_video_max_bytes=10**7, links=["s.csv"])
+    assert '<a href="s.csv">s.csv</a>' in emb.read_text()
     assert "data:video/mp4;base64," in emb.read_text() and "No frame reached" in emb.read_text()
 
 

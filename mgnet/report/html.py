@@ -41,12 +41,14 @@ def _table(rows: Sequence[Sequence], header: Sequence[str], cls: str = "") -> st
 
 
 def write_report(path, title: str, timeline_png, video_path=None, events: Sequence[Mapping] = (),
-                 meta: Optional[Mapping[str, object]] = None, embed_video_max_bytes: int = 0) -> Path:
+                 meta: Optional[Mapping[str, object]] = None, embed_video_max_bytes: int = 0,
+                 links: Sequence[str] = ()) -> Path:
     """Write the report HTML at ``path`` (atomically).
 
     timeline_png: the plot file (embedded). video_path: the annotated .mp4; referenced relative to
     the report's folder, or embedded when its size is <= ``embed_video_max_bytes``. events: as from
     ``find_events``. meta: key/value lines shown at the top (video, run, threshold, latency ...).
+    links: files beside the report (e.g. the CSV/JSON scores) listed as relative links.
     """
     path = Path(path)
     png = base64.b64encode(Path(timeline_png).read_bytes()).decode("ascii")
@@ -78,6 +80,9 @@ def write_report(path, title: str, timeline_png, video_path=None, events: Sequen
                      'strip below the frame is the running score with the threshold in red.</p>')
         parts.append(f'<video id="annotated" controls preload="metadata" muted playsinline>'
                      f'<source src="{src}" type="video/mp4">Your browser cannot play H.264 video.</video>')
+    if links:
+        parts.append("<h2>Data</h2><p>" + " &middot; ".join(
+            f'<a href="{html.escape(str(x))}">{html.escape(str(x))}</a>' for x in links) + "</p>")
     parts.append(f"<script>{_JS}</script></body></html>")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text("\n".join(parts), encoding="utf-8")
