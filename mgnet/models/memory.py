@@ -105,7 +105,8 @@ class BehaviorSceneMatching(nn.Module):
             raise RuntimeError("the Behavior-Scene Matching Memory is empty: write it (stage 4, "
                                "MGNet.bsmm_write) before reading")
         w_r = self.queries(w_b, w_s).to(self.slots.dtype)
-        m = self.slots[:self.num_filled]
+        # slice a copy: a view of a buffer taken under inference_mode breaks an inductor compile
+        m = self.slots.clone()[:self.num_filled]
         c_b = ops.memory_address(w_r[:, :self.len_b].contiguous(), m[:, :self.len_b].contiguous())[0]
         c_s = ops.memory_address(w_r[:, self.len_b:].contiguous(), m[:, self.len_b:].contiguous())[0]
         return c_b, c_s

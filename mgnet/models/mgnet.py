@@ -88,8 +88,10 @@ class MGNet(nn.Module):
         g = torch.Generator().manual_seed(cfg.mask_seed)
         m, _ = complementary_masks(1, (h, w), cfg.mask_ratio, g)
         self.register_buffer("score_mask", m[0], persistent=False)
-        self.register_buffer("score_visible", torch.cat([visible_indices(m, t), visible_indices(~m, t)]),
-                             persistent=False)                             # (2, Pv): MASK, complement
+        # visible cubes of MASK and of its complement, (1, Pv) each (two buffers, not one indexed:
+        # a view of a buffer taken inside inference_mode breaks an inductor compile of scores())
+        self.register_buffer("score_visible1", visible_indices(m, t), persistent=False)
+        self.register_buffer("score_visible2", visible_indices(~m, t), persistent=False)
         self.stage: Optional[int] = None
         self._warned_empty_bsmm = False
 
@@ -246,7 +248,7 @@ class MGNet(nn.Module):
 
             w_b, f_b, _ = self._behavior_memory(e_b)
             f_u = self.head_u(f_b)
-            v1, v2 = (v.expand(B, -1) for v in self.score_visible)
+            v1, v2 = self.score_visible1.repeat(B, 1), self.score_visible2.repeat(B, 1)   # copies: see __init__
             s_app = (0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, v1))
                      + 0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, v2)))       # eq. (14)
 

@@ -120,7 +120,7 @@ def test_scores_match_equations(tiny):
     torch.testing.assert_close(s["nll"], nll)
     assert s["mm"].abs().sum() > 0
     assert int(model.score_mask.sum()) == int(cfg.mask_ratio * cfg.grid[1] * cfg.grid[2])
-    allv = model.score_visible.flatten().sort().values
+    allv = torch.cat([model.score_visible1, model.score_visible2], 1).flatten().sort().values
     assert torch.equal(allv, torch.arange(cfg.num_tokens))            # the pair covers every cube once
 
 
