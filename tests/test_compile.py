@@ -84,3 +84,80 @@ def _breaks_in_ops(explain_out):
         if any(OPS_DIR in os.path.normpath(f) for f in frames):
             found.append(str(br.reason).splitlines()[0])
     return found
+
+
+# ---------------------------------------------------------------------------------- the model
+def _tiny_model_and_batch(B=3):
+    from tests.test_dropin import models, synthetic_batch, tiny_config
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = models.MGNet(cfg)
+    batch = synthetic_batch(cfg, B)
+    model.set_stage(4)
+    model.bsmm_write(batch)
+    return model, batch
+
+
+@pytest.mark.parametrize("what", ["losses-s2", "losses-s3", "scores"])
+def test_model_has_no_graph_break_in_the_ops(what):
+    pytest.importorskip("mgnet.models.mgnet")
+    torch._dynamo.reset()
+    model, batch = _tiny_model_and_batch()
+    if what == "scores":
+        model.eval()
+        ex = torch._dynamo.explain(model.scores)(batch)
+    else:
+        stage = int(what[-1])
+        model.set_stage(stage)
+        ex = torch._dynamo.explain(model.losses)(batch, stage)
+    assert ex.graph_count >= 1
+    assert not _breaks_in_ops(ex), f"graph breaks inside mgnet/ops while compiling {what}: {_breaks_in_ops(ex)}"
+    if what in ("losses-s2", "scores"):   # no host-side work in these at all: one graph
+        assert ex.graph_break_count == 0, [str(b.reason).splitlines()[0] for b in ex.break_reasons]
+
+
+def test_op_calling_submodules_compile_fullgraph():
+    """The modules that call the custom ops (cube embedding + ViT, H_B with LSTA, the memories)
+    compile with fullgraph=True, forward and backward, and match eager."""
+    pytest.importorskip("mgnet.models.mgnet")
+    torch._dynamo.reset()
+    model, batch = _tiny_model_and_batch()
+    model.set_stage(2)
+    rgb = batch["rgb"]
+    from mgnet.data.masking import complementary_masks, visible_indices
+    cfg = model.cfg
+    mask, _ = complementary_masks(rgb.shape[0], cfg.grid[1:], cfg.mask_ratio, torch.Generator().manual_seed(0))
+    vis = visible_indices(mask, cfg.grid[0])
+
+    def body(m):
+        e = m.rgb_encoder(rgb)
+        f = m.head_b(e)
+        w, r, top2 = m.mem_b(e.reshape(-1, e.shape[-1]))
+        fm = m.mask_encoder(rgb, vis, validate=False)
+        return f.square().mean() + r.square().mean() + w.mean() + fm.square().mean() \
+            + m.mem_b.separateness(e.reshape(-1, e.shape[-1]), top2)
+
+    used = (model.rgb_encoder, model.head_b, model.mem_b, model.mask_encoder)
+    params = [p for m in used for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    ref = body(model)
+    g_ref = torch.autograd.grad(ref, params)
+    out = torch.compile(body, backend="aot_eager", fullgraph=True)(model)
+    g_out = torch.autograd.grad(out, params)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_scores_match_eager():
+    """One real inductor compile of scores() (the fused ops stay opaque custom-op calls)."""
+    pytest.importorskip("mgnet.models.mgnet")
+    torch._dynamo.reset()
+    model, batch = _tiny_model_and_batch()
+    model.eval()
+    ref = model.scores(batch)
+    out = torch.compile(model.scores, fullgraph=True)(batch)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"score {k}: {m}")
