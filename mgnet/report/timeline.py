@@ -27,7 +27,7 @@ def plot_timeline(path, scores: np.ndarray, threshold: float, events: Sequence[M
     path = Path(path)
     scores = np.asarray(scores, dtype=np.float64)
     x = np.arange(len(scores))
-    fig, ax = plt.subplots(figsize=(10, 3.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(11, 3.2), dpi=100)
     if labels is not None:
         lab = np.asarray(labels).astype(bool)
         ax.fill_between(x, 0, 1, where=lab, transform=ax.get_xaxis_transform(), color="0.85",
@@ -48,7 +48,7 @@ def plot_timeline(path, scores: np.ndarray, threshold: float, events: Sequence[M
         top.set_xlabel("seconds")
     if title:
         fig.suptitle(title, fontsize=10)
-    ax.legend(loc="upper left", fontsize=7, ncol=4, framealpha=0.8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False)  # outside: never hides the curve
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
