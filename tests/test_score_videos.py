@@ -207,3 +207,40 @@ def test_bad_input_stops_with_one_message_and_no_output(run, tmp_path, capsys):
     unknown = tmp_path / "unknown.json"
     unknown.write_text('{"people": 3}')
     assert f"{unknown}" in _bad(run, tmp_path, video, unknown, capsys)
+
+
+@pytest.mark.slow
+def test_a_folder_of_videos_with_mixed_pose_formats(run, tmp_path):
+    tracks = clip_tracks()
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "poses").mkdir()
+    write_clip_video(tmp_path / "videos" / "cam1.mp4", tracks)
+    write_clip_video(tmp_path / "videos" / "cam2.mp4", tracks)
+    save_poses(tracks, tmp_path / "poses" / "cam1_alphapose_tracked_person.json", "alphapose-tracked")
+    save_poses(tracks, tmp_path / "poses" / "cam2", "openpose", num_frames=26, with_ids=False)
+    out = tmp_path / "out"
+    rc = cli(["score", "--threads", "1", "--no-video", "--video", str(tmp_path / "videos"), "--poses",
+              str(tmp_path / "poses"), "--run", str(run / "run"), "--out", str(out)])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cam1", "cam2"]
+    a, b = (json.loads((out / n / "scores.json").read_text()) for n in ("cam1", "cam2"))
+    assert a["frames"]["score"] == b["frames"]["score"] and sum(v is not None for v in a["frames"]["score"]) == 11
+    assert "annotated.mp4" not in {p.name for p in (out / "cam1").iterdir()}
+
+
+@pytest.mark.slow
+def test_best_f1_threshold_from_the_labelled_test_split(run, scored, tmp_path):
+    folder, video, poses = scored
+    out = tmp_path / "out"
+    rc = cli(["score", "--threads", "1", "--no-video", "--threshold", "best-f1", "--video", str(video),
+              "--poses", str(poses), "--run", str(run / "run"), "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "01_0001" / "scores.json").read_text())
+    thr = doc["threshold"]
+    assert np.isfinite(thr["value"]) and thr["source"].startswith("best F1 ")
+    assert 0.0 < float(thr["source"].split()[2]) <= 1.0
+    score = np.array([np.nan if v is None else v for v in doc["frames"]["score"]])
+    inside = np.zeros(len(score), bool)
+    for e in doc["events"]:
+        inside[e["start"]:e["end"] + 1] = True
+    np.testing.assert_array_equal(inside, np.nan_to_num(score, nan=-np.inf) >= thr["value"])
