@@ -157,7 +157,8 @@ class _Track:
         self.length = 0  # frames in the segment so far (not capped)
 
     def reset(self):
-        self.frames.clear(), self.kps.clear(), self.crops.clear()
+        for q in (self.frames, self.kps, self.crops):
+            q.clear()
         self.length = 0
 
 
@@ -219,9 +220,11 @@ class OnlineScorer:
                     self._append(tr, int(pid), f, _lerp(lk, kps, lf, frame, f), windows)
             self._append(tr, int(pid), frame, kps, windows)
         self._score(windows)
-        # forget what no future window can need
+        # forget what no future window can need: old frames, and tracks that can only restart
         for f in [f for f in self._images if f < frame - T - gap]:
             del self._images[f]
+        for pid in [p for p, tr in self._tracks.items() if not tr.length or frame - tr.frames[-1] - 1 > gap]:
+            del self._tracks[pid]
         return self._emit(upto=frame - self.latency)
 
     def flush(self) -> list[FrameScore]:
