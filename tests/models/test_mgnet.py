@@ -1,6 +1,5 @@
 """MGNet assembly: stage switches, losses, scores (eqs. 13-15), BSMM write, checkpoints, shapes."""
 import io
-import time
 
 import pytest
 import torch
