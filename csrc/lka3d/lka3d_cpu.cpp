@@ -67,8 +67,12 @@ struct PadBuf {
 
 // dst(z, y, x) = bias + sum_{taps} w[kz,ky,kx] * src(z + kz*dil - p, y + ky*dil - p, x + kx*dil - p)
 // with p = dil*(k-1)/2 and zeros outside the volume. dst row (z, y) starts at dst + (z*H+y)*dstride.
-template <typename T, int BW>
-void dwconv(const PadBuf<T>& src, const T* w, T bias, int64_t k, int64_t dil, T* dst, int64_t dstride) {
+// KC > 0 fixes k at compile time: the kx loop unrolls and the taps rotate over 4 accumulator sets
+// (4 x BW lanes of independent FMA chains, enough to hide the FMA latency).
+template <typename T, int BW, int KC>
+void dwconv(const PadBuf<T>& src, const T* w, T bias, int64_t k_rt, int64_t dil, T* dst, int64_t dstride) {
+  const int64_t k = KC > 0 ? KC : k_rt;
+  constexpr int NA = KC > 0 ? 4 : 1;
   const int64_t D = src.D, H = src.H, W = src.W, p = dil * (k - 1) / 2, sh = src.P - p;
   for (int64_t z = 0; z < D; ++z) {
     const int64_t kz0 = ceil_div_pos(p - z, dil), kz1 = std::min(k - 1, (D - 1 + p - z) / dil);
@@ -76,50 +80,76 @@ void dwconv(const PadBuf<T>& src, const T* w, T bias, int64_t k, int64_t dil, T*
       const int64_t ky0 = ceil_div_pos(p - y, dil), ky1 = std::min(k - 1, (H - 1 + p - y) / dil);
       T* drow = dst + (z * H + y) * dstride;
       for (int64_t x0 = 0; x0 < W; x0 += BW) {
-        T acc[BW];
-        for (int i = 0; i < BW; ++i) acc[i] = bias;
+        T acc[NA][BW];
+        for (int a = 0; a < NA; ++a)
+          for (int i = 0; i < BW; ++i) acc[a][i] = a == 0 ? bias : T(0);
         for (int64_t kz = kz0; kz <= kz1; ++kz) {
           for (int64_t ky = ky0; ky <= ky1; ++ky) {
             const T* r = src.row(z + kz * dil - p, y + ky * dil - p) + sh + x0;
             const T* wr = w + (kz * k + ky) * k;
-            for (int64_t kx = 0; kx < k; ++kx) {
-              const T wv = wr[kx];
-              const T* rr = r + kx * dil;
+            if constexpr (KC > 0) {
+#pragma GCC unroll 16
+              for (int kx = 0; kx < KC; ++kx) {
+                const T wv = wr[kx];
+                const T* rr = r + kx * dil;
+                T* ac = acc[kx % NA];
 #pragma omp simd
-              for (int i = 0; i < BW; ++i) acc[i] += wv * rr[i];
+                for (int i = 0; i < BW; ++i) ac[i] += wv * rr[i];
+              }
+            } else {
+              for (int64_t kx = 0; kx < k; ++kx) {
+                const T wv = wr[kx];
+                const T* rr = r + kx * dil;
+#pragma omp simd
+                for (int i = 0; i < BW; ++i) acc[0][i] += wv * rr[i];
+              }
             }
           }
         }
+        for (int a = 1; a < NA; ++a)
+          for (int i = 0; i < BW; ++i) acc[0][i] += acc[a][i];
         const int64_t n = std::min<int64_t>(BW, W - x0);
-        for (int64_t i = 0; i < n; ++i) drow[x0 + i] = acc[i];
+        for (int64_t i = 0; i < n; ++i) drow[x0 + i] = acc[0][i];
       }
     }
   }
 }
 
 // gw[kz,ky,kx] += sum_{z,y,x} g(z,y,x) * in(z + kz*dil - p, y + ky*dil - p, x + kx*dil - p)
-template <typename T, int BW>
-void corr(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k, int64_t dil, T* gw) {
+// One (kz, ky) pair at a time; the k (or KCH) kx taps each keep BW lane-wise partial sums in
+// registers over the whole volume (KC > 0: k fixed at compile time, loop fully unrolled).
+template <typename T, int BW, int KC>
+void corr(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k_rt, int64_t dil, T* gw) {
+  const int64_t k = KC > 0 ? KC : k_rt;
   const int64_t D = g.D, H = g.H, W = g.W, p = dil * (k - 1) / 2, shi = in.P - p, shg = g.P;
-  constexpr int KC = 8;  // kx taps per register block
+  constexpr int KCH = KC > 0 ? KC : 8;  // kx taps per register block
   for (int64_t kz = 0; kz < k; ++kz) {
     const int64_t z0 = std::max<int64_t>(0, p - kz * dil), z1 = std::min<int64_t>(D, D + p - kz * dil);
     for (int64_t ky = 0; ky < k; ++ky) {
       const int64_t y0 = std::max<int64_t>(0, p - ky * dil), y1 = std::min<int64_t>(H, H + p - ky * dil);
-      for (int64_t kx0 = 0; kx0 < k; kx0 += KC) {
-        const int64_t nk = std::min<int64_t>(KC, k - kx0);
-        T part[KC][BW];
-        for (int j = 0; j < KC; ++j)
+      for (int64_t kx0 = 0; kx0 < k; kx0 += KCH) {
+        const int64_t nk = std::min<int64_t>(KCH, k - kx0);
+        T part[KCH][BW];
+        for (int j = 0; j < KCH; ++j)
           for (int i = 0; i < BW; ++i) part[j][i] = T(0);
         for (int64_t z = z0; z < z1; ++z) {
           for (int64_t y = y0; y < y1; ++y) {
             const T* gr = g.row(z, y) + shg;
             const T* ir = in.row(z + kz * dil - p, y + ky * dil - p) + shi + kx0 * dil;
             for (int64_t x0 = 0; x0 < W; x0 += BW) {
-              for (int64_t j = 0; j < nk; ++j) {
-                const T* rr = ir + x0 + j * dil;
+              if constexpr (KC > 0) {
+#pragma GCC unroll 16
+                for (int j = 0; j < KC; ++j) {
+                  const T* rr = ir + x0 + j * dil;
 #pragma omp simd
-                for (int i = 0; i < BW; ++i) part[j][i] += gr[x0 + i] * rr[i];
+                  for (int i = 0; i < BW; ++i) part[j][i] += gr[x0 + i] * rr[i];
+                }
+              } else {
+                for (int64_t j = 0; j < nk; ++j) {
+                  const T* rr = ir + x0 + j * dil;
+#pragma omp simd
+                  for (int i = 0; i < BW; ++i) part[j][i] += gr[x0 + i] * rr[i];
+                }
               }
             }
           }
@@ -137,7 +167,7 @@ void corr(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k, int64_t dil, T* gw
 
 template <typename T>
 T vsum(const T* a, int64_t n) {
-  constexpr int L = 16;
+  constexpr int L = 64;
   T part[L] = {};
   int64_t i = 0;
   for (; i + L <= n; i += L)
@@ -151,7 +181,7 @@ T vsum(const T* a, int64_t n) {
 
 template <typename T>
 T vdot(const T* a, const T* b, int64_t n) {
-  constexpr int L = 16;
+  constexpr int L = 64;
   T part[L] = {};
   int64_t i = 0;
   for (; i + L <= n; i += L)
@@ -163,18 +193,38 @@ T vdot(const T* a, const T* b, int64_t n) {
   return s;
 }
 
+template <typename T, int BW>
+void dwconv_bw(const PadBuf<T>& src, const T* w, T bias, int64_t k, int64_t dil, T* dst, int64_t dstride) {
+  switch (k) {
+    case 3: dwconv<T, BW, 3>(src, w, bias, k, dil, dst, dstride); break;
+    case 5: dwconv<T, BW, 5>(src, w, bias, k, dil, dst, dstride); break;
+    case 7: dwconv<T, BW, 7>(src, w, bias, k, dil, dst, dstride); break;
+    default: dwconv<T, BW, 0>(src, w, bias, k, dil, dst, dstride);
+  }
+}
+
 template <typename T>
 void dwconv_any(const PadBuf<T>& src, const T* w, T bias, int64_t k, int64_t dil, T* dst, int64_t dstride) {
-  if (src.W <= 8) dwconv<T, 8>(src, w, bias, k, dil, dst, dstride);
-  else if (src.W <= 16) dwconv<T, 16>(src, w, bias, k, dil, dst, dstride);
-  else dwconv<T, 32>(src, w, bias, k, dil, dst, dstride);
+  if (src.W <= 8) dwconv_bw<T, 8>(src, w, bias, k, dil, dst, dstride);
+  else if (src.W <= 16) dwconv_bw<T, 16>(src, w, bias, k, dil, dst, dstride);
+  else dwconv_bw<T, 32>(src, w, bias, k, dil, dst, dstride);
+}
+
+template <typename T, int BW>
+void corr_bw(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k, int64_t dil, T* gw) {
+  switch (k) {
+    case 3: corr<T, BW, 3>(g, in, k, dil, gw); break;
+    case 5: corr<T, BW, 5>(g, in, k, dil, gw); break;
+    case 7: corr<T, BW, 7>(g, in, k, dil, gw); break;
+    default: corr<T, BW, 0>(g, in, k, dil, gw);
+  }
 }
 
 template <typename T>
 void corr_any(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k, int64_t dil, T* gw) {
-  if (g.W <= 8) corr<T, 8>(g, in, k, dil, gw);
-  else if (g.W <= 16) corr<T, 16>(g, in, k, dil, gw);
-  else corr<T, 32>(g, in, k, dil, gw);
+  if (g.W <= 8) corr_bw<T, 8>(g, in, k, dil, gw);
+  else if (g.W <= 16) corr_bw<T, 16>(g, in, k, dil, gw);
+  else corr_bw<T, 32>(g, in, k, dil, gw);
 }
 
 // out[b][co][n] = bias[co] + sum_ci w[co][ci] * in[b][ci][n] for b < nb; in/out (nb, C, N).
