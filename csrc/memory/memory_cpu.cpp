@@ -463,9 +463,10 @@ void backward_impl(const T* gW, const T* gR, const T* q, const T* mem, const T* 
 
   const int64_t ntiles = (N + TQ - 1) / TQ;
   const int64_t nch = num_chunks(ntiles);
-  // grad_mem strategy: per-chunk partials fused into the query sweep when they are small and each
-  // chunk has many tiles; otherwise a second sweep parallel over the width.
-  const bool fused_gm = S * C * nch <= (int64_t(1) << 18) && ntiles >= 4 * nch;
+  // grad_mem strategy: per-chunk partials fused into the query sweep when a partial stays in L2 (it is
+  // read and written once per tile) and each chunk has many tiles; otherwise a second sweep parallel
+  // over the width.
+  const bool fused_gm = S * C * int64_t(sizeof(T)) <= 128 * 1024 && ntiles >= 4 * nch;
   std::vector<T> B(fused_gm ? 0 : N * S);                    // b, for the width sweep
   std::vector<T> gamma_part(nch * Sp, T(0));                 // sum_n gs*score per chunk
   std::vector<T> gm_part(fused_gm ? nch * S * C : 0, T(0));  // grad_mem partials per chunk
