@@ -57,7 +57,8 @@ def _rows_fwd(q_ptr, m_ptr, inv_mn_ptr, w_ptr, top2_ptr, N, S: tl.constexpr, C: 
     i1 = tl.argmax(score, axis=1, tie_break_left=True)
     rest = tl.where(rs[None, :] == i1[:, None], float("-inf"), score)
     i2 = tl.argmax(rest, axis=1, tie_break_left=True)
-    i2 = tl.where(S == 1, 0, i2)
+    if S == 1:  # a single slot: both columns are 0
+        i2 = i2 * 0
     tl.store(top2_ptr + rn * 2, i1.to(tl.int64), mask=nmask)
     tl.store(top2_ptr + rn * 2 + 1, i2.to(tl.int64), mask=nmask)
 
