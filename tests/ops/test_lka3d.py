@@ -185,6 +185,22 @@ def test_cpu_half_types_run_in_float32(backend):
 
 
 @pytest.mark.skipif(SKIP_EXT, reason="MGNET_SKIP_EXT=1: no C++ kernels")
+def test_cpu_results_do_not_depend_on_thread_count():
+    args = lka_args(3, 4, 5, 6, 7, 3, 5, dtype=torch.float32)
+    g = torch.randn(3, 4, 5, 6, 7, generator=torch.Generator().manual_seed(7))
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run("lka3d", args, 2, "cpu", g)
+        torch.set_num_threads(max(2, n))
+        many = run("lka3d", args, 2, "cpu", g)
+    finally:
+        torch.set_num_threads(n)
+    for name, a, b in zip(NAMES, one, many):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.skipif(SKIP_EXT, reason="MGNET_SKIP_EXT=1: no C++ kernels")
 def test_gradcheck_cpu_kernels_float64():
     for op, args, d in (("lka3d", lka_args(1, 2, 3, 4, 5, 3, 5), 2), ("lsta", lsta_args(1, 3, 2, 4, 3, 3, 5), 1)):
         fn = torch.ops.mgnet.lka3d.default if op == "lka3d" else torch.ops.mgnet.lsta.default
