@@ -294,7 +294,10 @@ void gmem_accumulate(const T* W, const T* B, int64_t ld, const T* g, const T* q,
     for (int64_t s = 0; s < S; ++s) {
       Vec<T> acc = vloadf(part + s * C + c);
 #pragma GCC unroll 8
-      for (int i = 0; i < NQ; ++i) acc += vbcast<T>(W[i * ld + s]) * gv[i] + vbcast<T>(B[i * ld + s]) * qv[i];
+      for (int i = 0; i < NQ; ++i) {  // two separate updates: two FMAs (a + (x + y) would be mul, fma, add)
+        acc += vbcast<T>(W[i * ld + s]) * gv[i];
+        acc += vbcast<T>(B[i * ld + s]) * qv[i];
+      }
       vstore(part + s * C + c, acc);
     }
   }
@@ -324,7 +327,10 @@ inline void gmem_block(const T* W, const T* B, const T* g, const T* q, const T* 
     for (int j = 0; j < NS; ++j) {
       Vec<T> w = vbcast<T>(W[n * S + s0 + j]), b = vbcast<T>(B[n * S + s0 + j]);
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[j][v] += w * gv[v] + b * qv[v];
+      for (int v = 0; v < NV; ++v) {  // two FMAs, not mul + fma + add
+        acc[j][v] += w * gv[v];
+        acc[j][v] += b * qv[v];
+      }
     }
   }
 #pragma GCC unroll 8
