@@ -7,6 +7,13 @@ memory_address(q (N, C), mem (S, C)) -> (weights (N, S), read (N, C), top2 (N, 2
     top2    = indices of the two highest scores per row, ties to the lower slot index;
               with S == 1 both columns are 0.
 top2 carries no gradient. The reference below is the definition.
+
+Fused backends (registered in memory_backends.py): cpu (csrc/memory/memory_cpu.cpp: float32 and
+float64; float16 / bfloat16 are computed in float32), cuda (csrc/memory/memory_kernels.cu: all four
+dtypes, float accumulation) and triton (kernels/memory.py: float32 arithmetic). Each does the
+forward in one pass over q (slot norms once, query norms on the fly, safe softmax, read, top-2 with
+the reference's tie rule) and returns the grads of q and mem from (grad_weights, grad_read, q, mem,
+weights) without re-running the reference.
 """
 from __future__ import annotations
 
