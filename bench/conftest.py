@@ -4,7 +4,9 @@ at the end and saved as JSON and Markdown under bench/results/ (override with MG
 
 MGNET_BENCH_DEVICE=cpu|cuda keeps only the cases of that device (a case is a CUDA case when one of
 its parameters is "cuda..." or a CUDA torch.device, or its id says "cuda"); bench/gpu_check.sh
-uses it to run the CUDA shapes only."""
+uses it to run the CUDA shapes only. MGNET_BENCH_THREADS=N sets torch's intra-op threads for the
+session (on a CPU shared with other jobs, 1 thread avoids OpenMP barrier stalls that otherwise
+dominate small ops)."""
 from __future__ import annotations
 
 import datetime
@@ -17,6 +19,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+
+if os.environ.get("MGNET_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["MGNET_BENCH_THREADS"]))
 
 
 def _is_cuda_item(item) -> bool:

@@ -9,7 +9,7 @@
 #   1. env       nvidia-smi, torch / triton / CUDA versions              -> OUTDIR/env.txt
 #   2. build     `python setup.py build_ext --inplace` (CUDA kernels on)  -> OUTDIR/build.log
 #   3. import    mgnet.ops + mgnet.kernels importable, backends per op     -> OUTDIR/import.log
-#   4. tests     pytest tests/ops (CUDA and Triton tests)                  -> OUTDIR/tests.log
+#   4. tests     pytest tests/ops -k "cuda or triton"                      -> OUTDIR/tests.log
 #   5. bench     pytest bench/ op files (+ bench/test_model.py when its imports work), CUDA
 #                shapes only (MGNET_BENCH_DEVICE=cuda)                    -> OUTDIR/bench.log and
 #                the report OUTDIR/bench-gpu-*.{json,md}
@@ -72,7 +72,9 @@ step() {
         echo "### $name: $*"
         echo "### limit ${lim}s, started $(date -u +%H:%M:%SZ)"
     } >>"$log"
-    timeout -k 10 "$lim" "$@" 2>&1 | tee -a "$log"
+    # SIGINT first: pytest then still runs its session-finish hooks (the bench report is written
+    # with the cases that finished); SIGKILL 20 s later if it does not stop
+    timeout -s INT -k 20 "$lim" "$@" 2>&1 | tee -a "$log"
     rc=${PIPESTATUS[0]}
     local status=ok
     if (( rc == 124 || rc == 137 )); then status=TIMEOUT; elif (( rc != 0 )); then status=FAILED; fi
@@ -155,7 +157,10 @@ rm -rf "$HIDE"
 # 4. CUDA and Triton tests ----------------------------------------------------------------------
 TEST_ARGS=(-q -ra -p no:cacheprovider)
 [[ -n "$K_FILTER" ]] && TEST_ARGS+=(-k "$K_FILTER")
-step tests 150 "$OUT/tests.log" "$PY" -m pytest tests/ops "${TEST_ARGS[@]}"
+# on the GPU machine only the CUDA and Triton cases (the CPU ones run in CI); -k GPU_CHECK_K overrides
+OPS_K=()
+if (( ! DRY )) && [[ -z "$K_FILTER" ]]; then OPS_K=(-k "cuda or triton"); fi
+step tests 150 "$OUT/tests.log" "$PY" -m pytest tests/ops "${TEST_ARGS[@]}" "${OPS_K[@]}"
 
 # 5. benchmarks (CUDA shapes) -------------------------------------------------------------------
 BENCH_FILES=()
@@ -168,7 +173,7 @@ else
     note "bench    bench/test_model.py left out: the model does not import here (see bench.log)"
 fi
 if (( ${#BENCH_FILES[@]} )); then
-    step bench 240 "$OUT/bench.log" "$PY" -m pytest "${BENCH_FILES[@]}" "${TEST_ARGS[@]}" \
+    step bench 300 "$OUT/bench.log" "$PY" -m pytest "${BENCH_FILES[@]}" "${TEST_ARGS[@]}" \
         --benchmark-columns=min,median,rounds --benchmark-sort=name
 else
     note "bench    FAILED   no benchmark file to run"; FAILED=1

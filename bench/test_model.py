@@ -15,7 +15,6 @@ benchmark does not depend on a prepared dataset.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import pytest
 import torch
@@ -113,7 +112,7 @@ def test_train_step(benchmark, cfg_name, device, B, stage, impl):
         step()  # compile / first-touch outside the timed rounds
         record(benchmark, op="model", shape=f"{cfg_name} B={B}", impl=impl, pass_=f"train-s{stage}",
                device=device, clips=B)
-        bench_pedantic(benchmark, step, device=device, rounds=ROUNDS[device])
+        bench_pedantic(benchmark, step, device=device, rounds=ROUNDS[device], warmup_rounds=0)
 
 
 @pytest.mark.parametrize("impl", ["eager", "fused", "compile"])
@@ -134,8 +133,5 @@ def test_inference(benchmark, cfg_name, device, B, impl):
         assert set(out) >= {"mo", "app", "mm", "nll"} and all(v.shape == (B,) for v in out.values())
         record(benchmark, op="model", shape=f"{cfg_name} B={B}", impl=impl, pass_="infer",
                device=device, clips=B)
-        bench_pedantic(benchmark, run, device=device, rounds=ROUNDS[device])
+        bench_pedantic(benchmark, run, device=device, rounds=ROUNDS[device], warmup_rounds=0)
 
-
-if os.environ.get("MGNET_BENCH_THREADS"):
-    torch.set_num_threads(int(os.environ["MGNET_BENCH_THREADS"]))
