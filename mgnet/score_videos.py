@@ -220,12 +220,8 @@ def _pairs(video: Path, poses: Path) -> list[tuple[Path, Path]]:
 
 
 def _fps(src, default: float) -> float:
-    vr = getattr(src, "_vr", None)
-    try:
-        f = float(vr.get_avg_fps()) if vr is not None else 0.0
-    except Exception:
-        f = 0.0
-    return f if f > 0 and math.isfinite(f) else default
+    """The source's frame rate, or `default` (--fps) where it states none (JPEG folders)."""
+    return src.fps or default
 
 
 def _nan_to_none(a):

@@ -19,6 +19,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 class FrameSource:
     path: str
     size: tuple  # (W, H)
+    fps: float = 0.0  # frames per second as the container states it; 0.0 where unknown (JPEG folders)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -52,6 +53,11 @@ class VideoFile(FrameSource):
             raise DataError(self.path, f"video does not decode ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         self._n = n
         self.size = (int(first.shape[1]), int(first.shape[0]))
+        try:
+            fps = float(self._vr.get_avg_fps())
+        except Exception:  # containers without a frame rate
+            fps = 0.0
+        self.fps = fps if fps > 0 and fps == fps and fps != float("inf") else 0.0
 
     def __len__(self):
         return self._n
