@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     from mgnet.data.errors import DataError
     from mgnet.evaluate import evaluate, format_table
-    from mgnet.train import train
+    from mgnet.train import Dist, train
     t0 = time.perf_counter()
     overrides = ["experiment=demo", f"data.synth.size={args.size}", f"data.synth.seed={args.seed}",
                  f"seed={args.seed}", f"train.out={args.out}",
@@ -73,11 +73,18 @@ def main(argv=None) -> int:
         cfg = runs.compose_config(overrides)
         print(f"mgnet demo: {args.size} synthetic benchmark in {cfg.data.root}, run folder {cfg.train.out}",
               file=sys.stderr)
-        result = train(cfg)
-        if result["stopped"]:
-            print("mgnet demo: training stopped early (train.stop_after_steps); rerun with --resume", file=sys.stderr)
-            return 1
-        metrics = evaluate(cfg, cfg.train.out, model=result.get("model"))
+        ctx = Dist(str(cfg.train.device))  # one process group (torchrun) for training and evaluation
+        try:
+            result = train(cfg, ctx)
+            if result["stopped"]:
+                print("mgnet demo: training stopped early (train.stop_after_steps); rerun with --resume",
+                      file=sys.stderr)
+                return 1
+            metrics = evaluate(cfg, cfg.train.out, model=result.get("model"), ctx=ctx)
+        finally:
+            ctx.close()
+        if not ctx.main:
+            return 0
     except (runs.RunError, DataError, ValueError, FileNotFoundError) as exc:
         print(f"mgnet demo: error: {exc}", file=sys.stderr)
         return 2

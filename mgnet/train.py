@@ -210,6 +210,27 @@ def _epoch_indices(store, cfg, stage: int, epoch: int, ctx: Dist) -> List[int]:
     return list(sampler)
 
 
+def _data_dependent_init(model, store, cfg, stage: int, gbs: int, ctx: Dist) -> None:
+    """One forward (no backward) on the whole first global batch, on every rank, before DDP.
+
+    Layers that initialise from their first training batch (STG-NF's ActNorm) would otherwise see
+    a different half batch on each rank and the replicas would drift apart (DDP syncs gradients,
+    not parameters). The whole global batch is the batch a single process starts with, so the
+    initialisation equals the single-process one. RNG state is restored afterwards.
+    """
+    first = _epoch_indices(store, cfg, stage, 0, _Single())[:gbs]
+    batch = to_device(next(iter(DataLoader(store, batch_size=gbs, sampler=first,
+                                           generator=torch.Generator().manual_seed(0)))), ctx.device)
+    state = runs.rng_state()
+    with autocast(ctx.device, bool(cfg.train.amp)):
+        model.losses(batch, stage)
+    runs.set_rng_state(state)
+
+
+class _Single:
+    world, rank = 1, 0
+
+
 def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budget: Dict[str, int]) -> None:
     scfg = cfg.train[f"stage{stage}"]
     total = int(scfg.steps)
@@ -250,6 +271,8 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
                                         "rng": runs.rng_state(), **model_identity(cfg)})
 
     fwd = _LossModule(model, stage)
+    if ctx.world > 1 and step == 0:
+        _data_dependent_init(model, store, cfg, stage, gbs, ctx)
     if ctx.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         fwd = DDP(fwd, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,

@@ -37,8 +37,12 @@ def _worker(rank, world, port, out, conf_dir):
     T.open_split = lambda data_cfg, split, ctx: FakeStore(split)
     from mgnet import evaluate as E
     cfg = fake_cfg(out)
-    T.train(cfg)
-    E.evaluate(cfg, out)
+    ctx = T.Dist("cpu")  # one process group for training and evaluation, as `mgnet demo` does
+    try:
+        T.train(cfg, ctx)
+        E.evaluate(cfg, out, ctx=ctx)
+    finally:
+        ctx.close()
 
 
 @pytest.mark.slow

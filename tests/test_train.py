@@ -67,6 +67,7 @@ class FakeModel(nn.Module):
         self.mask = nn.Linear(3, 2 * J)
         self.register_buffer("bsmm", torch.zeros(3))
         self.register_buffer("writes", torch.zeros((), dtype=torch.long))
+        self.register_buffer("initialized", torch.tensor(False))
         self.parts = {1: [self.flow], 2: [self.enc], 3: [self.mask]}
 
     def set_stage(self, stage):
@@ -87,6 +88,10 @@ class FakeModel(nn.Module):
         x, rgb = self._feats(batch)
         noise = torch.rand_like(x)                               # makes RNG state matter for resume
         if stage == 1:
+            if self.training and not bool(self.initialized):  # data-dependent init, like STG-NF's ActNorm
+                with torch.no_grad():
+                    self.flow.bias.copy_(-self.flow(x).mean(0) + self.flow.bias)
+                self.initialized.fill_(True)
             z = self.flow(x)
             loss = ((z - 3.0) ** 2).mean() + 0.01 * (z * noise).mean()
         elif stage == 2:
