@@ -164,6 +164,15 @@ def test_single_slot_top2_is_zero():
         torch.testing.assert_close(r, mem.expand(6, -1))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    dev = device_of(backend)
+    q, mem, gw, gr = make(0, 5, 3, device=dev)
+    w, r, t, gq, gm = run(backend, q, mem, gw, gr)
+    assert w.shape == (0, 3) and r.shape == (0, 5) and t.shape == (0, 2) and gq.shape == (0, 5)
+    assert torch.equal(gm.cpu(), torch.zeros(3, 5))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_low_precision_within_twice_eager_error(backend, dtype):
