@@ -9,8 +9,10 @@ Cases
 Rates
   lka3d is compute-bound: FLOPs = 2 * B*C*D*H*W * (k0^3 + k1^3 + C) for the forward (the two
   depthwise convolutions and the pointwise one, one FMA = 2 FLOPs); forward+backward counts 3x the
-  forward. The fraction is of the machine's measured fp32 FMA ceiling: the throughput of a large fp32
-  torch.mm on all threads (bench/_common.compute_peak_gflops).
+  forward. The fraction in the table is of the machine's measured fp32 FMA ceiling: the throughput of
+  a large fp32 torch.mm on all threads (bench/_common.compute_peak_gflops). On a shared machine that
+  measurement drops with the load, so compare also with the nominal FMA peak: cores x clock x fp32
+  FMA lanes per cycle x 2, e.g. 2 Zen 4 cores x 2.6 GHz x 16 (two 256-bit FMA pipes) x 2 = 166 GFLOP/s.
   lsta is memory-bound (its lka3d runs on a 1-channel volume): bytes = 3 * e.nbytes for the forward
   (one read of e for the channel mean, one read + one write for the gate) and 7 * e.nbytes for
   forward+backward (forward, then e and g read once for the mean and sum_c g*e, g read and g_e
