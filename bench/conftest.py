@@ -60,6 +60,8 @@ def _rows(session):
             continue
         key = (info["op"], info["shape"], info["pass_"], info["device"])
         st = b.stats if hasattr(b.stats, "min") else b.stats.stats   # Metadata or its Stats
+        if not getattr(st, "data", None):    # interrupted before its first round (gpu_check timeout)
+            continue
         cases.setdefault(key, {})[info["impl"]] = (st.min, info)
     rows = []
     for (op, shape, pass_, device), impls in sorted(cases.items()):
@@ -90,6 +92,10 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+def _ratio(v):
+    return "-" if v is None else f"{v:.2f}x"
+
+
 def pytest_sessionfinish(session, exitstatus):
     rows = _rows(session)
     if not rows:
@@ -104,7 +110,7 @@ def pytest_sessionfinish(session, exitstatus):
                                               for i in ("eager", "fused", "compile"))
         lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['device']} | {_fmt(r['eager_ms'], '.2f')} | "
                      f"{_fmt(r['fused_ms'], '.2f')} | {_fmt(r['compile_ms'], '.2f')} | "
-                     f"{_fmt(r.get('fused_vs_eager'), '.2f')}x | {_fmt(r.get('fused_vs_compile'), '.2f')}x | "
+                     f"{_ratio(r.get('fused_vs_eager'))} | {_ratio(r.get('fused_vs_compile'))} | "
                      f"{rate} | {_fmt(r.get('peak_fraction'), '.1%')} |")
     machine = {"host": platform.node(), "machine": platform.machine(), "torch": torch.__version__,
                "threads": torch.get_num_threads(),
