@@ -43,6 +43,7 @@ class ModelConfig:
     n_s: int = 10
     n_r: int = 50
     sep_margin: float = 1.0
+    mem_temperature: float = 1.0       # softmax temperature of behavior/scene memory addressing (eq. 7); 1 = paper
     # STG-NF
     flow_steps: int = 8                # K
     flow_hidden: int = 32              # ST-GCN width inside each coupling
@@ -110,6 +111,8 @@ class ModelConfig:
                      "head_hidden", "scene_grid", "scene_conv_channels", "joints"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
+        if self.mem_temperature <= 0:
+            bad("mem_temperature", "must be > 0")
         if self.lsta_layers < 0:
             bad("lsta_layers", "must be >= 0")
 

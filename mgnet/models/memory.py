@@ -31,13 +31,22 @@ class Memory(nn.Module):
     """Learnable slots (S, C) read by cosine addressing. forward(q (N, C)) -> (weights (N, S),
     read (N, C), top2 (N, 2)); ``separateness(q, top2)`` is eq. (11)."""
 
-    def __init__(self, slots: int, dim: int, margin: float = 1.0):
+    def __init__(self, slots: int, dim: int, margin: float = 1.0, temperature: float = 1.0):
         super().__init__()
         self.margin = margin
+        self.temperature = float(temperature)
         self.slots = nn.Parameter(F.normalize(torch.randn(slots, dim), dim=1))
 
     def forward(self, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return ops.memory_address(q, self.slots.to(q.dtype))            # eq. (7)
+        slots = self.slots.to(q.dtype)
+        w, read, top2 = ops.memory_address(q, slots)                      # eq. (7)
+        if self.temperature != 1.0:
+            # softmax(cos / tau) = softmax(log(softmax(cos)) / tau): with tau = 1 (the paper) a
+            # cosine in [-1, 1] gives nearly uniform weights over the slots, so every read is close
+            # to the mean slot and W_b / f_b carry almost nothing of the query
+            w = torch.softmax(torch.log(w.clamp_min(1e-30)) / self.temperature, dim=1)
+            read = w @ slots
+        return w, read, top2
 
     def separateness(self, q: torch.Tensor, top2: torch.Tensor) -> torch.Tensor:
         return separateness_loss(q, self.slots.to(q.dtype), top2, self.margin)   # eq. (11)

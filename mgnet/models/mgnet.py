@@ -77,9 +77,9 @@ class MGNet(nn.Module):
         self.rgb_encoder = VideoEncoder.from_config(cfg)
         self.head_b = STHead(D, cfg.c_mo, cfg.grid, cfg.lsta_layers, cfg.head_hidden,
                              cfg.lsta_k0, cfg.lsta_k1, cfg.lsta_dilation)
-        self.mem_b = Memory(cfg.n_b, D, cfg.sep_margin)
+        self.mem_b = Memory(cfg.n_b, D, cfg.sep_margin, cfg.mem_temperature)
         self.scene = SceneFeatures(cfg.scene_grid, cfg.scene_conv_channels, cfg.scene_seed, cfg.scene_weights)
-        self.mem_s = Memory(cfg.n_s, cfg.scene_dim, cfg.sep_margin)
+        self.mem_s = Memory(cfg.n_s, cfg.scene_dim, cfg.sep_margin, cfg.mem_temperature)
         self.mask_encoder = VideoEncoder.from_config(cfg)
         self.head_m = ProjectionHead(D, cfg.c_app, cfg.grid, cfg.head_hidden)
         self.head_u = ProjectionHead(D, cfg.c_app, cfg.grid, cfg.head_hidden)
