@@ -227,6 +227,16 @@ void corr_any(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k, int64_t dil, T
   else corr_bw<T, 32>(g, in, k, dil, gw);
 }
 
+// Grain of an at::parallel_for: enough items that one chunk carries about `target` units of work
+// (FMAs or elements). Small calls then run inline on the calling thread: on a loaded machine an
+// OpenMP region can stall for a scheduler time slice (~5-10 ms) waiting for a preempted thread,
+// far more than a sub-millisecond op costs serially.
+inline int64_t grain_for(int64_t work_per_item, int64_t target) {
+  return std::max<int64_t>(1, target / std::max<int64_t>(1, work_per_item));
+}
+constexpr int64_t kFmaPerChunk = int64_t(32) << 20;   // ~0.5-1 ms of one core
+constexpr int64_t kElemsPerChunk = int64_t(2) << 20;  // ~8 MB of float traffic
+
 // out[b][co][n] = bias[co] + sum_ci w[co][ci] * in[b][ci][n] for b < nb; in/out (nb, C, N).
 // Tiles of NT spatial elements x CB output channels accumulate in registers over all ci.
 template <typename T>
@@ -234,7 +244,7 @@ void pointwise(const T* in, const T* w, const T* bias, T* out, int64_t nb, int64
   constexpr int64_t NT = 64, CB = 4;
   const int64_t ntiles = (N + NT - 1) / NT;
   const int64_t ncb = (C + CB - 1) / CB;
-  at::parallel_for(0, nb * ntiles * ncb, 1, [&](int64_t s, int64_t e) {
+  at::parallel_for(0, nb * ntiles * ncb, grain_for(NT * CB * C, kFmaPerChunk), [&](int64_t s, int64_t e) {
     T tail[CB][NT];
     for (int64_t idx = s; idx < e; ++idx) {
       const int64_t b = idx / (ntiles * ncb), r = idx % (ntiles * ncb), t = r / ncb, cb = r % ncb;
@@ -295,7 +305,8 @@ inline int64_t batch_chunk(const Geo& g, size_t elem, int64_t slabs) {
 template <typename T>
 void depthwise_pair(const Geo& g, const T* x, const T* w0, const T* bb0, const T* w1, const T* bb1,
                     int64_t b0, int64_t nb, T* a2, T* a1_out) {
-  at::parallel_for(0, nb * g.C, 1, [&](int64_t s, int64_t e) {
+  const int64_t work = g.N * (g.k0 * g.k0 * g.k0 + g.k1 * g.k1 * g.k1);
+  at::parallel_for(0, nb * g.C, grain_for(work, kFmaPerChunk), [&](int64_t s, int64_t e) {
     PadBuf<T> xin, a1;
     xin.init(g.D, g.H, g.W, g.p0);
     a1.init(g.D, g.H, g.W, g.p1);
@@ -355,7 +366,7 @@ void lka3d_backward_impl(const Geo& g, const T* grad, const T* x, const T* w0, c
     const T* gb = grad + b0 * C * N;
     depthwise_pair<T>(g, x, w0, bb0, w1, bb1, b0, nb, A2.data(), A1.data());
     // g_wp[b][co][ci] = <g[b][co], a2[b][ci]>, g_bp[b][co] = sum g[b][co]
-    at::parallel_for(0, nb * C, 1, [&](int64_t s, int64_t e) {
+    at::parallel_for(0, nb * C, grain_for(C * N, kFmaPerChunk), [&](int64_t s, int64_t e) {
       for (int64_t idx = s; idx < e; ++idx) {
         const int64_t b = idx / C, co = idx % C;
         const T* gr = gb + idx * N;
@@ -364,7 +375,7 @@ void lka3d_backward_impl(const Geo& g, const T* grad, const T* x, const T* w0, c
       }
     });
     pointwise<T>(gb, wpt.data(), zero_bias.data(), G2.data(), nb, C, N);  // G2 = wp^T g
-    at::parallel_for(0, nb * C, 1, [&](int64_t s, int64_t e) {
+    at::parallel_for(0, nb * C, grain_for(2 * N * (kk0 + kk1), kFmaPerChunk), [&](int64_t s, int64_t e) {
       PadBuf<T> g2, a1, g1, xin;
       g2.init(g.D, g.H, g.W, g.p1);
       a1.init(g.D, g.H, g.W, g.p1);
@@ -405,7 +416,7 @@ void lka3d_backward_impl(const Geo& g, const T* grad, const T* x, const T* w0, c
 // f[b][z][i] = mean_c e[b][z][c][i]; optionally ge[b][z][i] = sum_c g*e (one read of e and g)
 template <typename T>
 void lsta_mean(const T* e, const T* grad, T* f, T* ge, int64_t B, int64_t t, int64_t c, int64_t P) {
-  at::parallel_for(0, B * t, 1, [&](int64_t s, int64_t en) {
+  at::parallel_for(0, B * t, grain_for(c * P, kElemsPerChunk), [&](int64_t s, int64_t en) {
     std::vector<T> acc(static_cast<size_t>(P)), acc2(static_cast<size_t>(P));
     const T inv = T(1) / T(c);
     for (int64_t bz = s; bz < en; ++bz) {
@@ -441,7 +452,7 @@ inline T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
 // out = e * (1 + sigmoid(f_o)) broadcast over c: one read and one write of e
 template <typename T>
 void lsta_gate(const T* e, const T* fo, T* out, int64_t B, int64_t t, int64_t c, int64_t P) {
-  at::parallel_for(0, B * t, 1, [&](int64_t s, int64_t en) {
+  at::parallel_for(0, B * t, grain_for(c * P, kElemsPerChunk), [&](int64_t s, int64_t en) {
     std::vector<T> s1(static_cast<size_t>(P));
     for (int64_t bz = s; bz < en; ++bz) {
       for (int64_t i = 0; i < P; ++i) s1[i] = T(1) + sigmoid(fo[bz * P + i]);
@@ -460,7 +471,7 @@ void lsta_gate(const T* e, const T* fo, T* out, int64_t B, int64_t t, int64_t c,
 template <typename T>
 void lsta_gate_backward(const T* g, const T* fo, const T* gf, T* ge, int64_t B, int64_t t, int64_t c, int64_t P) {
   const T inv = T(1) / T(c);
-  at::parallel_for(0, B * t, 1, [&](int64_t s, int64_t en) {
+  at::parallel_for(0, B * t, grain_for(c * P, kElemsPerChunk), [&](int64_t s, int64_t en) {
     std::vector<T> s1(static_cast<size_t>(P)), add(static_cast<size_t>(P));
     for (int64_t bz = s; bz < en; ++bz) {
       for (int64_t i = 0; i < P; ++i) {
