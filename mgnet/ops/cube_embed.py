@@ -149,7 +149,9 @@ def masked_cube_embed(frames, visible, weight, bias, pos=None, mean=None, std=No
             check_tensor(n, v, shape=(3,), dtypes=FLOAT_DTYPES, device=dev, shape_doc="(3,) per channel")
     if frames.is_floating_point() and frames.dtype != weight.dtype:
         raise TypeError(f"float frames must have weight's dtype {weight.dtype}, got {frames.dtype}")
-    if validate:
+    if validate and not torch.compiler.is_compiling():
+        # a host sync: inside a compiled graph it would break the graph, so compiled callers
+        # (the model passes validate=False anyway) rely on the eager check of a first call
         check_visible(visible, P)
     be = _dispatch.resolve("masked_cube_embed", dev)
     opt = lambda t: None if t is None else t.contiguous()  # noqa: E731
