@@ -82,7 +82,8 @@ def test_masked_cube_embed(benchmark, device, D, masked, pass_, impl):
             with torch.no_grad():
                 f()
     run()  # compile / first-touch outside the timed region
-    flops = 2 * B * pv * 384 * D * (3 if bwd else 1)
+    # forward GEMM; the backward adds only grad_weight (frames take no gradient): 2x in all
+    flops = 2 * B * pv * 384 * D * (2 if bwd else 1)
     record(benchmark, op=OP, shape=f"B{B} P{P} Pv{pv} D{D} uint8", impl=impl, pass_=pass_, device=device,
            flops=flops)
     bench_pedantic(benchmark, run, device, rounds=ROUNDS[device])

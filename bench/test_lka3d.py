@@ -7,9 +7,12 @@ Cases
   CUDA: the same cases (and lka3d at (8, 384, 8, 32, 32)) when a GPU is present.
 
 Rates
-  lka3d is compute-bound: FLOPs = 2 * B*C*D*H*W * (k0^3 + k1^3 + C) for the forward (the two
-  depthwise convolutions and the pointwise one, one FMA = 2 FLOPs); forward+backward counts 3x the
-  forward. The fraction in the table is of the machine's measured fp32 FMA ceiling: the throughput of
+  lka3d is compute-bound. FLOPs count the useful multiply-adds only (one FMA = 2 FLOPs):
+  2 * B*C * (V0 + V1 + D*H*W*C) for the forward, where V0 and V1 are the numbers of (output, tap)
+  pairs of the two depthwise convolutions whose input lies inside the volume (taps that land in the
+  zero padding do no work: with d=3, k1=7 on D=8 most depth taps do), and D*H*W*C the pointwise conv;
+  forward+backward counts 3x the forward (grad of the input and of the weights, each as costly).
+  The nominal count 2*B*C*D*H*W*(k0^3 + k1^3 + C) is about 2x larger on the CPU case. The fraction in the table is of the machine's measured fp32 FMA ceiling: the throughput of
   a large fp32 torch.mm on all threads (bench/_common.compute_peak_gflops). On a shared machine that
   measurement drops with the load, so compare also with the nominal FMA peak: cores x clock x fp32
   FMA lanes per cycle x 2, e.g. 2 Zen 4 cores x 2.6 GHz x 16 (two 256-bit FMA pipes) x 2 = 166 GFLOP/s.
@@ -53,10 +56,25 @@ def _args(op, shape, device):
             r(C, sc=0.1), r(C, C, 1, 1, 1, sc=C ** -0.5), r(C, sc=0.1)]
 
 
+def _valid_taps(n, k, d):
+    """(output, tap) pairs of a 1-D same-padded conv of size n, kernel k, dilation d whose input
+    index falls inside [0, n)."""
+    p = d * (k - 1) // 2
+    return sum(1 for o in range(n) for j in range(k) if 0 <= o - p + j * d < n)
+
+
+def _useful_taps(dims, k, d):
+    out = 1
+    for n in dims:
+        out *= _valid_taps(n, k, d)
+    return out
+
+
 def _rate(op, shape, pass_, x):
     if op == "lka3d":
         B, C, D, H, W = shape
-        fwd = 2.0 * B * C * D * H * W * (K0 ** 3 + K1 ** 3 + C)
+        v0, v1 = _useful_taps((D, H, W), K0, 1), _useful_taps((D, H, W), K1, DIL)
+        fwd = 2.0 * B * C * (v0 + v1 + D * H * W * C)
         return {"flops": fwd if pass_ == "fwd" else 3 * fwd}
     return {"bytes_": (3 if pass_ == "fwd" else 7) * x.numel() * x.element_size()}
 
