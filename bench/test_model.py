@@ -23,6 +23,7 @@ from _common import bench_pedantic, record
 
 models = pytest.importorskip("mgnet.models.mgnet", reason="mgnet.models.mgnet (the model) is not importable")
 from mgnet.models.config import ModelConfig  # noqa: E402
+from mgnet.models.example import example_batch  # noqa: E402
 import mgnet.ops as ops  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
@@ -35,20 +36,7 @@ ROUNDS = {"cpu": 3, "cuda": 10}
 
 def synthetic_batch(cfg: ModelConfig, B: int, device, seed: int = 0) -> dict:
     """A collated ClipStore batch: uint8 rgb (B,3,T,crop,crop), pose (B,2,T,V), scene uint8 (B,3,S,S)."""
-    g = torch.Generator().manual_seed(seed)
-    T, V, S = cfg.seg_len, cfg.joints, cfg.scene_size
-    b = {
-        "rgb": torch.randint(0, 256, (B, 3, T, cfg.crop, cfg.crop), generator=g, dtype=torch.uint8),
-        "pose": torch.randn(B, 2, T, V, generator=g),
-        "pose_conf": torch.rand(B, T, V, generator=g),
-        "scene": torch.randint(0, 256, (B, 3, S, S), generator=g, dtype=torch.uint8),
-        "video": torch.randint(0, 4, (B,), generator=g),
-        "person": torch.arange(B),
-        "start": torch.zeros(B, dtype=torch.int64),
-        "frame": torch.full((B,), T // 2, dtype=torch.int64),
-        "label": torch.full((B,), -1, dtype=torch.int64),
-    }
-    return {k: v.to(device) for k, v in b.items()}
+    return example_batch(cfg, B, seed=seed, device=device, num_videos=4)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from mgnet.ops import _dispatch
 
 models = pytest.importorskip("mgnet.models.mgnet", reason="mgnet.models.mgnet (the model) is not importable")
 from mgnet.models.config import ModelConfig  # noqa: E402
+from mgnet.models.example import example_batch  # noqa: E402
 
 FUSED_OPS = ("lka3d", "lsta", "memory_address", "masked_cube_embed")
 STEPS = ((1, 2), (2, 3), (3, 3))       # (stage, SGD steps)
@@ -37,20 +38,7 @@ def tiny_config(**kw) -> ModelConfig:
 
 def synthetic_batch(cfg: ModelConfig, B: int, seed: int = 0, device="cpu") -> dict:
     """A collated ClipStore batch (uint8 rgb and scene, float pose) of made-up content."""
-    g = torch.Generator().manual_seed(seed)
-    T, V, S = cfg.seg_len, cfg.joints, cfg.scene_size
-    b = {
-        "rgb": torch.randint(0, 256, (B, 3, T, cfg.crop, cfg.crop), generator=g, dtype=torch.uint8),
-        "pose": torch.randn(B, 2, T, V, generator=g),
-        "pose_conf": torch.rand(B, T, V, generator=g),
-        "scene": torch.randint(0, 256, (B, 3, S, S), generator=g, dtype=torch.uint8),
-        "video": torch.randint(0, 3, (B,), generator=g),
-        "person": torch.arange(B),
-        "start": torch.zeros(B, dtype=torch.int64),
-        "frame": torch.full((B,), T // 2, dtype=torch.int64),
-        "label": torch.full((B,), -1, dtype=torch.int64),
-    }
-    return {k: v.to(device) for k, v in b.items()}
+    return example_batch(cfg, B, seed=seed, device=device)
 
 
 def train_and_score(cfg: ModelConfig, backend: str, batches, test_batch, lr=0.05):
