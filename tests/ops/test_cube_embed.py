@@ -1,53 +1,28 @@
 """masked_cube_embed: every backend present against the eager reference (forward and the
 gradients of weight, bias and pos), opcheck, float64 gradcheck of the C++ kernel, argument errors."""
-import os
-
 import pytest
 import torch
 
 import mgnet.ops as ops
-from mgnet.ops import _dispatch
 from mgnet.ops.cube_embed import masked_cube_embed_reference as reference
 
+from ._backends import HAS_CUDA, SKIP_EXT, backends, check_cpu_built, check_cuda_built, device_of
+
 OP = "masked_cube_embed"
-CPU = torch.device("cpu")
-SKIP_EXT = os.environ.get("MGNET_SKIP_EXT", "0") == "1"
-
-
-def _triton_ok():
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return _dispatch.triton_usable(CPU)
 
 
 def test_cpu_backend_is_built():
     """CI builds mgnet._C: a missing C++ kernel must fail here, not skip silently."""
-    if SKIP_EXT:
-        pytest.skip("MGNET_SKIP_EXT=1: pure Python install, no C++ kernels")
-    assert "cpu" in ops.available_backends(OP, CPU), _dispatch.extension_error()
-    assert ops.resolve(OP, CPU) == "cpu"
+    check_cpu_built(OP)
 
-
-HAS_CUDA = torch.cuda.is_available()
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 def test_cuda_backend_is_built():
-    """On a GPU machine the CUDA kernels are built (gpu_check.sh builds with MGNET_BUILD_CUDA=1)."""
-    if SKIP_EXT or os.environ.get("MGNET_BUILD_CUDA") == "0":
-        pytest.skip("extension or its CUDA kernels deliberately not built")
-    assert "cuda" in ops.available_backends(OP, torch.device("cuda")), _dispatch.extension_error()
+    check_cuda_built(OP)
 
 
-# (backend, device) pairs that exist in this process; triton runs on the GPU when there is one
-BACKENDS = (["cpu"] if not SKIP_EXT else []) + (["triton"] if _triton_ok() or HAS_CUDA else []) + \
-    (["cuda"] if HAS_CUDA and "cuda" in ops.available_backends(OP, torch.device("cuda")) else [])
-
-
-def device_of(backend):
-    return torch.device("cuda") if backend == "cuda" or (backend == "triton" and HAS_CUDA) else CPU
+BACKENDS = backends(OP)
 
 
 def to(a, device):

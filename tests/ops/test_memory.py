@@ -9,45 +9,25 @@ import pytest
 import torch
 
 import mgnet.ops as ops
-from mgnet.ops import _dispatch
 from mgnet.ops.memory import memory_address_reference as reference
 from mgnet.ops.memory import memory_scores_reference
 
+from ._backends import CPU, HAS_CUDA, SKIP_EXT, backends, check_cpu_built, check_cuda_built, device_of
+
 OP = "memory_address"
-CPU = torch.device("cpu")
-SKIP_EXT = os.environ.get("MGNET_SKIP_EXT", "0") == "1"
-HAS_CUDA = torch.cuda.is_available()
-
-
-def _triton_ok():
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return _dispatch.triton_usable(CPU)
 
 
 def test_cpu_backend_is_built():
     """CI builds mgnet._C: a missing C++ kernel must fail here, not skip silently."""
-    if SKIP_EXT:
-        pytest.skip("MGNET_SKIP_EXT=1: pure Python install, no C++ kernels")
-    assert "cpu" in ops.available_backends(OP, CPU), _dispatch.extension_error()
-    assert ops.resolve(OP, CPU) == "cpu"
+    check_cpu_built(OP)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 def test_cuda_backend_is_built():
-    if SKIP_EXT or os.environ.get("MGNET_BUILD_CUDA") == "0":
-        pytest.skip("extension or its CUDA kernels deliberately not built")
-    assert "cuda" in ops.available_backends(OP, torch.device("cuda")), _dispatch.extension_error()
+    check_cuda_built(OP)
 
 
-BACKENDS = (["cpu"] if not SKIP_EXT else []) + (["triton"] if _triton_ok() or HAS_CUDA else []) + \
-    (["cuda"] if HAS_CUDA and "cuda" in ops.available_backends(OP, torch.device("cuda")) else [])
-
-
-def device_of(backend):
-    return torch.device("cuda") if backend == "cuda" or (backend == "triton" and HAS_CUDA) else CPU
+BACKENDS = backends(OP)
 
 
 def interpreted(backend):
