@@ -231,6 +231,51 @@ class _Single:
     world, rank = 1, 0
 
 
+class _LossLog:
+    """The loss terms of the steps since the last history point, read by the host in batches.
+
+    ``add`` keeps each step's terms as device tensors (no host-device sync); ``flush`` copies the
+    pending steps to the host with one transfer per term, checks that every loss was finite, and
+    adds them to the float sums ``acc`` in step order. Each value is the exact float of its step,
+    summed in Python floats in the same order as a per-step ``float(v)`` would, so the history
+    (and a snapshot's ``acc``/``n_acc``, which resume continues from) are bit-identical to per-step
+    accumulation, while the device is waited for only at flushes: history points (the progress-bar
+    refresh), snapshots and the end of a stage. A non-finite loss is therefore reported at the next
+    flush (within ``train.log_every`` steps, and always before a snapshot or checkpoint is written)
+    with the step it happened at and its terms, as before.
+    """
+
+    def __init__(self, acc: Optional[Dict[str, float]] = None, n_acc: int = 0):
+        self.acc: Dict[str, float] = dict(acc or {})  # sums since the last history point
+        self.n_acc = n_acc
+        self._pending: List[tuple] = []                # (step, {term: 0-dim tensor})
+
+    def add(self, step: int, out: Dict[str, torch.Tensor]) -> None:
+        self._pending.append((step, {k: v.detach() for k, v in out.items()}))
+        self.n_acc += 1
+
+    def flush(self, stage: int) -> None:
+        if not self._pending:
+            return
+        keys = list(dict.fromkeys(k for _, o in self._pending for k in o))
+        host = {k: iter(torch.stack([o[k].reshape(()) for _, o in self._pending if k in o]).tolist())
+                for k in keys}                         # one device->host copy per term
+        steps = [(s, {k: next(host[k]) for k in o}) for s, o in self._pending]
+        self._pending = []
+        for s, vals in steps:
+            if "loss" in vals and not math.isfinite(vals["loss"]):
+                raise FloatingPointError(f"stage {stage} step {s}: loss is {vals['loss']} (terms: {vals})")
+        for _, vals in steps:
+            for k, v in vals.items():
+                self.acc[k] = self.acc.get(k, 0.0) + v
+
+    def point(self, step: int) -> Dict[str, float]:
+        """A history point (means since the last one); starts the next interval."""
+        point = {"step": step, **{k: v / self.n_acc for k, v in self.acc.items()}}
+        self.acc, self.n_acc = {}, 0
+        return point
+
+
 def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budget: Dict[str, int]) -> None:
     scfg = cfg.train[f"stage{stage}"]
     total = int(scfg.steps)
@@ -250,24 +295,24 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
         raise RuntimeError(f"model.stage_parameters({stage}) is empty: nothing to train")
     opt = torch.optim.AdamW(params, lr=float(scfg.lr), weight_decay=float(scfg.weight_decay))
     step, history = 0, []
-    acc: Dict[str, float] = {}  # loss terms summed since the last history point
-    n_acc = 0
+    losslog = _LossLog()  # loss terms summed since the last history point, read from the device lazily
     snap = run.snapshot(stage)
     if cfg.train.resume and snap.exists():
         st = runs.load_checkpoint(snap)
         load_model_state(model, st, snap, cfg)
         opt.load_state_dict(st["optimizer"])
         step, history = int(st["step"]), list(st["history"])
-        acc, n_acc = dict(st["acc"]), int(st["n_acc"])
+        losslog = _LossLog(st["acc"], int(st["n_acc"]))
         runs.set_rng_state(st["rng"])
         model.set_stage(stage)
         log.info(f"stage {stage}: resuming at step {step}/{total} from {snap}")
 
     def snapshot(at_step):
+        losslog.flush(stage)
         if ctx.main:
             runs.save_checkpoint(snap, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                         "step": at_step, "stage": stage, "history": history,
-                                        "acc": dict(acc), "n_acc": n_acc,
+                                        "acc": dict(losslog.acc), "n_acc": losslog.n_acc,
                                         "rng": runs.rng_state(), **model_identity(cfg)})
 
     fwd = _LossModule(model, stage)
@@ -297,25 +342,20 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
                     with autocast(ctx.device, bool(cfg.train.amp)):
                         out = fwd(batch)
                     loss = out["loss"]
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"stage {stage} step {step}: loss is {loss.item()} "
-                                                 f"(terms: { {k: float(v) for k, v in out.items()} })")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.train.grad_clip:
                         torch.nn.utils.clip_grad_norm_(params, float(cfg.train.grad_clip))
                     opt.step()
+                losslog.add(step, out)  # no host sync here: the terms are read at the next flush
                 step += 1
                 clips += gbs
-                for k, v in out.items():
-                    acc[k] = acc.get(k, 0.0) + float(v.detach())
-                n_acc += 1
                 if step % int(cfg.train.log_every) == 0 or step == total:
-                    point = {"step": step, **{k: v / n_acc for k, v in acc.items()}}
+                    losslog.flush(stage)  # the only per-interval sync (raises on a non-finite loss)
+                    point = losslog.point(step)
                     history.append(point)
                     rate = clips / max(1e-9, time.perf_counter() - t0)
                     bar.set_postfix(loss=f"{point['loss']:.4f}", clips_s=f"{rate:.0f}")
-                    acc, n_acc = {}, 0
                 bar.update(1)
                 budget["steps"] += 1
                 stop = budget["stop_after"] is not None and budget["steps"] >= budget["stop_after"]

@@ -223,3 +223,62 @@ def test_cli_errors(tmp_path, capsys):
 def test_lr_schedule():
     lrs = [T._lr(s, 10, 1.0, 2) for s in range(10)]
     assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[-1] >= 0.1 and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def _count_host_reads(monkeypatch, filename):
+    """Count tensor -> host reads (each one waits for the device on CUDA) made directly by code in
+    `filename`: bool()/float()/int() of a tensor, .item(), .tolist(), .cpu(), .numpy()."""
+    import sys
+    calls = []
+    for name in ("__bool__", "__float__", "__int__", "item", "tolist", "cpu", "numpy"):
+        orig = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, _orig=orig, _name=name, **k):
+            f = sys._getframe(1)
+            if f.f_code.co_filename == filename:
+                calls.append((_name, f.f_lineno))
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("log_every", [4, 24])
+def test_no_per_step_host_sync(tmp_path, fakes, monkeypatch, log_every):
+    """The loop reads the loss terms from the device once per history point / snapshot, not once
+    per step: 24 steps cost as many reads as there are flushes (x the two terms), whatever the
+    number of steps in between."""
+    steps, ckpt_every = 24, 12
+    calls = _count_host_reads(monkeypatch, T.__file__)
+    res = T.train(fake_cfg(tmp_path / "run", "train.stages=[1]", f"train.stage1.steps={steps}",
+                           f"train.log_every={log_every}", f"train.ckpt_every={ckpt_every}"))
+    monkeypatch.undo()
+    hist = runs.load_checkpoint(res["run"].stage(1))["history"]
+    assert [p["step"] for p in hist] == list(range(log_every, steps + 1, log_every))
+    flushes = len(hist) + len([s for s in range(ckpt_every, steps, ckpt_every) if s % log_every])
+    assert 0 < len(calls) <= 2 * flushes, calls  # FakeModel returns two terms: loss, aux
+    assert len(calls) < steps, calls
+
+
+def test_loss_history_matches_per_step_floats():
+    """_LossLog's batched reads give the same sums, bit for bit, as float(v) per step, across a
+    resume from its (acc, n_acc) state; a non-finite loss names its step."""
+    g = torch.Generator().manual_seed(0)
+    outs = [{"loss": torch.rand((), generator=g) * 10 ** i, "aux": torch.rand((), generator=g).to(torch.bfloat16)}
+            for i in range(-3, 4)]
+    ref = {}
+    for o in outs:
+        for k, v in o.items():
+            ref[k] = ref.get(k, 0.0) + float(v)
+    log = T._LossLog()
+    for s, o in enumerate(outs[:3]):
+        log.add(s, o)
+    log.flush(1)
+    log = T._LossLog(log.acc, log.n_acc)  # what a resume restores
+    for s, o in enumerate(outs[3:], start=3):
+        log.add(s, o)
+    log.flush(1)
+    assert log.point(7) == {"step": 7, **{k: v / 7 for k, v in ref.items()}}
+    log.add(0, outs[0])
+    log.add(1, {"loss": torch.tensor(float("nan")), "aux": torch.tensor(1.0)})
+    with pytest.raises(FloatingPointError, match="stage 2 step 1: loss is nan"):
+        log.flush(2)
