@@ -20,8 +20,19 @@
 //   most likely slot (best conditioned), i.e. one dot product per query instead of S.
 //   A. per query tile: grad_read . mem for every slot, the softmax grad, b, grad_q; when S*C is small
 //      the tile's contribution to grad_mem goes into a per-thread partial while q and grad_read are in
-//      L1, otherwise
-//   B. grad_mem is computed parallel over width chunks (each thread owns columns, no reduction).
+//      L1, otherwise A keeps b and beta and
+//   B. grad_q and grad_mem are computed parallel over width blocks (each thread owns columns, no
+//      reduction), both from one read of the block's q.
+// The backward does the 4 unavoidable N x S x C products (grad_read @ mem.T, b @ mem, W.T @ grad_read,
+// b.T @ q) and O(N C + S C) more; the forward the 2 of its definition.
+//
+// Wide regime (is_wide: mem above L2 size next to a tile, N <= 2048; the BSMM's 256 x 5130 x 50): the
+// dot products are blocked over the width (a packed, aligned KW-column block of mem stays in L2 across
+// a thread's tiles; 4 queries x 6 slots per register block), and read / grad_q / grad_mem run over
+// packed column blocks (mem's block S x RB*L or PB*L, and for the gradients grad_read's and q's block
+// N x 2 x PB*L, contiguous and L2-resident instead of one page per row) with 6 x 4-vector register
+// blocks; the last, partial block is zero-padded. The backward's width sweep is used whenever grad_mem
+// is not fused into A; above 2048 queries it reads the unpacked rows.
 //
 // Vectors are GCC/Clang vector extensions of 64 bytes (one AVX-512 register under -march=native, split
 // into narrower registers otherwise); float, and double for gradcheck (scalar exp/log there).
@@ -194,9 +205,9 @@ inline T dot(const T* x, const T* y, int64_t C) {
 }
 
 // --------------------------------------------------------------------------- dot products
-// out[i * lds + j] = x_i . m_j for NQ rows of x (row stride C) and NS slots.
-template <typename T, int NQ, int NS>
-inline void dots_block(const T* x, const T* m, int64_t C, T* out, int64_t lds) {
+// out[i * lds + j] (+)= x_i[0:K] . m_j[0:K] for NQ rows of x (ldx apart) and NS slots (ldm apart).
+template <typename T, int NQ, int NS, bool ACC = false>
+inline void dots_block(const T* x, int64_t ldx, const T* m, int64_t ldm, int64_t K, T* out, int64_t lds) {
   constexpr int L = lanes<T>();
   constexpr int NA = NQ * NS;
   constexpr int NR = (NA + L - 1) / L;
@@ -204,13 +215,13 @@ inline void dots_block(const T* x, const T* m, int64_t C, T* out, int64_t lds) {
 #pragma GCC unroll 16
   for (int a = 0; a < NR * L; ++a) acc[a] = vzero<T>();
   int64_t c = 0;
-  for (; c + L <= C; c += L) {
+  for (; c + L <= K; c += L) {
     Vec<T> xv[NQ];
 #pragma GCC unroll 8
-    for (int i = 0; i < NQ; ++i) xv[i] = vload(x + i * C + c);
+    for (int i = 0; i < NQ; ++i) xv[i] = vload(x + i * ldx + c);
 #pragma GCC unroll 8
     for (int j = 0; j < NS; ++j) {
-      Vec<T> mv = vload(m + j * C + c);
+      Vec<T> mv = vload(m + j * ldm + c);
 #pragma GCC unroll 8
       for (int i = 0; i < NQ; ++i) acc[i * NS + j] += xv[i] * mv;
     }
@@ -220,20 +231,23 @@ inline void dots_block(const T* x, const T* m, int64_t C, T* out, int64_t lds) {
   for (int i = 0; i < NQ; ++i)
     for (int j = 0; j < NS; ++j) {
       T s = sums[i * NS + j];
-      for (int64_t k = c; k < C; ++k) s += x[i * C + k] * m[j * C + k];
-      out[i * lds + j] = s;
+      for (int64_t k = c; k < K; ++k) s += x[i * ldx + k] * m[j * ldm + k];
+      out[i * lds + j] = ACC ? out[i * lds + j] + s : s;
     }
 }
 
-// All slots against NQ rows: out[i * lds + s].
-template <typename T, int NQ>
-void dots_tile(const T* x, const T* mem, int64_t S, int64_t C, T* out, int64_t lds) {
+// All slots against NQ rows over the columns [0, K): out[i * lds + s] (+)=, NS slots per register block.
+template <typename T, int NQ, bool ACC = false, int NS = SB>
+void dots_tile(const T* x, int64_t ldx, const T* mem, int64_t ldm, int64_t S, int64_t K, T* out, int64_t lds) {
+  static_assert(NS >= 1 && NS <= 6, "dots_tile: 1 to 6 slots per block");
   int64_t s = 0;
-  for (; s + SB <= S; s += SB) dots_block<T, NQ, SB>(x, mem + s * C, C, out + s, lds);
+  for (; s + NS <= S; s += NS) dots_block<T, NQ, NS, ACC>(x, ldx, mem + s * ldm, ldm, K, out + s, lds);
   switch (S - s) {
-    case 3: dots_block<T, NQ, 3>(x, mem + s * C, C, out + s, lds); break;
-    case 2: dots_block<T, NQ, 2>(x, mem + s * C, C, out + s, lds); break;
-    case 1: dots_block<T, NQ, 1>(x, mem + s * C, C, out + s, lds); break;
+    case 5: dots_block<T, NQ, 5, ACC>(x, ldx, mem + s * ldm, ldm, K, out + s, lds); break;
+    case 4: dots_block<T, NQ, 4, ACC>(x, ldx, mem + s * ldm, ldm, K, out + s, lds); break;
+    case 3: dots_block<T, NQ, 3, ACC>(x, ldx, mem + s * ldm, ldm, K, out + s, lds); break;
+    case 2: dots_block<T, NQ, 2, ACC>(x, ldx, mem + s * ldm, ldm, K, out + s, lds); break;
+    case 1: dots_block<T, NQ, 1, ACC>(x, ldx, mem + s * ldm, ldm, K, out + s, lds); break;
     default: break;
   }
 }
@@ -389,7 +403,205 @@ void slot_norms(const T* mem, int64_t S, int64_t C, T* mn, T* mraw, T* inv_mn) {
   });
 }
 
+// --------------------------------------------------------------------------- wide regime
+// G[n * Sp + s] = x_n . mem_s for the query tiles [tb, te), blocked over the width: a KW-column block of
+// mem, packed into Mk (aligned rows), stays in L2 across the tiles (the wide regime, where mem does not
+// fit in L2); 4 queries x 6 slots per register block.
+template <typename T>
+void blocked_dots(const T* x, const T* mem, int64_t N, int64_t S, int64_t C, int64_t tb, int64_t te, T* G, int64_t Sp) {
+  constexpr int L = lanes<T>();
+  const int64_t KW = std::max<int64_t>(4 * L, (int64_t(192) * 1024 / int64_t(sizeof(T)) / S) / (4 * L) * (4 * L));
+  std::vector<T> Mk(S * std::min<int64_t>(KW, C));
+  for (int64_t k0 = 0; k0 < C; k0 += KW) {
+    const int64_t K = std::min<int64_t>(KW, C - k0);
+    for (int64_t s = 0; s < S; ++s) std::memcpy(Mk.data() + s * K, mem + s * C + k0, sizeof(T) * K);
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t n0 = t * TQ, nq = std::min<int64_t>(TQ, N - n0);
+      T* out = G + n0 * Sp;
+      if (k0 == 0)
+        MGNET_MEM_TILE_SWITCH(nq, (dots_tile<T, NQ, false, 6>(x + n0 * C, C, Mk.data(), K, S, K, out, Sp)))
+      else
+        MGNET_MEM_TILE_SWITCH(nq, (dots_tile<T, NQ, true, 6>(x + n0 * C + k0, C, Mk.data(), K, S, K, out, Sp)))
+    }
+  }
+}
+
+// Width sweep of the backward, one block of PB vectors of columns at c (all N queries): packs the block's
+// rows of grad_read and q into P (per query: PB*L of grad_read, then PB*L of q) and the block of mem into
+// Mp (S x PB*L), so that the inner loops read contiguous, L2-resident panels (the rows of the originals are
+// C apart: one page per row), then, PV vectors at a time,
+//   grad_q[:, blk]   = B @ mem[:, blk] + beta * q[:, blk]                                (query tiles)
+//   grad_mem[:, blk] = W.T @ grad_read[:, blk] + B.T @ q[:, blk] - gamma * mem[:, blk]   (slot groups)
+constexpr int PB = 8;   // vectors per packed column block of the width sweep
+constexpr int PV = 4;   // vectors per register block inside it
+constexpr int PS = 6;   // slots per register block of grad_mem (PS x PV accumulators)
+constexpr int PQ = 6;   // queries per register block of grad_q (PQ x PV accumulators)
+
+template <typename T, int NS>
+inline void gmem_packed(const T* W, const T* B, const T* P, const T* Mp, const T* gamma, int64_t N, int64_t S,
+                        int64_t ldo, int64_t s0, int64_t v0, T* out) {
+  constexpr int L = lanes<T>();
+  constexpr int64_t BW = PB * L;
+  Vec<T> acc[NS][PV];
+#pragma GCC unroll 8
+  for (int j = 0; j < NS; ++j)
+#pragma GCC unroll 8
+    for (int v = 0; v < PV; ++v) acc[j][v] = -vbcast<T>(gamma[s0 + j]) * vloadf(Mp + (s0 + j) * BW + (v0 + v) * L);
+  const T* w = W + s0;
+  const T* b = B + s0;
+  P += v0 * L;
+  for (int64_t n = 0; n < N; ++n, P += 2 * BW, w += S, b += S) {
+    Vec<T> x[PV];
+#pragma GCC unroll 8
+    for (int v = 0; v < PV; ++v) x[v] = vload(P + v * L);
+#pragma GCC unroll 8
+    for (int j = 0; j < NS; ++j) {
+      const Vec<T> a = vbcast<T>(w[j]);
+#pragma GCC unroll 8
+      for (int v = 0; v < PV; ++v) acc[j][v] += a * x[v];
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < PV; ++v) x[v] = vload(P + BW + v * L);
+#pragma GCC unroll 8
+    for (int j = 0; j < NS; ++j) {
+      const Vec<T> a = vbcast<T>(b[j]);
+#pragma GCC unroll 8
+      for (int v = 0; v < PV; ++v) acc[j][v] += a * x[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < NS; ++j)
+#pragma GCC unroll 8
+    for (int v = 0; v < PV; ++v) vstore(out + (s0 + j) * ldo + (v0 + v) * L, acc[j][v]);
+}
+
+// out_i[v0 L + (0..PV L)] = sum_s A[i * S + s] Mp[s] + beta_i q_i for NQ queries (q_i from P).
+template <typename T, int NQ, bool HASX = true, int NB = PB>
+inline void gq_packed(const T* A, int64_t S, const T* Mp, const T* Pq, const T* beta, int64_t v0, T* out, int64_t C) {
+  constexpr int L = lanes<T>();
+  constexpr int64_t BW = NB * L;
+  Vec<T> acc[NQ][PV];
+#pragma GCC unroll 8
+  for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < PV; ++v)
+      acc[i][v] = HASX ? vbcast<T>(beta[i]) * vloadf(Pq + i * 2 * BW + (v0 + v) * L) : vzero<T>();
+  Mp += v0 * L;
+  for (int64_t s = 0; s < S; ++s, Mp += BW) {
+    Vec<T> mv[PV];
+#pragma GCC unroll 8
+    for (int v = 0; v < PV; ++v) mv[v] = vload(Mp + v * L);
+#pragma GCC unroll 8
+    for (int i = 0; i < NQ; ++i) {
+      const Vec<T> a = vbcast<T>(A[i * S + s]);
+#pragma GCC unroll 8
+      for (int v = 0; v < PV; ++v) acc[i][v] += a * mv[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < PV; ++v) vstore(out + i * C + (v0 + v) * L, acc[i][v]);
+}
+
+// Forward's read = W @ mem for the columns [c, c + cn), cn <= RB * L, through the packed block Mp (S x RB*L)
+// and, for a partial block, Tq (N x RB*L). Query tiles outer: a tile's rows of read are written whole.
+constexpr int RB = 16;  // vectors per column block of the forward's read
+
+template <typename T>
+void read_block(const T* W, const T* mem, int64_t N, int64_t S, int64_t C, int64_t c, int64_t cn, T* Mp, T* Tq,
+                T* read) {
+  constexpr int L = lanes<T>();
+  constexpr int64_t BW = RB * L;
+  const bool full = cn == BW;
+  for (int64_t s = 0; s < S; ++s) {
+    std::memcpy(Mp + s * BW, mem + s * C + c, sizeof(T) * cn);
+    if (!full) std::memset(Mp + s * BW + cn, 0, sizeof(T) * (BW - cn));
+  }
+  T* o = full ? read + c : Tq;
+  const int64_t ld = full ? C : BW;
+  int64_t n0 = 0;
+  for (; n0 + PQ <= N; n0 += PQ)
+    for (int64_t v0 = 0; v0 < RB; v0 += PV)
+      gq_packed<T, PQ, false, RB>(W + n0 * S, S, Mp, nullptr, nullptr, v0, o + n0 * ld, ld);
+  for (; n0 < N; n0 += TQ) {
+    const int64_t nq = std::min<int64_t>(TQ, N - n0);
+    for (int64_t v0 = 0; v0 < RB; v0 += PV)
+      MGNET_MEM_TILE_SWITCH(nq, (gq_packed<T, NQ, false, RB>(W + n0 * S, S, Mp, nullptr, nullptr, v0, o + n0 * ld, ld)));
+  }
+  if (!full)
+    for (int64_t n = 0; n < N; ++n) std::memcpy(read + n * C + c, Tq + n * BW, sizeof(T) * cn);
+}
+
+// The block of columns [c, c + cn), cn <= PB * L; a partial block (the last one) is packed with zero
+// columns and its results go through Tq (N x PB*L) and Tm (S x PB*L).
+template <typename T>
+void width_block(const T* W, const T* B, const T* beta, const T* gamma, const T* gR, const T* q, const T* mem,
+                 int64_t N, int64_t S, int64_t C, int64_t c, int64_t cn, T* P, T* Mp, T* Tq, T* Tm, T* gq, T* gm) {
+  constexpr int L = lanes<T>();
+  constexpr int64_t BW = PB * L;
+  const bool full = cn == BW;
+  auto pack_row = [&](T* dst, const T* src) {
+    if (full) {
+#pragma GCC unroll 16
+      for (int v = 0; v < PB; ++v) vstore(dst + v * L, vloadf(src + v * L));
+    } else {
+      std::memcpy(dst, src, sizeof(T) * cn);
+      std::memset(dst + cn, 0, sizeof(T) * (BW - cn));
+    }
+  };
+  for (int64_t s = 0; s < S; ++s) pack_row(Mp + s * BW, mem + s * C + c);
+  constexpr int64_t AHEAD = 8;  // rows: the rows are a page apart, so the hardware prefetchers do not follow
+  for (int64_t n = 0; n < N; ++n) {
+    if (n + AHEAD < N)
+      for (int64_t k = 0; k < cn; k += 64 / int64_t(sizeof(T))) {
+        __builtin_prefetch(gR + (n + AHEAD) * C + c + k);
+        __builtin_prefetch(q + (n + AHEAD) * C + c + k);
+      }
+    pack_row(P + n * 2 * BW, gR + n * C + c);
+    pack_row(P + n * 2 * BW + BW, q + n * C + c);
+  }
+  T* oq = full ? gq + c : Tq;
+  T* om = full ? gm + c : Tm;
+  const int64_t ldq = full ? C : BW, ldm = full ? C : BW;
+  // grad_q: PV vectors of columns at a time over all tiles, so that those columns of Mp stay in L1
+  int64_t n0 = 0;
+  for (; n0 + PQ <= N; n0 += PQ)
+    for (int64_t v0 = 0; v0 < PB; v0 += PV)
+      gq_packed<T, PQ>(B + n0 * S, S, Mp, P + n0 * 2 * BW + BW, beta + n0, v0, oq + n0 * ldq, ldq);
+  for (; n0 < N; n0 += TQ) {
+    const int64_t nq = std::min<int64_t>(TQ, N - n0);
+    for (int64_t v0 = 0; v0 < PB; v0 += PV)
+      MGNET_MEM_TILE_SWITCH(nq, (gq_packed<T, NQ>(B + n0 * S, S, Mp, P + n0 * 2 * BW + BW, beta + n0, v0,
+                                                   oq + n0 * ldq, ldq)));
+  }
+  for (int64_t v0 = 0; v0 < PB; v0 += PV) {
+    int64_t s = 0;
+    for (; s + PS <= S; s += PS) gmem_packed<T, PS>(W, B, P, Mp, gamma, N, S, ldm, s, v0, om);
+    switch (S - s) {
+      case 5: gmem_packed<T, 5>(W, B, P, Mp, gamma, N, S, ldm, s, v0, om); break;
+      case 4: gmem_packed<T, 4>(W, B, P, Mp, gamma, N, S, ldm, s, v0, om); break;
+      case 3: gmem_packed<T, 3>(W, B, P, Mp, gamma, N, S, ldm, s, v0, om); break;
+      case 2: gmem_packed<T, 2>(W, B, P, Mp, gamma, N, S, ldm, s, v0, om); break;
+      case 1: gmem_packed<T, 1>(W, B, P, Mp, gamma, N, S, ldm, s, v0, om); break;
+      default: break;
+    }
+  }
+  if (!full) {
+    for (int64_t n = 0; n < N; ++n) std::memcpy(gq + n * C + c, Tq + n * BW, sizeof(T) * cn);
+    for (int64_t s = 0; s < S; ++s) std::memcpy(gm + s * C + c, Tm + s * BW, sizeof(T) * cn);
+  }
+}
+
 // --------------------------------------------------------------------------- forward
+// The wide regime (BSMM: 256 queries of width 5130 against 50 slots): mem does not fit in L2 next to a
+// query tile, and there are few enough queries for the packed panels of the width sweeps (2 N x PB*L).
+// Independent of the thread count, so that results are too.
+template <typename T>
+bool is_wide(int64_t N, int64_t S, int64_t C) {
+  return S * C * int64_t(sizeof(T)) > 256 * 1024 && N <= 2048;
+}
+
 template <typename T>
 void forward_impl(const T* q, const T* mem, int64_t N, int64_t S, int64_t C, T* W, T* read, int64_t* top2) {
   constexpr int L = lanes<T>();
@@ -401,16 +613,23 @@ void forward_impl(const T* q, const T* mem, int64_t N, int64_t S, int64_t C, T* 
   const int64_t nch = num_chunks(ntiles);
   // with enough tiles per thread the read is computed right after the tile's weights (one sweep, one
   // parallel region); with few queries it is split over the width afterwards
-  const bool fused_read = ntiles >= 4 * at::get_num_threads();
+  // wide regime (mem does not fit in L2 next to the tiles, few queries): dot products blocked over the
+  // width, then read = W @ mem in packed column blocks
+  const bool wide = is_wide<T>(N, S, C);
+  const bool fused_read = !wide && ntiles >= 4 * at::get_num_threads();
+  std::vector<T> G(wide ? N * Sp : 0);
   at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
     std::vector<T> sc(TQ * Sp);
     for (int64_t ch = cb; ch < ce; ++ch) {
-      for (int64_t t = ntiles * ch / nch; t < ntiles * (ch + 1) / nch; ++t) {
+      const int64_t tb = ntiles * ch / nch, te = ntiles * (ch + 1) / nch;
+      if (wide) blocked_dots<T>(q, mem, N, S, C, tb, te, G.data(), Sp);
+      for (int64_t t = tb; t < te; ++t) {
         const int64_t n0 = t * TQ, nq = std::min<int64_t>(TQ, N - n0);
         const T* qt = q + n0 * C;
-        MGNET_MEM_TILE_SWITCH(nq, (dots_tile<T, NQ>(qt, mem, S, C, sc.data(), Sp)));
+        T* scores = wide ? G.data() + n0 * Sp : sc.data();
+        if (!wide) MGNET_MEM_TILE_SWITCH(nq, (dots_tile<T, NQ>(qt, C, mem, C, S, C, scores, Sp)));
         for (int64_t i = 0; i < nq; ++i) {
-          T* r = sc.data() + i * Sp;
+          T* r = scores + i * Sp;
           const T inv_qn = T(1) / std::max(std::sqrt(sqnorm(qt + i * C, C)), T(kEps));
           for (int64_t s = 0; s < Sp; s += L) vstore(r + s, vloadf(r + s) * inv_qn * vloadf(inv_mn.data() + s));
           T v1 = r[0], v2 = -std::numeric_limits<T>::infinity();
@@ -444,6 +663,18 @@ void forward_impl(const T* q, const T* mem, int64_t N, int64_t S, int64_t C, T* 
     }
   });
   if (fused_read) return;
+  if (wide) {
+    const int64_t cw = RB * L;
+    at::parallel_for(0, (C + cw - 1) / cw, 1, [&](int64_t b, int64_t e) {
+      std::vector<T> Mp(S * cw), Tq;
+      for (int64_t cc = b; cc < e; ++cc) {
+        const int64_t c0 = cc * cw, cn = std::min<int64_t>(cw, C - c0);
+        if (cn < cw && Tq.empty()) Tq.resize(N * cw);
+        read_block<T>(W, mem, N, S, C, c0, cn, Mp.data(), Tq.data(), read);
+      }
+    });
+    return;
+  }
 
   // read = W @ mem over (width chunk, tile): a thread keeps its chunk of mem in cache across tiles
   const int64_t ncc = std::max<int64_t>(1, (C + CW - 1) / CW);
@@ -474,25 +705,34 @@ void backward_impl(const T* gW, const T* gR, const T* q, const T* mem, const T* 
   // over the width.
   const bool fused_gm = S * C * int64_t(sizeof(T)) <= 128 * 1024 && ntiles >= 4 * nch;
   std::vector<T> B(fused_gm ? 0 : N * S);                    // b, for the width sweep
+  std::vector<T> Beta(fused_gm ? 0 : N);                     // beta, for the width sweep
   std::vector<T> gamma_part(nch * Sp, T(0));                 // sum_n gs*score per chunk
   std::vector<T> gm_part(fused_gm ? nch * S * C : 0, T(0));  // grad_mem partials per chunk
   const T tiny = std::numeric_limits<T>::min();
 
+  // the width sweep's dot products grad_read . mem are blocked over the width (a KW-column block of mem
+  // stays in L2 across the chunk's tiles) into G, N x Sp
+  std::vector<T> G(fused_gm ? 0 : N * Sp);
   at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
-    std::vector<T> gd(TQ * Sp), wt(TQ * Sp, T(0)), bt(TQ * Sp, T(0));
+    std::vector<T> gdt(TQ * Sp), wt(TQ * Sp, T(0)), bt(TQ * Sp, T(0));
     T beta[TQ];
     for (int64_t ch = cb; ch < ce; ++ch) {
       T* gpart = gamma_part.data() + ch * Sp;
-      for (int64_t t = ntiles * ch / nch; t < ntiles * (ch + 1) / nch; ++t) {
+      const int64_t tb = ntiles * ch / nch, te = ntiles * (ch + 1) / nch;
+      if (!fused_gm) {
+        blocked_dots<T>(gR, mem, N, S, C, tb, te, G.data(), Sp);
+      }
+      for (int64_t t = tb; t < te; ++t) {
         const int64_t n0 = t * TQ, nq = std::min<int64_t>(TQ, N - n0);
         const T* qt = q + n0 * C;
         const T* gt = gR + n0 * C;
-        MGNET_MEM_TILE_SWITCH(nq, (dots_tile<T, NQ>(gt, mem, S, C, gd.data(), Sp)));
+        T* gd = fused_gm ? gdt.data() : G.data() + n0 * Sp;
+        if (fused_gm) MGNET_MEM_TILE_SWITCH(nq, (dots_tile<T, NQ>(gt, C, mem, C, S, C, gd, Sp)));
         for (int64_t i = 0; i < nq; ++i) {
           const T* w_in = W + (n0 + i) * S;
           const T* gw_in = gW + (n0 + i) * S;
           T* w = wt.data() + i * Sp;
-          T* g = gd.data() + i * Sp;
+          T* g = gd + i * Sp;
           T* b = bt.data() + i * Sp;
           int64_t s0 = 0;
           for (int64_t s = 0; s < S; ++s) {
@@ -522,12 +762,15 @@ void backward_impl(const T* gW, const T* gR, const T* q, const T* mem, const T* 
           }
           beta[i] = qraw >= T(kEps) ? -hsum<T>(ss) * inv_qn * inv_qn : T(0);
         }
-        MGNET_MEM_TILE_SWITCH(nq, (combine_tile<T, NQ, true>(bt.data(), Sp, mem, S, C, 0, C, qt, beta, gq + n0 * C)));
         if (fused_gm) {
+          MGNET_MEM_TILE_SWITCH(nq, (combine_tile<T, NQ, true>(bt.data(), Sp, mem, S, C, 0, C, qt, beta, gq + n0 * C)));
           MGNET_MEM_TILE_SWITCH(nq, (gmem_accumulate<T, NQ>(wt.data(), bt.data(), Sp, gt, qt, S, C,
                                                             gm_part.data() + ch * S * C)));
         } else {
-          for (int64_t i = 0; i < nq; ++i) std::memcpy(B.data() + (n0 + i) * S, bt.data() + i * Sp, sizeof(T) * S);
+          for (int64_t i = 0; i < nq; ++i) {
+            std::memcpy(B.data() + (n0 + i) * S, bt.data() + i * Sp, sizeof(T) * S);
+            Beta[n0 + i] = beta[i];
+          }
         }
       }
     }
@@ -551,11 +794,25 @@ void backward_impl(const T* gW, const T* gR, const T* q, const T* mem, const T* 
         }
     });
   } else {
-    const int64_t cw = 4 * L;
+    const int64_t cw = PB * L;
     const int64_t ncc = std::max<int64_t>(1, (C + cw - 1) / cw);
+    const bool pack = N <= 2048;  // P: 2 N PB L elements per thread
     at::parallel_for(0, ncc, 1, [&](int64_t b, int64_t e) {
+      std::vector<T> P(pack ? 2 * N * cw : 0), Mp(pack ? S * cw : 0);
+      std::vector<T> Tq, Tm;
       for (int64_t cc = b; cc < e; ++cc) {
         const int64_t c0 = cc * cw, c1 = std::min<int64_t>(C, c0 + cw);
+        if (pack) {
+          if (c1 - c0 < cw && Tq.empty()) { Tq.resize(N * cw); Tm.resize(S * cw); }
+          width_block<T>(W, B.data(), Beta.data(), gamma.data(), gR, q, mem, N, S, C, c0, c1 - c0, P.data(), Mp.data(),
+                         Tq.data(), Tm.data(), gq, gm);
+          continue;
+        }
+        for (int64_t t = 0; t < ntiles; ++t) {
+          const int64_t n0 = t * TQ, nq = std::min<int64_t>(TQ, N - n0);
+          MGNET_MEM_TILE_SWITCH(nq, (combine_tile<T, NQ, true>(B.data() + n0 * S, S, mem, S, C, c0, c1, q + n0 * C,
+                                                               Beta.data() + n0, gq + n0 * C)));
+        }
         int64_t s = 0;
         for (; s + 4 <= S; s += 4) gmem_columns<T, 4>(W, B.data(), gR, q, mem, gamma.data(), N, S, C, s, c0, c1, gm);
         for (; s < S; ++s) gmem_columns<T, 1>(W, B.data(), gR, q, mem, gamma.data(), N, S, C, s, c0, c1, gm);

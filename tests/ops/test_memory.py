@@ -189,6 +189,37 @@ def test_cpu_result_independent_of_thread_count():
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("shape", [(13, 4100, 60), (70, 2061, 37), (2100, 130, 300)],
+                         ids=["wide-N13", "wide-N70", "N2100-unpacked"])
+def test_cpu_wide_regime(shape, dtype):
+    """The C++ kernel's wide path (mem larger than L2: dot products blocked over the width, read and the
+    gradients in packed column blocks with a zero-padded last block; above 2048 queries the gradients
+    take the unpacked width sweep) against the reference, and 1 vs 2 threads."""
+    if SKIP_EXT:
+        pytest.skip("no C++ kernels")
+    q, mem, gw, gr = make(*shape, dtype=dtype)
+    w0, r0, t0, gq0, gm0 = run_reference(q, mem, gw, gr)
+    n = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(run("cpu", q, mem, gw, gr))
+    finally:
+        torch.set_num_threads(n)
+    tol = TOL[dtype]
+    w, r, t, gq, gm = outs[0]
+    torch.testing.assert_close(w, w0, **tol)
+    torch.testing.assert_close(r, r0, **tol)
+    torch.testing.assert_close(gq, gq0, **tol)
+    torch.testing.assert_close(gm, gm0, **{k: v * 10 for k, v in tol.items()})
+    check_top2(t, q, mem, 1e-5 if dtype == torch.float32 else 1e-12)
+    same = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-12)
+    for a, b in zip(outs[0], outs[1]):  # only grad_mem's norm term is summed per thread
+        torch.testing.assert_close(a, b, **same)
+
+
 def test_gradcheck_cpu_float64():
     if SKIP_EXT:
         pytest.skip("no C++ kernels")
