@@ -100,7 +100,8 @@ def classify_step(root):
 
 def build(args):
     torch.manual_seed(0)
-    cfg = getattr(ModelConfig, args.config)()
+    # train-s3: the paper's stage 3 (model.app_target=memory); by default stage 3 trains nothing
+    cfg = getattr(ModelConfig, args.config)(**({"app_target": "memory"} if args.what == "train-s3" else {}))
     model = MGNet(cfg)
     batch = example_batch(cfg, args.batch, seed=0, num_videos=4)
     nll = model.stgnf.nll

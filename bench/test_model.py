@@ -2,7 +2,8 @@
 
 Cases (one pytest-benchmark group each, the summary table reports clips/s per impl):
   train-s2  forward + backward + optimizer step of the stage-2 loss (L_mo + beta * separateness)
-  train-s3  the same for the stage-3 loss (alpha * L_app; RGB encoder frozen)
+  train-s3  the same for the stage-3 loss (alpha * L_app; RGB encoder frozen; model.app_target=memory,
+            the paper's S_app: with the default appearance memory stage 3 trains nothing)
   infer     model.scores(batch) under torch.inference_mode (all four raw scores)
 Configs: `small` on CPU (batch 16), `paper` on CUDA (batch 64) when a GPU is present.
 Impls:    eager   every mgnet op on its reference (`mgnet.ops.backend("eager")`)
@@ -73,7 +74,9 @@ def _backend_ctx(impl):
 
 def _model(cfg_name, device, stage):
     torch.manual_seed(0)
-    cfg = getattr(ModelConfig, cfg_name)()
+    # stage 3 trains the mask encoder only with the paper's S_app (model.app_target=memory); the
+    # default S_app reads the appearance memory and stage 3 has nothing to train
+    cfg = getattr(ModelConfig, cfg_name)(**({"app_target": "memory"} if stage == 3 else {}))
     model = models.MGNet(cfg).to(device)
     model.set_stage(stage)
     return cfg, model

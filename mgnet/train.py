@@ -397,7 +397,10 @@ def write_bsmm(model, store, cfg, run: RunDir, ctx: Dist, log) -> None:
                           file=sys.stderr):
             with _annotate("stage4/write", color="green"):
                 model.bsmm_write(to_device(batch, ctx.device))
-    log.info(f"stage 4: BSMM written from {len(store)} clips in {time.perf_counter() - t0:.1f}s")
+        with _annotate("stage4/finish", color="green"):
+            info = model.bsmm_finish()     # pose mode: fit the pose memory, write the BSMM from all clips
+    log.info(f"stage 4: BSMM written from {len(store)} clips in {time.perf_counter() - t0:.1f}s "
+             f"({int(info['filled'])} slots, L_sep^r {info['sep_r']:.4f})")
     if ctx.main:
         runs.save_checkpoint(run.stage(4), {"model": model.state_dict(), "stage": 4, "history": [],
                                             **model_identity(cfg)})
@@ -483,7 +486,15 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
                 if s > 1 and loaded != s - 1:
                     prev = run.stage(s - 1)
                     load_model_state(model, runs.load_checkpoint(prev, ctx.device), prev, cfg)
-                if s < 4:
+                if s < 4 and not model.stage_parameters(s):
+                    # model.app_target=cubes: stage 3 has nothing to train (S_app reads the
+                    # appearance memory written in stage 4); its checkpoint keeps the chain of stages
+                    log.info(f"stage {s}: nothing to train with this model config, checkpoint only")
+                    if ctx.main:
+                        runs.save_checkpoint(run.stage(s), {"model": model.state_dict(), "stage": s,
+                                                            "history": [], **model_identity(cfg)})
+                    ctx.barrier()
+                elif s < 4:
                     train_stage(s, model, store, cfg, run, ctx, log, budget)
                 else:
                     write_bsmm(model, store, cfg, run, ctx, log)

@@ -93,23 +93,25 @@ def _breaks_in_ops(explain_out):
 
 
 # ---------------------------------------------------------------------------------- the model
-def _tiny_model_and_batch(B=3):
+def _tiny_model_and_batch(B=3, **kw):
     from tests.test_dropin import models, synthetic_batch, tiny_config
-    cfg = tiny_config()
+    cfg = tiny_config(**kw)
     torch.manual_seed(0)
     model = models.MGNet(cfg)
     batch = synthetic_batch(cfg, B)
     model.set_stage(4)
     model.bsmm_write(batch)
+    model.bsmm_finish()
     return model, batch
 
 
-@pytest.mark.parametrize("what", ["losses-s2", "losses-s3", "scores"])
+@pytest.mark.parametrize("what", ["losses-s2", "losses-s3", "scores", "scores-default"])
 def test_model_has_no_graph_break_in_the_ops(what):
+    """scores: the paper's S_app (mask encoder); scores-default: the appearance and pose memories."""
     pytest.importorskip("mgnet.models.mgnet")
     torch._dynamo.reset()
-    model, batch = _tiny_model_and_batch()
-    if what == "scores":
+    model, batch = _tiny_model_and_batch(**({"app_target": "cubes"} if what == "scores-default" else {}))
+    if what.startswith("scores"):
         model.eval()
         ex = torch._dynamo.explain(model.scores)(batch)
     else:
@@ -118,7 +120,7 @@ def test_model_has_no_graph_break_in_the_ops(what):
         ex = torch._dynamo.explain(model.losses)(batch, stage)
     assert ex.graph_count >= 1
     assert not _breaks_in_ops(ex), f"graph breaks inside mgnet/ops while compiling {what}: {_breaks_in_ops(ex)}"
-    if what in ("losses-s2", "scores"):   # no host-side work in these at all: one graph
+    if what in ("losses-s2", "scores", "scores-default"):   # no host-side work in these at all: one graph
         assert ex.graph_break_count == 0, [str(b.reason).splitlines()[0] for b in ex.break_reasons]
 
 
@@ -157,11 +159,13 @@ def test_op_calling_submodules_compile_fullgraph():
 
 
 @pytest.mark.slow
-def test_inductor_compiled_scores_match_eager():
-    """One real inductor compile of scores() (the fused ops stay opaque custom-op calls)."""
+@pytest.mark.parametrize("app_target", ["memory", "cubes"])
+def test_inductor_compiled_scores_match_eager(app_target):
+    """One real inductor compile of scores() (the fused ops stay opaque custom-op calls), with the
+    paper's S_app (mask encoder) and with the appearance memory."""
     pytest.importorskip("mgnet.models.mgnet")
     torch._dynamo.reset()
-    model, batch = _tiny_model_and_batch()
+    model, batch = _tiny_model_and_batch(app_target=app_target)
     model.eval()
     ref = model.scores(batch)
     out = torch.compile(model.scores, fullgraph=True)(batch)

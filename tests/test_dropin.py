@@ -31,9 +31,10 @@ PARAM_TOL = dict(rtol=1e-4, atol=1e-6)
 
 def tiny_config(**kw) -> ModelConfig:
     """The smallest model that still runs every op: T=8, 32x32 crops (4x4x4 cube grid), 1 block."""
+    # app_target=memory: the paper's stage 3 (mask encoder, eq. 6) so every stage trains something
     return ModelConfig.small(**{**dict(seg_len=8, crop=32, scene_size=32, embed_dim=32, depth=1, heads=2,
                                        head_hidden=32, c_app=32, flow_steps=2, flow_hidden=8,
-                                       scene_grid=4, scene_conv_channels=4), **kw})
+                                       scene_grid=4, scene_conv_channels=4, app_target="memory"), **kw})
 
 
 def synthetic_batch(cfg: ModelConfig, B: int, seed: int = 0, device="cpu") -> dict:

@@ -44,6 +44,11 @@ class ModelConfig:
     n_r: int = 50
     sep_margin: float = 1.0
     mem_temperature: float = 1.0       # softmax temperature of behavior/scene memory addressing (eq. 7); 1 = paper
+    # Behavior-Scene Matching (sec. 3.4; see memory.py and README "Method notes")
+    bsmm_behavior: str = "pose"        # W_b from the pose memory ("pose") or from e_b's behavior memory ("tokens", the paper)
+    n_p: int = 20                      # pose-memory slots (prototype poses), bsmm_behavior="pose"
+    bsmm_temperature: float = 0.05     # softmax temperature of pose-memory addressing and of the BSMM read (eq. 10)
+    bsmm_normalize: bool = True        # eq. (15) on L2-normalised C_b, C_s (False: the plain difference, the paper)
     # STG-NF
     flow_steps: int = 8                # K
     flow_hidden: int = 32              # ST-GCN width inside each coupling
@@ -61,7 +66,10 @@ class ModelConfig:
     beta: float = 0.1
     lambda_app: float = 1.0
     lambda_mm: float = 1.0
-    app_target_stopgrad: bool = False  # True: H_u gets no gradient from L_app (guards against collapse)
+    app_target_stopgrad: bool = False  # True: H_u gets no gradient from L_app (guards against collapse); app_target="memory"
+    app_target: str = "cubes"          # S_app from the appearance memory ("cubes") or eq. 14's H_u(f_b) vs mask encoder ("memory", the paper)
+    n_a: int = 256                     # appearance-memory slots (cube colour statistics), app_target="cubes"
+    app_topk: float = 0.1              # app_target="cubes": S_app = mean of the largest fraction of the per-cube distances
     # masking (eq. 5)
     mask_ratio: float = 0.5
     mask_seed: int = 0                 # the fixed complementary pair used by scores()
@@ -108,11 +116,18 @@ class ModelConfig:
         if self.lsta_k0 % 2 == 0 or self.lsta_k1 % 2 == 0:
             bad("lsta_k0", "LSTA kernel sizes k0 and k1 must be odd")
         for name in ("depth", "heads", "n_b", "n_s", "n_r", "flow_steps", "flow_hidden", "c_app",
-                     "head_hidden", "scene_grid", "scene_conv_channels", "joints"):
+                     "head_hidden", "scene_grid", "scene_conv_channels", "joints", "n_p", "n_a"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
-        if self.mem_temperature <= 0:
-            bad("mem_temperature", "must be > 0")
+        for name in ("mem_temperature", "bsmm_temperature"):
+            if getattr(self, name) <= 0:
+                bad(name, "must be > 0")
+        if self.bsmm_behavior not in ("pose", "tokens"):
+            bad("bsmm_behavior", "must be 'pose' or 'tokens'")
+        if self.app_target not in ("cubes", "memory"):
+            bad("app_target", "must be 'cubes' or 'memory'")
+        if not 0.0 < self.app_topk <= 1.0:
+            bad("app_topk", "must be in (0, 1]")
         if self.lsta_layers < 0:
             bad("lsta_layers", "must be >= 0")
 

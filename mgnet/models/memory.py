@@ -1,5 +1,6 @@
-"""Memories: behavior / scene Memory (eq. 7 read, eq. 11 separateness) and the
-Behavior-Scene Matching Memory (eqs. 8-10, 15).
+"""Memories: behavior / scene Memory (eq. 7 read, eq. 11 separateness), the pose memory that
+gives the BSMM its behavior query, the appearance memory behind S_app, and the Behavior-Scene
+Matching Memory (eqs. 8-10, 15).
 
 All addressing goes through ``mgnet.ops.memory_address`` (cosine similarity, softmax over slots,
 read = weights @ slots, and the two nearest slots).
@@ -27,6 +28,14 @@ def separateness_loss(q: torch.Tensor, slots: torch.Tensor, top2: torch.Tensor,
     return F.relu(d(qn, mn[top2[:, 0]]) - d(qn, mn[top2[:, 1]]) + margin).mean()
 
 
+def sharpen(w: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(cos / tau) from softmax(cos) (what memory_address returns): softmax(log(w) / tau).
+    With tau = 1 (the paper) a cosine in [-1, 1] gives nearly uniform weights over the slots."""
+    if temperature == 1.0:
+        return w
+    return torch.softmax(torch.log(w.clamp_min(1e-30)) / temperature, dim=1)
+
+
 class Memory(nn.Module):
     """Learnable slots (S, C) read by cosine addressing. forward(q (N, C)) -> (weights (N, S),
     read (N, C), top2 (N, 2)); ``separateness(q, top2)`` is eq. (11)."""
@@ -41,15 +50,227 @@ class Memory(nn.Module):
         slots = self.slots.to(q.dtype)
         w, read, top2 = ops.memory_address(q, slots)                      # eq. (7)
         if self.temperature != 1.0:
-            # softmax(cos / tau) = softmax(log(softmax(cos)) / tau): with tau = 1 (the paper) a
-            # cosine in [-1, 1] gives nearly uniform weights over the slots, so every read is close
-            # to the mean slot and W_b / f_b carry almost nothing of the query
-            w = torch.softmax(torch.log(w.clamp_min(1e-30)) / self.temperature, dim=1)
+            # with tau = 1 every read is close to the mean slot and W_b / f_b carry almost
+            # nothing of the query
+            w = sharpen(w, self.temperature)
             read = w @ slots
         return w, read, top2
 
     def separateness(self, q: torch.Tensor, top2: torch.Tensor) -> torch.Tensor:
         return separateness_loss(q, self.slots.to(q.dtype), top2, self.margin)   # eq. (11)
+
+
+def farthest_points(x: torch.Tensor, k: int, start: int = 0) -> torch.Tensor:
+    """Indices of k rows of the unit-norm rows x chosen greedily, each the one least similar
+    (cosine) to those already chosen (k-means++ without the randomness). Stops early when every
+    remaining row is a duplicate of a chosen one."""
+    idx = [start]
+    best = x @ x[start]
+    for _ in range(min(k, x.shape[0]) - 1):
+        i = int(best.argmin())
+        if best[i] > 1.0 - 1e-6:
+            break
+        idx.append(i)
+        best = torch.maximum(best, x @ x[i])
+    return torch.tensor(idx, dtype=torch.long, device=x.device)
+
+
+class _Written(nn.Module):
+    """A memory written in stage 4: a ``filled`` buffer (slots in use) and its host mirror, so
+    reads need no device sync (and no graph break under torch.compile)."""
+
+    def _init_filled(self):
+        self.register_buffer("filled", torch.tensor(0, dtype=torch.long))
+        self._filled = 0
+
+    def _set_filled(self, n: int) -> None:
+        self.filled.fill_(n)
+        self._filled = int(n)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._filled > 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._filled = int(self.filled)
+
+
+def _kmeans_once(x: torch.Tensor, k: int, iters: int, spherical: bool, start: int) -> torch.Tensor:
+    if spherical:
+        c = x[farthest_points(x, k, start)]
+    else:  # farthest points in Euclidean distance
+        idx = [start]
+        best = (x - x[start]).pow(2).sum(1)
+        for _ in range(min(k, x.shape[0]) - 1):
+            i = int(best.argmax())
+            if best[i] <= 0:
+                break
+            idx.append(i)
+            best = torch.minimum(best, (x - x[i]).pow(2).sum(1))
+        c = x[torch.tensor(idx, device=x.device)]
+    for _ in range(iters):
+        a = (x @ c.T).argmax(1) if spherical else torch.cdist(x, c).argmin(1)
+        s = torch.zeros_like(c).index_add_(0, a, x)
+        n = torch.bincount(a, minlength=c.shape[0])
+        upd = F.normalize(s, dim=1) if spherical else s / n.clamp_min(1)[:, None].to(s.dtype)
+        c = torch.where((n > 0)[:, None], upd, c)          # an empty cluster keeps its seed
+    return c
+
+
+def _inertia(x: torch.Tensor, c: torch.Tensor, spherical: bool) -> float:
+    if spherical:
+        return float((1 - (x @ c.T).max(1).values).sum())
+    return float(torch.cdist(x, c).min(1).values.pow(2).sum())
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 25, spherical: bool = False, restarts: int = 8,
+           seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means of the rows of x (N, C); returns (<= k, C) centroids.
+
+    Each of `restarts` runs seeds the centroids by farthest points from a different first row (the
+    row nearest the mean, then seeded random rows); the run with the lowest inertia wins (one
+    unlucky seeding of the pose memory cost S_mm 0.07 scene AUC on the synthetic benchmark).
+    spherical: unit rows, assignment by cosine, unit-norm centroids."""
+    if x.shape[0] == 0:
+        raise ValueError("kmeans: no rows")
+    g = torch.Generator().manual_seed(seed)
+    starts = [int((x - x.mean(0)).pow(2).sum(1).argmin())]
+    starts += torch.randint(0, x.shape[0], (max(0, restarts - 1),), generator=g).tolist()
+    best = None
+    for st in starts:
+        c = _kmeans_once(x, k, iters, spherical, st)
+        e = _inertia(x, c, spherical)
+        if best is None or e < best[0]:
+            best = (e, c)
+    return best[1]
+
+
+class PoseMemory(_Written):
+    """M^p: N_p prototype poses, the behavior query of the BSMM (``bsmm_behavior="pose"``).
+
+    A frame's pose (2 x V normalised coordinates, as STG-NF sees them) minus the mean training
+    pose, L2-normalised, addresses the slots like eq. (7) (cosine, softmax with temperature tau);
+    a clip's W_b is the mean of its frames' weights, (B, N_p): how much of the clip is spent in
+    each prototype pose. Written, not trained: stage 4 fits mean and slots with spherical k-means
+    (farthest-point seeds, Lloyd iterations) over the training frames (``fit``).
+
+    Why not the paper's W_b (e_b's addressing of the behavior memory, P x N_b)? Its per-cube
+    weights mostly encode the crop's background, i.e. the scene, and the RGB encoder is trained to
+    regress the flow's Gaussianised latent, which by design has no cluster structure per behavior;
+    on the synthetic benchmark S_mm from it reaches 0.64 frame AUC on scene anomalies, from
+    prototype poses 0.99 (README, "Method notes").
+    """
+
+    def __init__(self, slots: int, joints: int, temperature: float = 0.05):
+        super().__init__()
+        self.temperature = float(temperature)
+        self.register_buffer("mean", torch.zeros(2 * joints))
+        self.register_buffer("slots", torch.zeros(slots, 2 * joints))
+        self._init_filled()
+
+    @staticmethod
+    def frames(pose: torch.Tensor) -> torch.Tensor:
+        """(B, 2, T, V) -> (B, T, 2V): one row of coordinates per frame."""
+        # permute a copy: a view of an input taken under inference_mode breaks an inductor compile
+        return pose.clone().permute(0, 2, 1, 3).flatten(2)
+
+    def _queries(self, frames: torch.Tensor) -> torch.Tensor:
+        return F.normalize(frames.to(self.mean.dtype) - self.mean, dim=-1)
+
+    @torch.no_grad()
+    def fit(self, frames: torch.Tensor, iters: int = 25, max_frames: int = 200_000, seed: int = 0) -> None:
+        """Spherical k-means over frames (N, 2V) (a seeded subset of max_frames rows if larger)."""
+        frames = frames.reshape(-1, self.mean.shape[0]).to(self.mean.dtype)
+        if frames.shape[0] == 0:
+            raise ValueError("PoseMemory.fit: no frames")
+        if frames.shape[0] > max_frames:
+            g = torch.Generator().manual_seed(seed)
+            frames = frames[torch.randperm(frames.shape[0], generator=g)[:max_frames].to(frames.device)]
+        self.mean.copy_(frames.mean(0))
+        c = kmeans(self._queries(frames), self.slots.shape[0], iters, spherical=True)
+        self.slots.zero_()
+        self.slots[:c.shape[0]] = c
+        self._set_filled(c.shape[0])
+
+    def forward(self, pose: torch.Tensor) -> torch.Tensor:
+        """W_b (B, N_p) of poses (B, 2, T, V): mean over frames of softmax(cos / tau) (eq. 7)."""
+        return self.weights(self.frames(pose))
+
+    def weights(self, f: torch.Tensor) -> torch.Tensor:
+        """W_b (B, N_p) of frames (B, T, 2V)."""
+        if not self.is_fitted:
+            raise RuntimeError("the pose memory is empty: stage 4 (MGNet.bsmm_write + bsmm_finish) fits it")
+        B, T, C = f.shape
+        n = self.slots.shape[0]
+        m = self.slots if self._filled == n else self.slots.clone()[:self._filled]
+        w, _, _ = ops.memory_address(self._queries(f).reshape(B * T, C), m)
+        w = sharpen(w, self.temperature).view(B, T, -1).mean(1)
+        return w if self._filled == n else F.pad(w, (0, n - self._filled))   # unwritten slots weigh 0
+
+
+class AppearanceMemory(_Written):
+    """M^a: N_a prototype cube appearances, behind S_app (``app_target="cubes"``).
+
+    A cube's appearance is the mean and standard deviation of each colour channel over its
+    2 x 8 x 8 pixels (ImageNet-normalised), (B, P, 6). Stage 4 writes the slots with k-means over
+    the training cubes (``fit``); a cube's score is its Euclidean distance to the nearest slot, and
+    S_app is the mean of the largest ``topk`` fraction of a clip's cube scores (an object the size
+    of a few cubes is enough). The paper's S_app compares the mask encoder with H_u(f_b) built on
+    the RGB encoder's tokens; that encoder is trained to regress the pose flow, and its tokens carry
+    almost no colour: on the synthetic benchmark eq. (14) reaches 0.59 frame AUC on appearance
+    anomalies, nearest-neighbour search over those tokens 0.58, over these statistics 1.00
+    (README, "Method notes").
+    """
+
+    def __init__(self, slots: int, grid, topk: float = 0.1):
+        from .config import CUBE
+        from .encoder import IMAGENET_MEAN, IMAGENET_STD
+        super().__init__()
+        self.grid, self.cube, self.topk = tuple(grid), CUBE, float(topk)
+        self.register_buffer("slots", torch.zeros(slots, 6))
+        self._init_filled()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1), persistent=False)
+
+    def descriptors(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) uint8 (or float in [0, 1]) -> (B, P, 6) per-cube colour mean and std."""
+        x = rgb.to(self.slots.dtype)
+        if rgb.dtype == torch.uint8:
+            x = x / 255.0
+        x = (x - self.mean) / self.std
+        B = x.shape[0]
+        (t, h, w), (ct, ch, cw) = self.grid, self.cube
+        c = x.view(B, 3, t, ct, h, ch, w, cw)
+        stats = torch.cat([c.mean((3, 5, 7)), c.std((3, 5, 7))], 1)        # (B, 6, t, h, w)
+        return stats.flatten(2).transpose(1, 2)                            # cube order t, h, w
+
+    @torch.no_grad()
+    def fit(self, desc: torch.Tensor, iters: int = 25) -> None:
+        """k-means of cube descriptors (N, 6) into the slots."""
+        desc = desc.reshape(-1, 6).to(self.slots.dtype)
+        if desc.shape[0] == 0:
+            raise ValueError("AppearanceMemory.fit: no cubes")
+        c = kmeans(desc, self.slots.shape[0], iters)
+        self.slots.zero_()
+        self.slots[:c.shape[0]] = c
+        self._set_filled(c.shape[0])
+
+    def distances(self, desc: torch.Tensor) -> torch.Tensor:
+        """(B, P, 6) -> (B, P): distance of each cube to the nearest slot."""
+        if not self.is_fitted:
+            raise RuntimeError("the appearance memory is empty: stage 4 (MGNet.bsmm_write + bsmm_finish) fits it")
+        B, P, C = desc.shape
+        m = self.slots.clone()[:self._filled]     # a copy: see BehaviorSceneMatching.read
+        d2 = (desc.reshape(B * P, C).pow(2).sum(1, keepdim=True) - 2 * desc.reshape(B * P, C) @ m.T
+              + m.pow(2).sum(1)[None])
+        return d2.min(1).values.clamp_min(0).sqrt().view(B, P)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """S_app (B,): mean of the largest topk fraction of the cube distances."""
+        d = self.distances(self.descriptors(rgb))
+        k = max(1, round(self.topk * d.shape[1]))
+        return d.topk(k, dim=1).values.mean(1)
 
 
 class BehaviorSceneMatching(nn.Module):
@@ -59,13 +280,18 @@ class BehaviorSceneMatching(nn.Module):
     write (stage 4, eq. 9): the first N_r queries ever written seed the slots (L2-normalised), so
     every slot starts on a real normal pattern; after that each slot i moves by the sum over the
     queries whose nearest slot is i of w[v, i] * W_r[v] (w = eq.-7 matching probability) and is
-    L2-normalised. read (eq. 10): C_b = softmax over slots of cos(W_b, slots[:, :L_b]), C_s the
-    same with W_s and slots[:, L_b:]. S_mm = ||C_b - C_s|| (eq. 15).
+    L2-normalised. ``fit`` (all queries at once) seeds the slots by farthest points instead, so a
+    rare normal pattern (a behavior normal in one scene only) gets a slot of its own. read (eq. 10):
+    C_b = softmax over slots of cos(W_b, slots[:, :L_b]) / tau, C_s the same with W_s and
+    slots[:, L_b:]. S_mm = ||C_b - C_s|| (eq. 15), with ``normalize`` on C_b / |C_b| and
+    C_s / |C_s|: a behavior normal in several scenes spreads C_b over all their slots while C_s
+    sits on one scene's, which the plain difference counts as a mismatch.
     """
 
-    def __init__(self, slots: int, len_b: int, len_s: int):
+    def __init__(self, slots: int, len_b: int, len_s: int, temperature: float = 1.0, normalize: bool = False):
         super().__init__()
         self.len_b, self.len_s = len_b, len_s
+        self.temperature, self.normalize = float(temperature), bool(normalize)
         self.register_buffer("slots", torch.zeros(slots, len_b + len_s))
         self.register_buffer("filled", torch.tensor(0, dtype=torch.long))
         self._filled = 0            # host mirror of `filled`: reads need no device sync
@@ -108,6 +334,32 @@ class BehaviorSceneMatching(nn.Module):
         self.slots.copy_(F.normalize(self.slots + upd, dim=1))        # eq. (9)
         return sep
 
+    @torch.no_grad()
+    def fit(self, w_r: torch.Tensor, batch: int = 256) -> Optional[float]:
+        """Write all queries W_r (N, L_b + L_s) of the training set at once: the slots start on the
+        farthest-point subset of the queries (not the first N_r), then eq. (9) updates them with
+        every query, `batch` at a time in the given order. Returns the mean L_sep^r of the updates."""
+        w_r = w_r.to(self.slots.dtype)
+        if w_r.shape[0] == 0:
+            raise ValueError("BehaviorSceneMatching.fit: no queries")
+        seeds = farthest_points(F.normalize(w_r, dim=1), self.slots.shape[0])
+        self.slots.zero_()
+        self.slots[:len(seeds)] = F.normalize(w_r[seeds], dim=1)
+        self.filled.fill_(len(seeds))
+        self._filled = len(seeds)
+        seps = []
+        for i in range(0, w_r.shape[0], batch):
+            q = w_r[i:i + batch]
+            m = self.slots[:self._filled]
+            weights, _, top2 = ops.memory_address(q, m)
+            if self._filled < 2:
+                top2 = top2.clamp_max(0)
+            nearest = top2[:, 0]
+            upd = torch.zeros_like(m).index_add_(0, nearest, weights.gather(1, nearest[:, None]) * q)
+            seps.append(float(separateness_loss(q, m, top2)) * q.shape[0])
+            self.slots[:self._filled] = F.normalize(m + upd, dim=1)    # eq. (9)
+        return sum(seps) / w_r.shape[0]
+
     def read(self, w_b: torch.Tensor, w_s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(C_b, C_s), each (B, filled slots)   # eq. (10). Raises if nothing was written yet."""
         if self.num_filled == 0:
@@ -118,12 +370,13 @@ class BehaviorSceneMatching(nn.Module):
         m = self.slots.clone()[:self.num_filled]
         c_b = ops.memory_address(w_r[:, :self.len_b].contiguous(), m[:, :self.len_b].contiguous())[0]
         c_s = ops.memory_address(w_r[:, self.len_b:].contiguous(), m[:, self.len_b:].contiguous())[0]
-        return c_b, c_s
+        return sharpen(c_b, self.temperature), sharpen(c_s, self.temperature)
 
-    @staticmethod
-    def score(c_b: torch.Tensor, c_s: torch.Tensor) -> torch.Tensor:
-        """S_mm = ||C_b - C_s||   # eq. (15)"""
+    def score(self, c_b: torch.Tensor, c_s: torch.Tensor) -> torch.Tensor:
+        """S_mm = ||C_b - C_s||   # eq. (15); on L2-normalised C_b, C_s with ``normalize``"""
+        if self.normalize:
+            c_b, c_s = F.normalize(c_b, dim=1), F.normalize(c_s, dim=1)
         return (c_b - c_s).norm(dim=1)
 
 
-__all__ = ["Memory", "BehaviorSceneMatching", "separateness_loss"]
+__all__ = ["Memory", "PoseMemory", "AppearanceMemory", "kmeans", "BehaviorSceneMatching", "separateness_loss", "sharpen", "farthest_points"]

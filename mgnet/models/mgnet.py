@@ -11,8 +11,18 @@ Stages (set_stage):
   1  STG-NF                                   loss = NLL (bits/dim)
   2  RGB encoder + H_B + behavior/scene memory loss = L_mo + beta (L_sep^b + L_sep^s)
   3  mask encoder + mask head + H_u           loss = alpha L_app   (RGB encoder, memories frozen)
-  4  nothing trained; bsmm_write(batch) writes the Behavior-Scene Matching Memory (eq. 9)
-L_sep^r of eq. (12) belongs to the BSMM, which is written, not trained: bsmm_write reports it.
+     (app_target="memory", the paper's S_app; with "cubes" stage 3 has nothing to train)
+  4  nothing trained; bsmm_write(batch) for every training batch, then bsmm_finish(), writes the
+     pose and appearance memories and the Behavior-Scene Matching Memory (eq. 9)
+L_sep^r of eq. (12) belongs to the BSMM, which is written, not trained: bsmm_finish reports it.
+
+Two places differ from the paper by default, each behind a config switch that restores it
+(README "Method notes" has the measurements):
+  app_target="cubes"   S_app is the appearance memory's score (AppearanceMemory: distance of each
+      cube's colour statistics to the nearest normal prototype, mean of the largest app_topk
+      fraction) instead of eq. (14)'s H_u(f_b) vs mask encoder ("memory", the paper).
+  bsmm_behavior="pose" W_b of eq. (8) is the clip's addressing of the pose memory (PoseMemory),
+      not e_b's addressing of the behavior memory ("tokens", the paper).
 
 Kernel backend: ``cfg.ops_backend`` other than "auto" is applied with ``mgnet.ops.backend(...)``
 around each losses / bsmm_write / scores call (no process-wide side effect; the backward pass
@@ -34,7 +44,7 @@ from ..data.masking import complementary_masks, visible_indices
 from .config import ModelConfig
 from .encoder import VideoEncoder
 from .heads import ProjectionHead, STHead
-from .memory import BehaviorSceneMatching, Memory
+from .memory import AppearanceMemory, BehaviorSceneMatching, Memory, PoseMemory
 from .scene import SceneFeatures
 from .stgnf import STGNF
 
@@ -49,7 +59,7 @@ except ImportError:  # pragma: no cover
     def _range(name):
         return contextlib.nullcontext()
 
-STAGE_MODULES = {
+STAGE_MODULES = {              # with app_target="memory" (the paper); see MGNet.stage_modules
     1: ("stgnf",),
     2: ("rgb_encoder", "head_b", "mem_b", "mem_s"),
     3: ("mask_encoder", "head_m", "head_u"),
@@ -83,7 +93,16 @@ class MGNet(nn.Module):
         self.mask_encoder = VideoEncoder.from_config(cfg)
         self.head_m = ProjectionHead(D, cfg.c_app, cfg.grid, cfg.head_hidden)
         self.head_u = ProjectionHead(D, cfg.c_app, cfg.grid, cfg.head_hidden)
-        self.bsmm = BehaviorSceneMatching(cfg.n_r, cfg.num_tokens * cfg.n_b, cfg.n_s)
+        if cfg.app_target == "cubes":
+            self.app_mem = AppearanceMemory(cfg.n_a, cfg.grid, cfg.app_topk)
+        if cfg.bsmm_behavior == "pose":
+            self.pose_mem = PoseMemory(cfg.n_p, cfg.joints, cfg.bsmm_temperature)
+            len_b = cfg.n_p
+        else:
+            len_b = cfg.num_tokens * cfg.n_b
+        self.bsmm = BehaviorSceneMatching(cfg.n_r, len_b, cfg.n_s, cfg.bsmm_temperature, cfg.bsmm_normalize)
+        self._pending: List[tuple] = []     # stage 4: (frames, W_s, cube statistics) until bsmm_finish
+        self._pending_gen = torch.Generator().manual_seed(cfg.mask_seed)
         # the fixed complementary pair S_app uses at scoring (derived from cfg.mask_seed)
         g = torch.Generator().manual_seed(cfg.mask_seed)
         m, _ = complementary_masks(1, (h, w), cfg.mask_ratio, g)
@@ -96,26 +115,32 @@ class MGNet(nn.Module):
         self._warned_empty_bsmm = False
 
     # ------------------------------------------------------------------ stages
+    def stage_modules(self, stage: int):
+        """Names of the submodules `stage` trains."""
+        _check_stage(stage)
+        if stage == 3 and self.cfg.app_target == "cubes":
+            return ()                                   # S_app reads the appearance memory (stage 4)
+        return STAGE_MODULES[stage]
+
     def set_stage(self, stage: int) -> "MGNet":
         """Freeze everything but what `stage` trains and set train/eval modes accordingly."""
-        _check_stage(stage)
+        self.stage_modules(stage)
         self.stage = stage
         self.requires_grad_(False)
-        for name in STAGE_MODULES[stage]:
+        for name in self.stage_modules(stage):
             getattr(self, name).requires_grad_(True)
         return self.train(True)
 
     def stage_parameters(self, stage: int) -> List[nn.Parameter]:
         """The parameters the optimizer of `stage` gets (empty for stage 4)."""
-        _check_stage(stage)
-        return [p for name in STAGE_MODULES[stage] for p in getattr(self, name).parameters()]
+        return [p for name in self.stage_modules(stage) for p in getattr(self, name).parameters()]
 
     def train(self, mode: bool = True) -> "MGNet":
         """With a stage set, train(True) puts only that stage's networks in training mode."""
         super().train(mode)
         if mode and self.stage is not None:
             for name, child in self.named_children():
-                if name not in STAGE_MODULES[self.stage]:
+                if name not in self.stage_modules(self.stage):
                     child.eval()
         return self
 
@@ -210,6 +235,9 @@ class MGNet(nn.Module):
         self._check_batch(batch, ("rgb",))
         cfg = self.cfg
         rgb = batch["rgb"]
+        if cfg.app_target == "cubes":
+            raise ValueError("stage 3 trains nothing with model.app_target='cubes' (S_app reads the "
+                             "appearance memory written in stage 4); use app_target='memory' for eq. (6)")
         with torch.no_grad():                                              # RGB encoder + memory frozen
             _, f_b, _ = self._behavior_memory(self.rgb_encoder(rgb))
         f_u = self.head_u(f_b)
@@ -222,15 +250,63 @@ class MGNet(nn.Module):
         return {"loss": cfg.alpha * l_app, "app": l_app.detach()}          # eq. (12), stage-3 term
 
     # ------------------------------------------------------------------ stage 4
+    CUBES_PER_CLIP = 32      # cube statistics kept per training clip for the appearance memory
+
     @torch.no_grad()
     def bsmm_write(self, batch: Mapping) -> Dict[str, float]:
-        """One update of the Behavior-Scene Matching Memory with this batch (eq. 9)."""
-        self._check_batch(batch, ("rgb", "scene"))
+        """Stage 4, once per training batch; then bsmm_finish() once.
+
+        bsmm_behavior="tokens": one update of the Behavior-Scene Matching Memory (eq. 9).
+        "pose": keeps the batch's poses and W_s; bsmm_finish() (or the next scores()) fits the pose
+        memory on all of them and writes the BSMM with all queries (BehaviorSceneMatching.fit).
+        app_target="cubes": also keeps the colour statistics of CUBES_PER_CLIP random cubes of
+        each clip, for the appearance memory.
+        """
+        cfg = self.cfg
+        keys = (("pose",) if cfg.bsmm_behavior == "pose" else ()) + ("rgb", "scene")
+        self._check_batch(batch, keys)
+        sep_r = None
+        frames = w_s = cubes = None
         with self._backend(), _range("mgnet.bsmm_write"):
-            w_b, _, _ = self._behavior_memory(self.rgb_encoder(batch["rgb"]))
-            w_s, _, _ = self.mem_s(self.scene(batch["scene"]).to(w_b.dtype))
-            sep_r = self.bsmm.write(self.bsmm.queries(w_b, w_s))           # eqs. (8)-(9)
-        return {"sep_r": float("nan") if sep_r is None else sep_r, "filled": float(self.bsmm.num_filled)}
+            if cfg.bsmm_behavior == "pose":
+                pose = self._pose(batch)
+                w_s, _, _ = self.mem_s(self.scene(batch["scene"]).to(pose.dtype))
+                frames = PoseMemory.frames(pose)
+            else:
+                w_b, _, _ = self._behavior_memory(self.rgb_encoder(batch["rgb"]))
+                w_s, _, _ = self.mem_s(self.scene(batch["scene"]).to(w_b.dtype))
+                sep_r = self.bsmm.write(self.bsmm.queries(w_b, w_s))       # eqs. (8)-(9)
+                w_s = None
+            if cfg.app_target == "cubes":
+                d = self.app_mem.descriptors(batch["rgb"])                   # (B, P, 6)
+                B, P, _ = d.shape
+                k = min(self.CUBES_PER_CLIP, P)
+                pick = torch.rand(B, P, generator=self._pending_gen).argsort(1)[:, :k].to(d.device)
+                cubes = d.gather(1, pick.unsqueeze(-1).expand(-1, -1, d.shape[-1])).reshape(-1, d.shape[-1])
+        if frames is not None or cubes is not None:
+            self._pending.append((frames, w_s, cubes))
+        return {"sep_r": float("nan") if sep_r is None else sep_r, "filled": float(self.bsmm.num_filled),
+                "pending": float(len(self._pending))}
+
+    @torch.no_grad()
+    def bsmm_finish(self) -> Dict[str, float]:
+        """End of stage 4: fit the appearance memory on the kept cube statistics; in pose mode fit
+        the pose memory on every kept frame, then write the BSMM with every clip's
+        W_r = [W_b, W_s] (eq. 8). A no-op when nothing is pending."""
+        pending, self._pending = self._pending, []
+        sep_r = float("nan")
+        if not pending:
+            return {"sep_r": sep_r, "filled": float(self.bsmm.num_filled)}
+        with self._backend(), _range("mgnet.bsmm_finish"):
+            if self.cfg.app_target == "cubes":
+                self.app_mem.fit(torch.cat([c for _, _, c in pending]))
+            if self.cfg.bsmm_behavior == "pose":
+                frames = torch.cat([f for f, _, _ in pending])
+                w_s = torch.cat([w for _, w, _ in pending])
+                self.pose_mem.fit(frames)
+                w_b = torch.cat([self.pose_mem.weights(frames[i:i + 4096]) for i in range(0, frames.shape[0], 4096)])
+                sep_r = self.bsmm.fit(self.bsmm.queries(w_b, w_s))          # eqs. (8)-(9)
+        return {"sep_r": sep_r, "filled": float(self.bsmm.num_filled)}
 
     # ------------------------------------------------------------------ scores
     @torch.inference_mode()
@@ -246,11 +322,21 @@ class MGNet(nn.Module):
             f_rgb = self.head_b(e_b)
             s_mo = (f_sk.float() - f_rgb.float()).flatten(1).norm(dim=1)   # eq. (13)
 
-            w_b, f_b, _ = self._behavior_memory(e_b)
-            f_u = self.head_u(f_b)
-            v1, v2 = self.score_visible1.repeat(B, 1), self.score_visible2.repeat(B, 1)   # copies: see __init__
-            s_app = (0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, v1))
-                     + 0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, v2)))       # eq. (14)
+            if self._pending:
+                self.bsmm_finish()
+            w_b = None
+            if self.cfg.app_target == "cubes":
+                s_app = self.app_mem(rgb) if self.app_mem.is_fitted else s_mo.new_zeros(B)
+            else:
+                v1, v2 = self.score_visible1.repeat(B, 1), self.score_visible2.repeat(B, 1)   # copies: see __init__
+                w_b, f_b, _ = self._behavior_memory(e_b)
+                f_u = self.head_u(f_b)
+                s_app = (0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, v1))
+                         + 0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, v2)))   # eq. (14)
+            if self.cfg.bsmm_behavior == "pose":
+                w_b = self.pose_mem(self._pose(batch)) if self.pose_mem.is_fitted else None
+            elif w_b is None:
+                w_b, _, _ = self._behavior_memory(e_b)
 
             w_s, _, _ = self.mem_s(self.scene(batch["scene"]).to(e_b.dtype))
             if self.bsmm.num_filled:
@@ -259,7 +345,8 @@ class MGNet(nn.Module):
             else:
                 if not self._warned_empty_bsmm:
                     warnings.warn("MGNet.scores: the Behavior-Scene Matching Memory is empty (stage 4 "
-                                  "not run); 'mm' scores are 0", RuntimeWarning, stacklevel=2)
+                                  "not run); 'mm' scores are 0" + (" and so are 'app' scores (appearance memory)"
+                                  if self.cfg.app_target == "cubes" else ""), RuntimeWarning, stacklevel=2)
                     self._warned_empty_bsmm = True
                 s_mm = s_mo.new_zeros(B)
         return {"mo": s_mo.float(), "app": s_app.float(), "mm": s_mm.float(), "nll": nll.float()}
@@ -278,4 +365,4 @@ def _check_stage(stage) -> None:
         raise ValueError(f"stage must be 1, 2, 3 or 4, got {stage!r}")
 
 
-__all__ = ["MGNet", "STAGE_MODULES", "count_parameters", "cosine_dissimilarity"]
+__all__ = ["MGNet", "STAGE_MODULES", "STAGE3_TOKENS", "count_parameters", "cosine_dissimilarity"]

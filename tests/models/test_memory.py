@@ -89,3 +89,104 @@ def test_bsmm_empty_read_and_bad_shapes():
         bs.queries(torch.rand(1, 3, 2), torch.rand(1, 2))
     bs.write(torch.rand(5, 6))
     assert bs.num_filled == 3 and "filled" in bs.state_dict()
+
+
+# ---------------------------------------------------------------- written memories (stage 4)
+def test_farthest_points_and_spherical_kmeans_find_the_clusters():
+    from mgnet.models.memory import farthest_points, kmeans
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(3)
+    x = torch.nn.functional.normalize(centres.repeat_interleave(20, 0) + 0.05 * torch.randn(60, 3, generator=g), dim=1)
+    idx = farthest_points(x, 3)
+    assert sorted(int(i) // 20 for i in idx) == [0, 1, 2]                  # one seed per cluster
+    assert len(farthest_points(torch.ones(4, 2) / math.sqrt(2), 3)) == 1     # duplicates: stops early
+    c = kmeans(x, 3, spherical=True)
+    got = sorted(c.argmax(1).tolist())
+    assert got == [0, 1, 2] and torch.allclose(c.norm(dim=1), torch.ones(3))
+    for j in range(3):                                                     # centroid = normalised cluster mean
+        k = int(c[:, j].argmax())
+        torch.testing.assert_close(c[k], torch.nn.functional.normalize(x[20 * j:20 * j + 20].mean(0), dim=0))
+
+
+def test_euclidean_kmeans_centroids_are_cluster_means():
+    from mgnet.models.memory import kmeans
+    x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [10.0, 0.0], [10.0, 2.0]])
+    c = kmeans(x, 2)
+    got = sorted(c.tolist())
+    assert got == [[0.0, 0.5], [10.0, 1.0]]
+
+
+def test_pose_memory_weights_by_hand():
+    from mgnet.models.memory import PoseMemory
+    pm = PoseMemory(2, joints=1, temperature=0.5)                      # 2 coordinates per frame
+    with pytest.raises(RuntimeError, match="pose memory is empty"):
+        pm(torch.zeros(1, 2, 3, 1))
+    # frames (x, y): two clusters around (1, 0) and (-1, 0) after removing the mean (0, 0)
+    frames = torch.tensor([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.1], [-1.0, -0.1]])
+    pm.fit(frames)
+    assert pm.is_fitted and pm._filled == 2
+    torch.testing.assert_close(pm.mean, torch.zeros(2))
+    assert sorted(pm.slots[:, 0].tolist()) == pytest.approx([-1.0, 1.0])
+    pose = torch.tensor([[[3.0, 0.0]], [[0.0, 1.0]]]).view(1, 2, 2, 1)    # (B=1, 2, T=2, V=1): frames (3, 0), (0, 1)
+    w = pm(pose)
+    right = int(pm.slots[:, 0].argmax())
+    # frame 1: cos 1 / -1 -> softmax(+-1 / 0.5); frame 2: cos 0 / 0 -> uniform
+    p = math.exp(2) / (math.exp(2) + math.exp(-2))
+    want = torch.zeros(1, 2)
+    want[0, right], want[0, 1 - right] = (p + 0.5) / 2, (1 - p + 0.5) / 2
+    torch.testing.assert_close(w, want)
+    # state_dict round trip keeps the host mirror
+    other = PoseMemory(2, joints=1, temperature=0.5)
+    other.load_state_dict(pm.state_dict())
+    torch.testing.assert_close(other(pose), w)
+
+
+def test_pose_memory_with_fewer_frames_than_slots_pads_weights():
+    from mgnet.models.memory import PoseMemory
+    pm = PoseMemory(5, joints=1)
+    pm.fit(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+    assert pm._filled == 2
+    w = pm(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+    assert w.shape == (1, 5) and torch.equal(w[0, 2:], torch.zeros(3))
+    torch.testing.assert_close(w.sum(), torch.tensor(1.0))
+
+
+def test_appearance_memory_descriptors_distances_and_score():
+    from mgnet.models.memory import AppearanceMemory
+    am = AppearanceMemory(2, grid=(1, 2, 2), topk=0.25)                  # 4 cubes of 2 x 8 x 8
+    rgb = torch.zeros(1, 3, 2, 16, 16)                                   # float frames in [0, 1]
+    rgb[:, :, :, :8, :8] = 1.0                                           # cube 0 white, others black
+    d = am.descriptors(rgb)
+    mean = torch.tensor([0.485, 0.456, 0.406]); std = torch.tensor([0.229, 0.224, 0.225])
+    assert d.shape == (1, 4, 6)
+    torch.testing.assert_close(d[0, 0], torch.cat([(1 - mean) / std, torch.zeros(3)]))
+    torch.testing.assert_close(d[0, 1], torch.cat([-mean / std, torch.zeros(3)]))
+    u8 = (rgb * 255).to(torch.uint8)
+    torch.testing.assert_close(am.descriptors(u8), d)                    # uint8 is scaled by 1/255
+    with pytest.raises(RuntimeError, match="appearance memory is empty"):
+        am(rgb)
+    am.fit(d[0, 1:])                                                     # only black cubes are normal
+    assert am._filled == 1                                               # three identical rows: one slot
+    dist = am.distances(d)
+    torch.testing.assert_close(dist[0, 1:], torch.zeros(3), atol=1e-3, rtol=0)
+    torch.testing.assert_close(dist[0, 0], (1 / std).norm(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(am(rgb), dist[0, :1].mean().view(1))     # top 25% of 4 cubes = the white one
+
+
+def test_bsmm_fit_seeds_farthest_and_temperature_normalised_score():
+    bs = BehaviorSceneMatching(2, 2, 2, temperature=0.5, normalize=True)
+    w_r = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 0.1, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+    sep = bs.fit(w_r)
+    assert bs.num_filled == 2 and sep >= 0
+    # seeds: row 0 and the farthest from it (row 2); row 1 then moves slot 0 (eq. 9)
+    assert bs.slots[0, 0] > 0.6 and bs.slots[0, 1] > 0 and bs.slots[1, 1] > 0.6
+    c_b, c_s = bs.read(torch.tensor([[[1.0, 0.0]]]), torch.tensor([[0.0, 1.0]]))
+    m = bs.slots
+    nrm = torch.nn.functional.normalize
+    want_b = torch.softmax(torch.tensor([[1.0, 0.0]]) @ nrm(m[:, :2], dim=1).T / 0.5, 1)
+    want_s = torch.softmax(torch.tensor([[0.0, 1.0]]) @ nrm(m[:, 2:], dim=1).T / 0.5, 1)
+    torch.testing.assert_close(c_b, want_b)
+    torch.testing.assert_close(c_s, want_s)
+    torch.testing.assert_close(bs.score(c_b, c_s), (nrm(want_b, dim=1) - nrm(want_s, dim=1)).norm(dim=1))
+    with pytest.raises(ValueError, match="no queries"):
+        bs.fit(torch.zeros(0, 4))

@@ -10,7 +10,8 @@ from mgnet.models.stgnf import STGNF
 
 TINY = dict(seg_len=4, crop=16, scene_size=16, embed_dim=16, depth=1, heads=2, head_hidden=16, c_app=8,
             n_r=4, flow_steps=2, flow_hidden=4, scene_grid=2, scene_conv_channels=2,
-            lsta_k0=3, lsta_k1=3, lsta_dilation=1)
+            lsta_k0=3, lsta_k1=3, lsta_dilation=1, n_p=3, n_a=5)
+PAPER = dict(app_target="memory", bsmm_behavior="tokens", bsmm_temperature=1.0, bsmm_normalize=False)
 
 
 def _batch(cfg, B=3, seed=0):
@@ -24,6 +25,15 @@ def _batch(cfg, B=3, seed=0):
 
 @pytest.fixture
 def tiny():
+    """The paper's S_app and BSMM query (app_target=memory, bsmm_behavior=tokens)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.small(**TINY, **PAPER)
+    return MGNet(cfg), cfg
+
+
+@pytest.fixture
+def tiny_default():
+    """The defaults: appearance memory (app_target=cubes) and pose memory (bsmm_behavior=pose)."""
     torch.manual_seed(0)
     cfg = ModelConfig.small(**TINY)
     return MGNet(cfg), cfg
@@ -62,6 +72,66 @@ def test_stage3_rgb_encoder_gets_no_gradient(tiny):
     assert all(p.grad is None for p in model.mem_b.parameters())
     assert any(p.grad is not None for p in model.mask_encoder.parameters())
     assert any(p.grad is not None for p in model.head_u.parameters())
+
+
+def test_default_stage3_trains_nothing(tiny_default):
+    model, cfg = tiny_default
+    assert model.stage_modules(3) == () and model.stage_parameters(3) == []
+    assert not hasattr(model, "predictor") and model.app_mem.slots.shape == (cfg.n_a, 6)
+    model.set_stage(3)
+    with pytest.raises(ValueError, match="stage 3 trains nothing with model.app_target='cubes'"):
+        model.losses(_batch(cfg), 3)
+
+
+def test_default_scores_match_equations(tiny_default):
+    """S_app from the appearance memory, S_mm from the pose memory's W_b (README "Method notes")."""
+    model, cfg = tiny_default
+    model.set_stage(4)
+    b = _batch(cfg, B=4)
+    with pytest.warns(RuntimeWarning, match="and so are 'app' scores"):
+        s0 = model.scores(b)
+    assert torch.equal(s0["mm"], torch.zeros(4)) and torch.equal(s0["app"], torch.zeros(4))
+    w1, w2 = _batch(cfg, B=6, seed=1), _batch(cfg, B=5, seed=2)
+    assert model.bsmm_write(w1)["pending"] == 1 and model.bsmm_write(w2)["pending"] == 2
+    assert model.bsmm.num_filled == 0                      # written at bsmm_finish
+    info = model.bsmm_finish()
+    assert info["filled"] == cfg.n_r and info["sep_r"] >= 0
+    assert model.pose_mem.is_fitted and model.app_mem.is_fitted and model.bsmm_finish()["filled"] == cfg.n_r
+    # pose memory: k-means of the 11 clips x 4 frames around their mean pose
+    frames = torch.cat([w["pose"].permute(0, 2, 1, 3).flatten(2).reshape(-1, 36) for w in (w1, w2)])
+    torch.testing.assert_close(model.pose_mem.mean, frames.mean(0))
+    s = model.scores(b)
+    with torch.no_grad():
+        # S_app: per-cube colour mean / std, distance to the nearest slot, mean of the top 10% (k = 1 of 8)
+        x = (b["rgb"].float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1)) \
+            / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1)
+        cubes = x.view(4, 3, 2, 2, 2, 8, 2, 8).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(4, 8, 3, 128)
+        desc = torch.cat([cubes.mean(-1), cubes.std(-1)], -1)                        # (4, 8 cubes, 6)
+        dist = torch.cdist(desc, model.app_mem.slots[None].expand(4, -1, -1)).min(-1).values
+        app = dist.topk(max(1, round(0.1 * 8)), dim=1).values.mean(1)
+        # S_mm: W_b = mean over frames of softmax(cos(pose - mean, slots) / 0.05), eq. (10) with /0.05
+        q = torch.nn.functional.normalize(b["pose"].permute(0, 2, 1, 3).flatten(2) - model.pose_mem.mean, dim=-1)
+        cos_p = q @ torch.nn.functional.normalize(model.pose_mem.slots, dim=1).T
+        w_b = torch.softmax(cos_p / 0.05, -1).mean(1)
+        w_s = model.mem_s(model.scene(b["scene"]))[0]
+        m = model.bsmm.slots
+        nrm = torch.nn.functional.normalize
+        c_b = torch.softmax(nrm(w_b, dim=1) @ nrm(m[:, :cfg.n_p], dim=1).T / 0.05, 1)
+        c_s = torch.softmax(nrm(w_s, dim=1) @ nrm(m[:, cfg.n_p:], dim=1).T / 0.05, 1)
+        mm_ = (nrm(c_b, dim=1) - nrm(c_s, dim=1)).norm(dim=1)                       # eq. (15), normalised
+    torch.testing.assert_close(s["app"], app)
+    torch.testing.assert_close(s["mm"], mm_, rtol=1e-4, atol=1e-5)
+    assert s["mm"].abs().sum() > 0 and s["app"].abs().sum() > 0
+
+
+def test_pending_stage4_is_finished_by_scores(tiny_default):
+    model, cfg = tiny_default
+    model.set_stage(4)
+    b = _batch(cfg, B=5, seed=2)
+    model.bsmm_write(b)
+    s = model.scores(b)                                   # finishes the pending write first
+    assert model.bsmm.num_filled > 0 and not model._pending
+    torch.testing.assert_close(model.scores(b)["mm"], s["mm"])
 
 
 def test_train_keeps_stage_modes_and_stage4(tiny):
@@ -123,11 +193,13 @@ def test_scores_match_equations(tiny):
     assert torch.equal(allv, torch.arange(cfg.num_tokens))            # the pair covers every cube once
 
 
-def test_checkpoint_roundtrip_weights_only(tiny):
-    model, cfg = tiny
+@pytest.mark.parametrize("mode", ["paper", "default"])
+def test_checkpoint_roundtrip_weights_only(tiny, tiny_default, mode):
+    model, cfg = tiny if mode == "paper" else tiny_default
     model.set_stage(1)
     model.losses(_batch(cfg), 1)                    # ActNorm data init
     model.bsmm_write(_batch(cfg, B=5, seed=2))
+    model.bsmm_finish()
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)
@@ -188,7 +260,7 @@ def test_small_config_forward_backward_real_shapes():
     model = MGNet(cfg)
     b = _batch(cfg, B=2)
     assert b["rgb"].shape == (2, 3, 16, 64, 64)
-    for stage in (1, 2, 3):
+    for stage in (1, 2):
         model.set_stage(stage)
         out = model.losses(b)
         out["loss"].backward()
@@ -197,7 +269,9 @@ def test_small_config_forward_backward_real_shapes():
     model.bsmm_write(b)
     s = model.scores(b)
     assert all(v.shape == (2,) for v in s.values())
-    assert model.bsmm.slots.shape == (cfg.n_r, 512 * cfg.n_b + cfg.n_s)
+    assert model.bsmm.slots.shape == (cfg.n_r, cfg.n_p + cfg.n_s)
+    paper = MGNet(ModelConfig.small(**PAPER))
+    assert paper.bsmm.slots.shape == (cfg.n_r, 512 * cfg.n_b + cfg.n_s)
 
 
 def test_paper_config_shapes():
