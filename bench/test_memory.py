@@ -14,6 +14,18 @@ Minimum bytes moved (b = bytes per element, int64 top2):
 GB/s = that / time, against bench/_common.memory_bandwidth_gbs (a 256 MiB copy on CPU, 2 GiB on GPU:
 bytes read + written / time). The many-query regime is bandwidth-bound (S = 10 slots: 20 FLOP per
 element of q); the wide regime does 2*S = 100 FMA per element and is compute-bound on a CPU.
+
+Bound of the wide regime (CPU). Its useful work is GEMM-shaped: the forward is 2 products of N*S*C =
+65.7 M multiply-adds (scores, read) = 263 MFLOP, the backward 4 more (grad_read @ mem.T, b @ mem, W.T @
+grad_read, b.T @ q) = 525 MFLOP; nothing cheaper computes them. At the fp32 GEMM ceiling of this 2-core
+machine (torch.mm 2048^2: 181 GFLOP/s with 2 threads, 84-91 with 1) the forward cannot take less than
+1.45 ms (2 threads) / 2.9 ms (1 thread), and eager's forward, two matmuls (alone: 3.3-5.2 ms on 1
+thread, 50-80 % of that ceiling) plus normalize/softmax, takes 3.0-3.5 ms / 4.2-5.7 ms: fused/eager <=
+2.4x (2 threads) and <= 1.5-1.9x (1 thread) for the forward, so a 3x forward target exceeds the
+machine's peak. fwd+bwd: 788 MFLOP -> >= 4.35 ms / 8.7-9.4 ms against eager's 12-14 ms / 19-24 ms, <=
+2.8x / 2.4x. The C++ kernel runs the forward at ~80-90 % and the backward at ~75-90 % of that ceiling
+(best of 40-50 interleaved calls, 2026-11-29: 2 threads fwd 1.60 ms, bwd 3.31 ms; 1 thread fwd 3.0-3.3
+ms, bwd 6.6-6.8 ms), so what is left to gain in this regime is small.
 """
 import pytest
 import torch
