@@ -616,12 +616,13 @@ void forward_impl(const T* q, const T* mem, int64_t N, int64_t S, int64_t C, T* 
   // with enough tiles per thread the read is computed right after the tile's weights (one sweep, one
   // parallel region); with few queries it is split over the width afterwards
   // wide regime (mem does not fit in L2 next to the tiles, few queries): dot products blocked over the
-  // width, then read = W @ mem in packed column blocks
+  // width, then read = W @ mem of the chunk's queries in packed column blocks (one parallel region: on a
+  // shared machine every barrier can wait a whole scheduler slice for a preempted thread)
   const bool wide = is_wide<T>(N, S, C);
   const bool fused_read = !wide && ntiles >= 4 * at::get_num_threads();
   std::vector<T> G(wide ? N * Sp : 0);
   at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
-    std::vector<T> sc(TQ * Sp);
+    std::vector<T> sc(TQ * Sp), Mp, Tq;
     for (int64_t ch = cb; ch < ce; ++ch) {
       const int64_t tb = ntiles * ch / nch, te = ntiles * (ch + 1) / nch;
       if (wide) blocked_dots<T>(q, mem, N, S, C, tb, te, G.data(), Sp);
@@ -662,21 +663,18 @@ void forward_impl(const T* q, const T* mem, int64_t N, int64_t S, int64_t C, T* 
           MGNET_MEM_TILE_SWITCH(nq, (combine_tile<T, NQ, false>(W + n0 * S, S, mem, S, C, 0, C, nullptr, nullptr,
                                                                 read + n0 * C)));
       }
+      if (wide) {  // read of this chunk's queries, in the same parallel region (no barrier)
+        const int64_t r0 = tb * TQ, nr = std::min<int64_t>(N, te * TQ) - r0, cw = RB * L;
+        if (Mp.empty()) Mp.resize(S * cw);
+        for (int64_t c0 = 0; c0 < C; c0 += cw) {
+          const int64_t cn = std::min<int64_t>(cw, C - c0);
+          if (cn < cw && Tq.size() < size_t(nr * cw)) Tq.resize(nr * cw);
+          read_block<T>(W + r0 * S, mem, nr, S, C, c0, cn, Mp.data(), Tq.data(), read + r0 * C);
+        }
+      }
     }
   });
-  if (fused_read) return;
-  if (wide) {
-    const int64_t cw = RB * L;
-    at::parallel_for(0, (C + cw - 1) / cw, 1, [&](int64_t b, int64_t e) {
-      std::vector<T> Mp(S * cw), Tq;
-      for (int64_t cc = b; cc < e; ++cc) {
-        const int64_t c0 = cc * cw, cn = std::min<int64_t>(cw, C - c0);
-        if (cn < cw && Tq.empty()) Tq.resize(N * cw);
-        read_block<T>(W, mem, N, S, C, c0, cn, Mp.data(), Tq.data(), read);
-      }
-    });
-    return;
-  }
+  if (fused_read || wide) return;
 
   // read = W @ mem over (width chunk, tile): a thread keeps its chunk of mem in cache across tiles
   const int64_t ncc = std::max<int64_t>(1, (C + CW - 1) / CW);
