@@ -47,6 +47,8 @@ def test_run_folder_contract(tiny_run):
         assert 0.0 <= row["micro"] <= 1.0
     # the pose flow, after 200 short steps (a few seconds), separates the tiny set's falls/runs/jumps from walking
     assert table["nll"]["types"]["motion"] > 0.8
+    # the appearance memory (written in stage 4, nothing to train) separates the carried objects (1.0 here)
+    assert table["app"]["types"]["appearance"] > 0.9
     z = np.load(run.frame_scores)
     videos = [k for k in z.files if "/" not in k]
     assert len(videos) == metrics["num_videos"] and all(f"mm/{v}" in z.files for v in videos)

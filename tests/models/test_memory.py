@@ -190,3 +190,35 @@ def test_bsmm_fit_seeds_farthest_and_temperature_normalised_score():
     torch.testing.assert_close(bs.score(c_b, c_s), (nrm(want_b, dim=1) - nrm(want_s, dim=1)).norm(dim=1))
     with pytest.raises(ValueError, match="no queries"):
         bs.fit(torch.zeros(0, 4))
+
+
+def test_pose_memory_and_bsmm_flag_a_behavior_unseen_in_its_scene():
+    """The mechanism behind S_mm (bsmm_behavior=pose): scene A shows behaviors 'up' and 'down',
+    scene B only 'up'. 'down' in scene B must score above 'down' in A and 'up' in either."""
+    from mgnet.models.memory import PoseMemory
+    g = torch.Generator().manual_seed(0)
+    V, T = 18, 4
+
+    def clips(kind, n):
+        base = torch.zeros(2, T, V)
+        base[1, :, :9] = 1.0 if kind == "up" else -1.0               # 9 joints above / below
+        base[0, :, 9:] = 0.5 if kind == "up" else -0.5
+        return base + 0.05 * torch.randn(n, 2, T, V, generator=g)
+
+    scene = {"A": torch.tensor([1.0, 0.0]), "B": torch.tensor([0.0, 1.0])}
+    train = [(clips("up", 30), "A"), (clips("down", 10), "A"), (clips("up", 30), "B")]
+    poses = torch.cat([p for p, _ in train])
+    w_s = torch.cat([scene[s].expand(len(p), -1) for p, s in train])
+    pm = PoseMemory(4, V, temperature=0.05)
+    pm.fit(PoseMemory.frames(poses).reshape(-1, 2 * V))
+    bs = BehaviorSceneMatching(6, 4, 2, temperature=0.05, normalize=True)
+    bs.fit(bs.queries(pm(poses), w_s))
+
+    def s_mm(kind, s):
+        p = clips(kind, 5)
+        c_b, c_s = bs.read(pm(p), scene[s].expand(5, -1))
+        return bs.score(c_b, c_s).mean().item()
+
+    odd = s_mm("down", "B")
+    normal = [s_mm("down", "A"), s_mm("up", "A"), s_mm("up", "B")]
+    assert odd > max(normal) + 0.3, (odd, normal)
