@@ -235,14 +235,15 @@ class AppearanceMemory(_Written):
 
     def descriptors(self, rgb: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) uint8 (or float in [0, 1]) -> (B, P, 6) per-cube colour mean and std."""
+        # mean and unbiased std per cube from two average pools of the raw values, normalised
+        # afterwards (affine): a strided std over the cube's axes, and normalising every pixel,
+        # took 17 % and 13 % of a scoring step
         x = rgb.to(self.slots.dtype)
-        if rgb.dtype == torch.uint8:
-            x = x / 255.0
-        x = (x - self.mean) / self.std
-        B = x.shape[0]
-        (t, h, w), (ct, ch, cw) = self.grid, self.cube
-        c = x.view(B, 3, t, ct, h, ch, w, cw)
-        stats = torch.cat([c.mean((3, 5, 7)), c.std((3, 5, 7))], 1)        # (B, 6, t, h, w)
+        scale = self.std * (255.0 if rgb.dtype == torch.uint8 else 1.0)
+        n = self.cube[0] * self.cube[1] * self.cube[2]
+        m1 = F.avg_pool3d(x, self.cube)
+        var = (F.avg_pool3d(x * x, self.cube) - m1 * m1).clamp_min(0) * (n / (n - 1))
+        stats = torch.cat([(m1 / scale) - self.mean / self.std, var.sqrt() / scale], 1)   # (B, 6, t, h, w)
         return stats.flatten(2).transpose(1, 2)                            # cube order t, h, w
 
     @torch.no_grad()
