@@ -247,11 +247,15 @@ class AppearanceMemory(_Written):
         return stats.flatten(2).transpose(1, 2)                            # cube order t, h, w
 
     @torch.no_grad()
-    def fit(self, desc: torch.Tensor, iters: int = 25) -> None:
-        """k-means of cube descriptors (N, 6) into the slots."""
+    def fit(self, desc: torch.Tensor, iters: int = 25, max_cubes: int = 200_000, seed: int = 0) -> None:
+        """k-means of cube descriptors (N, 6) into the slots (a seeded subset of max_cubes rows if
+        larger: k-means holds an N x N_a distance matrix)."""
         desc = desc.reshape(-1, 6).to(self.slots.dtype)
         if desc.shape[0] == 0:
             raise ValueError("AppearanceMemory.fit: no cubes")
+        if desc.shape[0] > max_cubes:
+            g = torch.Generator().manual_seed(seed)
+            desc = desc[torch.randperm(desc.shape[0], generator=g)[:max_cubes].to(desc.device)]
         c = kmeans(desc, self.slots.shape[0], iters)
         self.slots.zero_()
         self.slots[:c.shape[0]] = c

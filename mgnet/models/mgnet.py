@@ -260,7 +260,8 @@ class MGNet(nn.Module):
         "pose": keeps the batch's poses and W_s; bsmm_finish() (or the next scores()) fits the pose
         memory on all of them and writes the BSMM with all queries (BehaviorSceneMatching.fit).
         app_target="cubes": also keeps the colour statistics of CUBES_PER_CLIP random cubes of
-        each clip, for the appearance memory.
+        each clip, for the appearance memory. Kept on the batch's device until bsmm_finish: about
+        2.3 KB per clip for the poses (T=16) and 0.8 KB for the cubes, ~1 GB for 330k clips.
         """
         cfg = self.cfg
         keys = (("pose",) if cfg.bsmm_behavior == "pose" else ()) + ("rgb", "scene")

@@ -222,3 +222,18 @@ def test_pose_memory_and_bsmm_flag_a_behavior_unseen_in_its_scene():
     odd = s_mm("down", "B")
     normal = [s_mm("down", "A"), s_mm("up", "A"), s_mm("up", "B")]
     assert odd > max(normal) + 0.3, (odd, normal)
+
+
+def test_memories_fit_a_seeded_subset_of_large_inputs():
+    from mgnet.models.memory import AppearanceMemory, PoseMemory
+    g = torch.Generator().manual_seed(0)
+    am = AppearanceMemory(3, grid=(1, 1, 1))
+    desc = torch.cat([torch.zeros(500, 6), torch.full((500, 6), 5.0)]) + 0.01 * torch.randn(1000, 6, generator=g)
+    am.fit(desc, max_cubes=50)
+    b = AppearanceMemory(3, grid=(1, 1, 1))
+    b.fit(desc, max_cubes=50)
+    torch.testing.assert_close(am.slots, b.slots)                        # same seeded subset
+    assert am.distances(torch.tensor([[[0.0] * 6, [5.0] * 6]])).max() < 0.1   # both modes covered
+    pm = PoseMemory(2, joints=1)
+    pm.fit(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]).repeat(100, 1), max_frames=20)
+    assert sorted(pm.slots[:, 0].tolist()) == pytest.approx([-1.0, 1.0], abs=0.2)
