@@ -128,6 +128,13 @@ def model_identity(cfg) -> Dict[str, Any]:
     return {"model_config": model, "model_config_hash": runs.config_hash(model)}
 
 
+def save_stage(run: RunDir, stage: int, model, cfg, ctx: Dist, history=(), **extra) -> None:
+    """Rank 0 writes stage `stage`'s final checkpoint (weights, loss history, model identity)."""
+    if ctx.main:
+        runs.save_checkpoint(run.stage(stage), {"model": model.state_dict(), "stage": stage,
+                                                "history": list(history), **extra, **model_identity(cfg)})
+
+
 def load_model_state(model: torch.nn.Module, ckpt: Dict[str, Any], path: Path, cfg) -> None:
     """Load a checkpoint's weights after checking it was made with this model config."""
     want = model_identity(cfg)
@@ -371,11 +378,9 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
     last = history[-1] if history else {}
     log.info(f"stage {stage}: {total} steps in {dt:.1f}s ({clips / max(dt, 1e-9):.0f} clips/s); final "
              + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "step"))
-    if ctx.main:
-        runs.save_checkpoint(run.stage(stage), {"model": model.state_dict(), "stage": stage, "history": history,
-                                                "steps": total, **model_identity(cfg)})
-        if snap.exists():
-            snap.unlink()
+    save_stage(run, stage, model, cfg, ctx, history, steps=total)
+    if ctx.main and snap.exists():
+        snap.unlink()
     ctx.barrier()
     if budget["stop_after"] is not None and budget["steps"] >= budget["stop_after"]:
         raise Stopped(f"end of stage {stage}")
@@ -401,9 +406,7 @@ def write_bsmm(model, store, cfg, run: RunDir, ctx: Dist, log) -> None:
             info = model.bsmm_finish()     # pose mode: fit the pose memory, write the BSMM from all clips
     log.info(f"stage 4: BSMM written from {len(store)} clips in {time.perf_counter() - t0:.1f}s "
              f"({int(info['filled'])} slots, L_sep^r {info['sep_r']:.4f})")
-    if ctx.main:
-        runs.save_checkpoint(run.stage(4), {"model": model.state_dict(), "stage": 4, "history": [],
-                                            **model_identity(cfg)})
+    save_stage(run, 4, model, cfg, ctx)
     ctx.barrier()
 
 
@@ -490,9 +493,7 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
                     # model.app_target=cubes: stage 3 has nothing to train (S_app reads the
                     # appearance memory written in stage 4); its checkpoint keeps the chain of stages
                     log.info(f"stage {s}: nothing to train with this model config, checkpoint only")
-                    if ctx.main:
-                        runs.save_checkpoint(run.stage(s), {"model": model.state_dict(), "stage": s,
-                                                            "history": [], **model_identity(cfg)})
+                    save_stage(run, s, model, cfg, ctx)
                     ctx.barrier()
                 elif s < 4:
                     train_stage(s, model, store, cfg, run, ctx, log, budget)

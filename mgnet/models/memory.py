@@ -60,18 +60,22 @@ class Memory(nn.Module):
         return separateness_loss(q, self.slots.to(q.dtype), top2, self.margin)   # eq. (11)
 
 
-def farthest_points(x: torch.Tensor, k: int, start: int = 0) -> torch.Tensor:
-    """Indices of k rows of the unit-norm rows x chosen greedily, each the one least similar
-    (cosine) to those already chosen (k-means++ without the randomness). Stops early when every
-    remaining row is a duplicate of a chosen one."""
+def farthest_points(x: torch.Tensor, k: int, start: int = 0, spherical: bool = True) -> torch.Tensor:
+    """Indices of k rows of x chosen greedily from `start`, each the one farthest from those already
+    chosen (k-means++ without the randomness): by cosine for unit-norm rows (spherical), else by
+    Euclidean distance. Stops early when every remaining row duplicates a chosen one."""
+    if spherical:
+        sim, same = (lambda i: x @ x[i]), 1.0 - 1e-6
+    else:
+        sim, same = (lambda i: -(x - x[i]).pow(2).sum(1)), -1e-12
     idx = [start]
-    best = x @ x[start]
+    best = sim(start)                      # similarity of every row to its nearest chosen row
     for _ in range(min(k, x.shape[0]) - 1):
         i = int(best.argmin())
-        if best[i] > 1.0 - 1e-6:
+        if best[i] > same:
             break
         idx.append(i)
-        best = torch.maximum(best, x @ x[i])
+        best = torch.maximum(best, sim(i))
     return torch.tensor(idx, dtype=torch.long, device=x.device)
 
 
@@ -97,18 +101,7 @@ class _Written(nn.Module):
 
 
 def _kmeans_once(x: torch.Tensor, k: int, iters: int, spherical: bool, start: int) -> torch.Tensor:
-    if spherical:
-        c = x[farthest_points(x, k, start)]
-    else:  # farthest points in Euclidean distance
-        idx = [start]
-        best = (x - x[start]).pow(2).sum(1)
-        for _ in range(min(k, x.shape[0]) - 1):
-            i = int(best.argmax())
-            if best[i] <= 0:
-                break
-            idx.append(i)
-            best = torch.minimum(best, (x - x[i]).pow(2).sum(1))
-        c = x[torch.tensor(idx, device=x.device)]
+    c = x[farthest_points(x, k, start, spherical)]
     for _ in range(iters):
         a = (x @ c.T).argmax(1) if spherical else torch.cdist(x, c).argmin(1)
         s = torch.zeros_like(c).index_add_(0, a, x)
@@ -278,7 +271,7 @@ class AppearanceMemory(_Written):
         return d.topk(k, dim=1).values.mean(1)
 
 
-class BehaviorSceneMatching(nn.Module):
+class BehaviorSceneMatching(_Written):
     """BSMM: N_r slots of width L_b + L_s = P*N_b + N_s, holding behavior-scene patterns of the
     addressing weights (a buffer: written, never trained).
 
@@ -298,16 +291,11 @@ class BehaviorSceneMatching(nn.Module):
         self.len_b, self.len_s = len_b, len_s
         self.temperature, self.normalize = float(temperature), bool(normalize)
         self.register_buffer("slots", torch.zeros(slots, len_b + len_s))
-        self.register_buffer("filled", torch.tensor(0, dtype=torch.long))
-        self._filled = 0            # host mirror of `filled`: reads need no device sync
+        self._init_filled()
 
     @property
     def num_filled(self) -> int:
         return self._filled
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._filled = int(self.filled)
 
     def queries(self, w_b: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:
         """W_r = [flatten(W_b), W_s]   # eq. (8);  w_b (B, P, N_b), w_s (B, N_s) -> (B, L_b + L_s)"""
@@ -327,8 +315,7 @@ class BehaviorSceneMatching(nn.Module):
         if take > 0:
             f = self.num_filled
             self.slots[f:f + take] = F.normalize(w_r[:take], dim=1)
-            self.filled += take
-            self._filled += take
+            self._set_filled(f + take)
             w_r = w_r[take:]
         if w_r.shape[0] == 0:
             return None
@@ -350,8 +337,7 @@ class BehaviorSceneMatching(nn.Module):
         seeds = farthest_points(F.normalize(w_r, dim=1), self.slots.shape[0])
         self.slots.zero_()
         self.slots[:len(seeds)] = F.normalize(w_r[seeds], dim=1)
-        self.filled.fill_(len(seeds))
-        self._filled = len(seeds)
+        self._set_filled(len(seeds))
         seps = []
         for i in range(0, w_r.shape[0], batch):
             q = w_r[i:i + batch]
