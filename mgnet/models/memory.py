@@ -99,6 +99,23 @@ class _Written(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._filled = int(self.filled)
 
+    def _write_slots(self, c: torch.Tensor) -> None:
+        self.slots.zero_()
+        self.slots[:c.shape[0]] = c
+        self._set_filled(c.shape[0])
+
+
+def _rows(x: torch.Tensor, width: int, dtype, cap: int, seed: int, what: str) -> torch.Tensor:
+    """x as (N, width) rows of `dtype`, a seeded random subset of `cap` rows if N > cap; `what`
+    names the caller in the error for an empty input."""
+    x = x.reshape(-1, width).to(dtype)
+    if x.shape[0] == 0:
+        raise ValueError(f"{what}: no rows")
+    if x.shape[0] > cap:
+        g = torch.Generator().manual_seed(seed)
+        x = x[torch.randperm(x.shape[0], generator=g)[:cap].to(x.device)]
+    return x
+
 
 def _kmeans_once(x: torch.Tensor, k: int, iters: int, spherical: bool, start: int) -> torch.Tensor:
     c = x[farthest_points(x, k, start, spherical)]
@@ -174,17 +191,9 @@ class PoseMemory(_Written):
     @torch.no_grad()
     def fit(self, frames: torch.Tensor, iters: int = 25, max_frames: int = 200_000, seed: int = 0) -> None:
         """Spherical k-means over frames (N, 2V) (a seeded subset of max_frames rows if larger)."""
-        frames = frames.reshape(-1, self.mean.shape[0]).to(self.mean.dtype)
-        if frames.shape[0] == 0:
-            raise ValueError("PoseMemory.fit: no frames")
-        if frames.shape[0] > max_frames:
-            g = torch.Generator().manual_seed(seed)
-            frames = frames[torch.randperm(frames.shape[0], generator=g)[:max_frames].to(frames.device)]
+        frames = _rows(frames, self.mean.shape[0], self.mean.dtype, max_frames, seed, "PoseMemory.fit (frames)")
         self.mean.copy_(frames.mean(0))
-        c = kmeans(self._queries(frames), self.slots.shape[0], iters, spherical=True)
-        self.slots.zero_()
-        self.slots[:c.shape[0]] = c
-        self._set_filled(c.shape[0])
+        self._write_slots(kmeans(self._queries(frames), self.slots.shape[0], iters, spherical=True))
 
     def forward(self, pose: torch.Tensor) -> torch.Tensor:
         """W_b (B, N_p) of poses (B, 2, T, V): mean over frames of softmax(cos / tau) (eq. 7)."""
@@ -243,16 +252,8 @@ class AppearanceMemory(_Written):
     def fit(self, desc: torch.Tensor, iters: int = 25, max_cubes: int = 200_000, seed: int = 0) -> None:
         """k-means of cube descriptors (N, 6) into the slots (a seeded subset of max_cubes rows if
         larger: k-means holds an N x N_a distance matrix)."""
-        desc = desc.reshape(-1, 6).to(self.slots.dtype)
-        if desc.shape[0] == 0:
-            raise ValueError("AppearanceMemory.fit: no cubes")
-        if desc.shape[0] > max_cubes:
-            g = torch.Generator().manual_seed(seed)
-            desc = desc[torch.randperm(desc.shape[0], generator=g)[:max_cubes].to(desc.device)]
-        c = kmeans(desc, self.slots.shape[0], iters)
-        self.slots.zero_()
-        self.slots[:c.shape[0]] = c
-        self._set_filled(c.shape[0])
+        desc = _rows(desc, 6, self.slots.dtype, max_cubes, seed, "AppearanceMemory.fit (cubes)")
+        self._write_slots(kmeans(desc, self.slots.shape[0], iters))
 
     def distances(self, desc: torch.Tensor) -> torch.Tensor:
         """(B, P, 6) -> (B, P): distance of each cube to the nearest slot."""

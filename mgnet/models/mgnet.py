@@ -124,10 +124,10 @@ class MGNet(nn.Module):
 
     def set_stage(self, stage: int) -> "MGNet":
         """Freeze everything but what `stage` trains and set train/eval modes accordingly."""
-        self.stage_modules(stage)
+        names = self.stage_modules(stage)
         self.stage = stage
         self.requires_grad_(False)
-        for name in self.stage_modules(stage):
+        for name in names:
             getattr(self, name).requires_grad_(True)
         return self.train(True)
 
@@ -366,4 +366,4 @@ def _check_stage(stage) -> None:
         raise ValueError(f"stage must be 1, 2, 3 or 4, got {stage!r}")
 
 
-__all__ = ["MGNet", "STAGE_MODULES", "STAGE3_TOKENS", "count_parameters", "cosine_dissimilarity"]
+__all__ = ["MGNet", "STAGE_MODULES", "count_parameters", "cosine_dissimilarity"]
