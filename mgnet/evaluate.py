@@ -20,7 +20,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from mgnet import runs, scoring
@@ -61,8 +60,7 @@ def score_clips(model, store, batch_size: int, ctx=None, amp: bool = True, desc:
     for k in SCORE_KEYS + META_KEYS:
         res.setdefault(k, np.zeros(0))
     if world > 1:
-        gathered: List[Any] = [None] * world
-        dist.all_gather_object(gathered, res)
+        gathered = ctx.all_gather_object(res)
         res = {k: np.concatenate([g[k] for g in gathered]) for k in res}
     return res
 

@@ -29,9 +29,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import shutil
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -89,6 +91,38 @@ class Dist:
     def barrier(self):
         if self.world > 1:
             dist.barrier()
+
+    def all_gather_object(self, obj: Any) -> List[Any]:
+        """``obj`` of every rank, in rank order (picklable objects of any size).
+
+        dist.all_gather_object has a race that aborted 2-rank gloo runs at exit (one in about six):
+        its gloo work object holds Python-visible tensors, and a gloo worker thread may drop the last
+        reference to it after the call has returned. Dropping a tensor's Python object needs the GIL;
+        once the interpreter is finalizing, that thread is killed inside take_gil and libstdc++
+        calls std::terminate (SIGABRT, 'terminate called without an active exception'; native
+        stack: ~AsyncAllgatherWork <- ProcessGroupGloo::runLoop <- PyEval_AcquireThread). Here the
+        tensors are ours, so we wait (GIL released) until their Python objects are freed, i.e.
+        until no gloo thread holds them, before returning.
+        """
+        if self.world == 1:
+            return [obj]
+        payload = torch.frombuffer(bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)),
+                                   dtype=torch.uint8)
+        size = torch.tensor([payload.numel()], dtype=torch.int64)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+        dist.all_gather(sizes, size)
+        lengths = [int(n) for n in sizes]
+        padded = torch.zeros(max(lengths), dtype=torch.uint8)
+        padded[:payload.numel()] = payload
+        outs = [torch.empty(max(lengths), dtype=torch.uint8) for _ in range(self.world)]
+        dist.all_gather(outs, padded)
+        result = [pickle.loads(o[:n].numpy().tobytes()) for o, n in zip(outs, lengths)]
+        held = [weakref.ref(t) for t in (payload, size, padded, *sizes, *outs)]
+        del payload, size, padded, sizes, outs
+        deadline = time.monotonic() + 60.0
+        while any(r() is not None for r in held) and time.monotonic() < deadline:
+            time.sleep(1e-4)
+        return result
 
     def close(self):
         if self.owns_group and dist.is_initialized():

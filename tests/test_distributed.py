@@ -45,6 +45,35 @@ def _worker(rank, world, port, out, conf_dir):
         ctx.close()
 
 
+def _gather_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    ctx = T.Dist("cpu")
+    try:
+        # unequal payload sizes (rank 1 sends 40x more), numpy arrays inside, and an empty object
+        mine = {"rank": rank, "a": np.arange(10 + 400 * rank, dtype=np.float64) * (rank + 1)}
+        got = ctx.all_gather_object(mine)
+        empty = ctx.all_gather_object({})
+    finally:
+        ctx.close()
+    torch.save({"got": got, "empty": empty}, os.path.join(out, f"rank{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_all_gather_object_two_process(tmp_path):
+    mp.start_processes(_gather_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in range(2):
+        res = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert [g["rank"] for g in res["got"]] == [0, 1]
+        for r, g in enumerate(res["got"]):
+            np.testing.assert_array_equal(g["a"], np.arange(10 + 400 * r, dtype=np.float64) * (r + 1))
+        assert res["empty"] == [{}, {}]
+
+
+def test_all_gather_object_one_process():
+    assert T.Dist("cpu").all_gather_object({"x": 1}) == [{"x": 1}]
+
+
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "build_model", lambda model_cfg: FakeModel())
