@@ -106,22 +106,24 @@ class Dist:
         """
         if self.world == 1:
             return [obj]
+        dev = self.device  # NCCL gathers CUDA tensors, gloo CPU ones
         payload = torch.frombuffer(bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)),
                                    dtype=torch.uint8)
-        size = torch.tensor([payload.numel()], dtype=torch.int64)
-        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+        size = torch.tensor([payload.numel()], dtype=torch.int64, device=dev)
+        sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(self.world)]
         dist.all_gather(sizes, size)
         lengths = [int(n) for n in sizes]
-        padded = torch.zeros(max(lengths), dtype=torch.uint8)
-        padded[:payload.numel()] = payload
-        outs = [torch.empty(max(lengths), dtype=torch.uint8) for _ in range(self.world)]
+        padded = torch.zeros(max(lengths), dtype=torch.uint8, device=dev)
+        padded[:payload.numel()] = payload.to(dev)
+        outs = [torch.empty(max(lengths), dtype=torch.uint8, device=dev) for _ in range(self.world)]
         dist.all_gather(outs, padded)
-        result = [pickle.loads(o[:n].numpy().tobytes()) for o, n in zip(outs, lengths)]
-        held = [weakref.ref(t) for t in (payload, size, padded, *sizes, *outs)]
-        del payload, size, padded, sizes, outs
-        deadline = time.monotonic() + 60.0
-        while any(r() is not None for r in held) and time.monotonic() < deadline:
-            time.sleep(1e-4)
+        result = [pickle.loads(o[:n].cpu().numpy().tobytes()) for o, n in zip(outs, lengths)]
+        if dev.type == "cpu":  # the race is gloo's worker threads'; NCCL's watchdog may keep works longer
+            held = [weakref.ref(t) for t in (size, padded, *sizes, *outs)]
+            del size, padded, sizes, outs
+            deadline = time.monotonic() + 60.0
+            while any(r() is not None for r in held) and time.monotonic() < deadline:
+                time.sleep(1e-4)
         return result
 
     def close(self):
