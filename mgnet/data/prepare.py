@@ -227,6 +227,10 @@ def _ensure_synthetic(cfg, progress):
             m = json.load(f)
         if (m.get("size"), m.get("seed"), m.get("version")) == (s["size"], s["seed"], SYNTH_VERSION):
             return
+        # said even without progress output: the folder's content (and its prepared clips) is replaced
+        print(f"mgnet prepare: {cfg['root']} holds the synthetic benchmark {m.get('size')}, seed {m.get('seed')}, "
+              f"generator version {m.get('version')}; replacing it with {s['size']}, seed {s['seed']}, "
+              f"version {SYNTH_VERSION}", file=sys.stderr)
     if progress:
         print(f"mgnet prepare: generating the synthetic benchmark ({s['size']}, seed {s['seed']}) into {cfg['root']}",
               file=sys.stderr)

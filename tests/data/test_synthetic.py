@@ -157,7 +157,7 @@ def test_bad_size(tmp_path):
         synthetic.generate(tmp_path / "x", "huge")
 
 
-def test_stale_synthetic_root_is_regenerated(tmp_path, monkeypatch):
+def test_stale_synthetic_root_is_regenerated(tmp_path, monkeypatch, capsys):
     root = tmp_path / "syn"
     os.makedirs(root)
     calls = []
@@ -168,6 +168,12 @@ def test_stale_synthetic_root_is_regenerated(tmp_path, monkeypatch):
         (root / "synth.json").write_text(json.dumps({"size": "tiny", "seed": 1, "version": version}))
         prepare._ensure_synthetic(cfg, progress=False)
         assert len(calls) == expect
+        err = capsys.readouterr().err
+        if expect:  # replacing a folder is said even without progress output
+            assert f"generator version {synthetic.VERSION - 1}; replacing it with tiny, seed 1, version " \
+                   f"{synthetic.VERSION}" in err and str(root) in err
+        else:
+            assert err == ""
     assert calls[0][1] == {"force": True}
     h = prepare.config_hash(cfg, "train")
     monkeypatch.setattr(prepare, "SYNTH_VERSION", synthetic.VERSION + 1)
