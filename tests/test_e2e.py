@@ -77,3 +77,29 @@ def test_bad_inputs_with_a_real_run(tiny_run, tmp_path, capsys):
     assert cli.main(["train", "experiment=tiny", data, f"train.out={run.root}", *STEPS, "--resume",
                      "train.score_stats=false"]) == 0
     assert run.stage(3).read_bytes() == before
+
+
+def _eval_rank(rank, world, port, run_dir):
+    import os
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    assert cli.main(["eval", f"run={run_dir}", "eval.max_plots=2"]) == 0
+
+
+def test_two_process_eval_of_a_real_run_matches_one_process(tiny_run, tmp_path):
+    """`torchrun --nproc_per_node=2 -m mgnet.cli eval` on the real model: each rank scores a shard
+    of the test clips and the shards are gathered (Dist.all_gather_object); scoring has no
+    randomness, so every clip is scored once and every AUC equals the 1-process one exactly."""
+    import shutil
+    import torch.multiprocessing as mp
+    from tests.test_distributed import _free_port
+    _, _, run = tiny_run
+    one = json.loads(run.metrics.read_text())
+    copy = tmp_path / "run"
+    shutil.copytree(run.root, copy)
+    (copy / "metrics.json").unlink()
+    mp.start_processes(_eval_rank, args=(2, _free_port(), str(copy)), nprocs=2, start_method="spawn")
+    two = json.loads((copy / "metrics.json").read_text())
+    assert two["num_clips"] == one["num_clips"] and two["num_frames"] == one["num_frames"]
+    assert two["auc"] == one["auc"]
