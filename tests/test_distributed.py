@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -28,9 +26,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, out, conf_dir):
+def as_rank(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives rank ``rank`` of ``world`` processes on this host."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
+
+
+def _worker(rank, world, port, out, conf_dir):
+    as_rank(rank, world, port)
     torch.set_num_threads(1)
     runs.CONF_DIR = conf_dir
     T.build_model = lambda model_cfg: FakeModel()
@@ -46,8 +49,7 @@ def _worker(rank, world, port, out, conf_dir):
 
 
 def _gather_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    as_rank(rank, world, port)
     ctx = T.Dist("cpu")
     try:
         # unequal payload sizes (rank 1 sends 40x more), numpy arrays inside, and an empty object

@@ -79,12 +79,12 @@ def test_bad_inputs_with_a_real_run(tiny_run, tmp_path, capsys):
     assert run.stage(3).read_bytes() == before
 
 
-def _eval_rank(rank, world, port, run_dir):
-    import os
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+def _cli_rank(rank, world, port, argv):
+    """One spawned rank of `torchrun --nproc_per_node=world -m mgnet.cli *argv`."""
+    from tests.test_distributed import as_rank
+    as_rank(rank, world, port)
     torch.set_num_threads(1)
-    assert cli.main(["eval", f"run={run_dir}", "eval.max_plots=2"]) == 0
+    assert cli.main(argv) == 0
 
 
 def test_two_process_eval_of_a_real_run_matches_one_process(tiny_run, tmp_path):
@@ -99,18 +99,11 @@ def test_two_process_eval_of_a_real_run_matches_one_process(tiny_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run.root, copy)
     (copy / "metrics.json").unlink()
-    mp.start_processes(_eval_rank, args=(2, _free_port(), str(copy)), nprocs=2, start_method="spawn")
+    mp.start_processes(_cli_rank, args=(2, _free_port(), ["eval", f"run={copy}", "eval.max_plots=2"]), nprocs=2,
+                       start_method="spawn")
     two = json.loads((copy / "metrics.json").read_text())
     assert two["num_clips"] == one["num_clips"] and two["num_frames"] == one["num_frames"]
     assert two["auc"] == one["auc"]
-
-
-def _train_rank(rank, world, port, args):
-    import os
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    assert cli.main(["train", *args]) == 0
 
 
 def test_two_process_train_of_the_real_model(tiny_run, tmp_path):
@@ -123,8 +116,8 @@ def test_two_process_train_of_the_real_model(tiny_run, tmp_path):
     from tests.test_distributed import _free_port
     _, data, run1 = tiny_run
     out = tmp_path / "run2"
-    mp.start_processes(_train_rank, args=(2, _free_port(), ["experiment=tiny", data, f"train.out={out}", *STEPS]),
-                       nprocs=2, start_method="spawn")
+    argv = ["train", "experiment=tiny", data, f"train.out={out}", *STEPS]
+    mp.start_processes(_cli_rank, args=(2, _free_port(), argv), nprocs=2, start_method="spawn")
     assert cli.main(["eval", f"run={out}", "eval.plots=false"]) == 0
     run2 = RunDir(out)
     for k in (1, 2, 3, 4):
