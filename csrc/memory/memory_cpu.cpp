@@ -439,6 +439,21 @@ constexpr int PV = 4;   // vectors per register block inside it
 constexpr int PS = 6;   // slots per register block of grad_mem (PS x PV accumulators)
 constexpr int PQ = 6;   // queries per register block of grad_q (PQ x PV accumulators)
 
+// acc[j][v] += c[j] * x[v L .. (v+1) L) for the NS x PV register block: one rank-1 update.
+template <typename T, int NS>
+inline void rank1_block(Vec<T> (&acc)[NS][PV], const T* c, const T* x) {
+  constexpr int L = lanes<T>();
+  Vec<T> xv[PV];
+#pragma GCC unroll 8
+  for (int v = 0; v < PV; ++v) xv[v] = vload(x + v * L);
+#pragma GCC unroll 8
+  for (int j = 0; j < NS; ++j) {
+    const Vec<T> a = vbcast<T>(c[j]);
+#pragma GCC unroll 8
+    for (int v = 0; v < PV; ++v) acc[j][v] += a * xv[v];
+  }
+}
+
 template <typename T, int NS>
 inline void gmem_packed(const T* W, const T* B, const T* P, const T* Mp, const T* gamma, int64_t N, int64_t S,
                         int64_t ldo, int64_t s0, int64_t v0, T* out) {
@@ -453,23 +468,8 @@ inline void gmem_packed(const T* W, const T* B, const T* P, const T* Mp, const T
   const T* b = B + s0;
   P += v0 * L;
   for (int64_t n = 0; n < N; ++n, P += 2 * BW, w += S, b += S) {
-    Vec<T> x[PV];
-#pragma GCC unroll 8
-    for (int v = 0; v < PV; ++v) x[v] = vload(P + v * L);
-#pragma GCC unroll 8
-    for (int j = 0; j < NS; ++j) {
-      const Vec<T> a = vbcast<T>(w[j]);
-#pragma GCC unroll 8
-      for (int v = 0; v < PV; ++v) acc[j][v] += a * x[v];
-    }
-#pragma GCC unroll 8
-    for (int v = 0; v < PV; ++v) x[v] = vload(P + BW + v * L);
-#pragma GCC unroll 8
-    for (int j = 0; j < NS; ++j) {
-      const Vec<T> a = vbcast<T>(b[j]);
-#pragma GCC unroll 8
-      for (int v = 0; v < PV; ++v) acc[j][v] += a * x[v];
-    }
+    rank1_block<T, NS>(acc, w, P);        // the W half of the packed row
+    rank1_block<T, NS>(acc, b, P + BW);   // the B half
   }
 #pragma GCC unroll 8
   for (int j = 0; j < NS; ++j)
