@@ -75,7 +75,9 @@ template <typename T> constexpr int lanes() { return int(sizeof(Vec<T>) / sizeof
 // the inner loops become load-bound).
 template <typename T> inline Vec<T> vload(const T* p) {
   Vec<T> v = *reinterpret_cast<const typename VecOf<T>::unaligned*>(p);
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && defined(__AVX512F__)
+  // One 64-byte register holds the vector only with AVX-512; on AVX2 machines GCC splits it into
+  // two ymm halves, and a "+v" constraint on it would not compile.
   asm("" : "+v"(v));
 #endif
   return v;
