@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=4 -m mgnet.cli train train.out=runs/x   # DDP, one process per GPU
 
 Stages (paper sec. 3, eq. 12 split as ARCHITECTURE.md says):
+  0  (model.rgb_pretrain=mae only) masked cube reconstruction pre-training of the RGB features
   1  STG-NF on poses (NLL)
   2  RGB encoder + H_B + behavior/scene memories (L_mo + beta * separateness)
   3  mask encoder + heads (alpha * L_app), RGB encoder frozen
@@ -53,7 +54,7 @@ except ImportError:  # pragma: no cover - nvtx is a dependency; keep training us
     def _annotate(*a, **k):
         return contextlib.nullcontext()
 
-STAGES = (1, 2, 3, 4)
+STAGES = (0, 1, 2, 3, 4)
 # train.* keys that may change between an interrupted run and its resumption
 VOLATILE_TRAIN_KEYS = ("resume", "overwrite", "stop_after_steps", "num_workers", "threads", "stages",
                        "out", "log_every", "ckpt_every", "score_stats", "device")
@@ -469,7 +470,7 @@ def plot_losses(run: RunDir) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     hist = {}
-    for k in (1, 2, 3):
+    for k in (0, 1, 2, 3):
         if run.stage(k).exists():
             hist[k] = runs.load_checkpoint(run.stage(k)).get("history", [])
     hist = {k: h for k, h in hist.items() if h}
@@ -502,13 +503,18 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
         stages = sorted({int(s) for s in cfg.train.stages})
         if not stages or any(s not in STAGES for s in stages):
             raise ValueError(f"train.stages={list(cfg.train.stages)}: expected a subset of {list(STAGES)}")
+        mae = str(cfg.model.get("rgb_pretrain", "none")) == "mae"
+        if 0 in stages and not mae:
+            raise ValueError(f"train.stages={stages} includes 0, which pre-trains the RGB features of "
+                             f"model.rgb_pretrain=mae; model.rgb_pretrain is {cfg.model.get('rgb_pretrain')!r}")
+        prev_stage = {s: (s - 1 if s > 1 or (s == 1 and mae) else None) for s in stages}
         run = prepare_run_dir(cfg, ctx)
         log = runs.get_logger(run, ctx.rank)
         # stage prerequisites before any data or training time is spent
-        for s in stages:
-            if s > 1 and (s - 1) not in stages and not run.stage(s - 1).exists():
-                raise RunError(f"stage {s} needs {run.stage(s - 1)} (stage {s - 1}'s checkpoint), which does "
-                               f"not exist; run stage {s - 1} first (train.stages=[{s - 1},{s}])")
+        for s, p in prev_stage.items():
+            if p is not None and p not in stages and not run.stage(p).exists():
+                raise RunError(f"stage {s} needs {run.stage(p)} (stage {p}'s checkpoint), which does "
+                               f"not exist; run stage {p} first (train.stages=[{p},{s}])")
         store = open_split(cfg.data, "train", ctx)
         log.info(f"run {run.root}: {len(store)} training clips, stages {stages}, world {ctx.world}, "
                  f"device {ctx.device}")
@@ -522,8 +528,8 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
                 if cfg.train.resume and done.exists():
                     log.info(f"stage {s}: finished earlier ({done}), skipped")
                     continue
-                if s > 1 and loaded != s - 1:
-                    prev = run.stage(s - 1)
+                if prev_stage[s] is not None and loaded != prev_stage[s]:
+                    prev = run.stage(prev_stage[s])
                     load_model_state(model, runs.load_checkpoint(prev, ctx.device), prev, cfg)
                 if s < 4 and not model.stage_parameters(s):
                     # model.app_target=cubes: stage 3 has nothing to train (S_app reads the
