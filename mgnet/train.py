@@ -503,6 +503,8 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
         stages = sorted({int(s) for s in cfg.train.stages})
         if not stages or any(s not in STAGES for s in stages):
             raise ValueError(f"train.stages={list(cfg.train.stages)}: expected a subset of {list(STAGES)}")
+        from mgnet.models.config import ModelConfig
+        ModelConfig.from_dict(runs.to_container(cfg.model))    # bad model keys fail before anything is written
         mae = str(cfg.model.get("rgb_pretrain", "none")) == "mae"
         if 0 in stages and not mae:
             raise ValueError(f"train.stages={stages} includes 0, which pre-trains the RGB features of "

@@ -10,6 +10,7 @@ C_mo = 2*18, C_app = 128, N_b = N_s = 10, N_r = 50, K = 8 flow steps, R = 3, mar
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
@@ -161,6 +162,8 @@ class ModelConfig:
             if not self.rgb_weights:
                 bad("rgb_weights", f"model.rgb_backbone={self.rgb_backbone} needs a local weights file: "
                                    f"set model.rgb_weights=<path> (a torch.save state_dict; nothing is downloaded)")
+            if not os.path.isfile(self.rgb_weights):
+                bad("rgb_weights", "no such file (the backbone's weights are read from it; nothing is downloaded)")
         elif self.rgb_weights:
             bad("rgb_weights", "is set but model.rgb_backbone is not: name the architecture "
                                "(e.g. model.rgb_backbone=vit_small_patch8)")
