@@ -154,8 +154,6 @@ class ModelConfig:
         for name in ("pretrain_decoder_dim", "pretrain_decoder_depth"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
-        if self.pretrain_decoder_dim % self.heads:
-            bad("pretrain_decoder_dim", f"must be divisible by heads={self.heads}")
         if self.rgb_backbone:
             from .backbone import parse_name
             parse_name(self.rgb_backbone)                  # names model.rgb_backbone when unknown

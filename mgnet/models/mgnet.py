@@ -34,6 +34,7 @@ still decides.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from typing import Dict, List, Mapping, Optional, Union
 
@@ -131,8 +132,9 @@ class MGNet(nn.Module):
         D = cfg.embed_dim
         if cfg.rgb_pretrain == "mae":
             self.app_encoder = VideoEncoder.from_config(cfg)
+            heads = math.gcd(cfg.pretrain_decoder_dim, cfg.heads)     # 64 wide: 4 heads (small), 2 (vits)
             self.mae_decoder = MaskedCubeDecoder(D, cfg.pretrain_decoder_dim, cfg.pretrain_decoder_depth,
-                                                 cfg.heads, cfg.num_tokens, cfg.mlp_ratio)
+                                                 heads, cfg.num_tokens, cfg.mlp_ratio)
             src = D
         else:
             from .backbone import build_backbone
