@@ -36,6 +36,7 @@ class ModelConfig:
     lsta_k0: int = 5
     lsta_k1: int = 7
     lsta_dilation: int = 3
+    lsta_order: str = "dense_first"    # eq. (2): "dense_first" (VAN's, every backend) or "dilated_first" (eager only)
     head_hidden: int = 128             # hidden width of the heads' MLPs
     # feature widths
     c_mo: int = 36                     # = 2 * joints (f_sk is the flow output reshaped)
@@ -125,6 +126,10 @@ class ModelConfig:
             bad("mask_ratio", f"times the {hw} cubes of a slice must be a whole number")
         if self.ops_backend not in _BACKENDS:
             bad("ops_backend", f"must be one of {_BACKENDS}")
+        if self.lsta_order not in ("dense_first", "dilated_first"):
+            bad("lsta_order", "must be 'dense_first' (VAN's order) or 'dilated_first' (eq. 2's where-clause)")
+        if self.lsta_order != "dense_first" and self.ops_backend not in ("auto", "eager"):
+            bad("lsta_order", f"runs on the eager backend only; model.ops_backend={self.ops_backend!r} has dense_first")
         if self.lsta_k0 % 2 == 0 or self.lsta_k1 % 2 == 0:
             bad("lsta_k0", "LSTA kernel sizes k0 and k1 must be odd")
         for name in ("depth", "heads", "n_b", "n_s", "n_r", "flow_steps", "flow_hidden", "c_app",

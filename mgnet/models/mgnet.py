@@ -91,7 +91,7 @@ class MGNet(nn.Module):
         self.stgnf = STGNF.from_config(cfg)
         self.rgb_encoder = VideoEncoder.from_config(cfg)
         self.head_b = STHead(D, cfg.c_mo, cfg.grid, cfg.lsta_layers, cfg.head_hidden,
-                             cfg.lsta_k0, cfg.lsta_k1, cfg.lsta_dilation)
+                             cfg.lsta_k0, cfg.lsta_k1, cfg.lsta_dilation, cfg.lsta_order)
         if cfg.has_app_encoder:
             self._build_app_encoder(cfg)
         self.mem_b = Memory(cfg.n_b, D, cfg.sep_margin, cfg.mem_temperature)
