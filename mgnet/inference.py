@@ -54,12 +54,12 @@ from mgnet.data.poses import Track, coco17_to_openpose18, normalize_pose
 from mgnet.data.video import IMAGE_EXTS, VIDEO_EXTS, open_frames
 from mgnet.data.windows import split_track, window_starts
 from mgnet.engine import Dist, load_run, open_split, score_batch, score_clips
-from mgnet.report.events import best_f1_threshold
+from mgnet.report.events import best_f1_threshold, resolve_threshold
 from mgnet.scoring import SCORE_KEYS
 
 __all__ = ["ClipSpec", "FrameScore", "OnlineScorer", "clip_batch", "fused_scores", "load_score_stats",
            "iter_scores", "VideoScores", "offline_batches", "score_offline", "score_online", "find_pose_file",
-           "video_inputs", "best_f1_on_test_split"]
+           "video_inputs", "open_video_inputs", "choose_threshold", "best_f1_on_test_split"]
 
 POSE_PATTERNS = ("{}.json", "{}_alphapose_tracked_person.json", "{}_alphapose-results.json", "results_{}.json", "{}")
 
@@ -114,7 +114,7 @@ def load_score_stats(run_dir) -> dict:
         stats = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e.msg})") from None
-    missing = [k for k in ("mo", "app", "mm", "fused") if k not in stats or "min" not in stats[k]]
+    missing = [k for k in scoring.COMPONENTS + ("fused",) if k not in stats or "min" not in stats[k]]
     if missing:
         raise ValueError(f"{path}: lacks statistics for {missing}")
     return stats
@@ -455,6 +455,31 @@ def video_inputs(video: Path, poses: Path) -> list[tuple[Path, Path]]:
             raise ValueError(f"{poses}: with a folder of videos, --poses must be a folder of pose files")
         return [(v, find_pose_file(poses, v.stem)) for v in vids]
     return [(video, poses)]
+
+
+def open_video_inputs(video: Path, poses: Path, pose_format: str = "auto") -> list:
+    """Every input of `mgnet score`, opened and checked before anything is scored:
+    ``[(video path, pose path, frame source, tracks, output name)]``."""
+    inputs = []
+    for vpath, ppath in video_inputs(video, poses):
+        src = open_frames(vpath)
+        tracks = load_poses(ppath, pose_format)
+        check_frame_range(tracks, len(src), ppath, vpath)
+        inputs.append((vpath, ppath, src, tracks, vpath.stem if vpath.is_file() else vpath.name))
+    names = [i[-1] for i in inputs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{video}: two inputs share the output name (video names must differ)")
+    return inputs
+
+
+def choose_threshold(spec: str, model, cfg, stats, lambdas, device, batch_size: int) -> tuple[float, str]:
+    """The event threshold of `mgnet score --threshold` and where it came from: ``best-f1`` (on the
+    run's labelled test split), a percentile of the training-set fused scores (``p99``) or a number."""
+    if str(spec).lower() == "best-f1":
+        threshold, f1 = best_f1_on_test_split(model, cfg, stats, lambdas, device, batch_size)
+        return threshold, f"best F1 {f1:.3f} on the run's test split"
+    threshold = resolve_threshold(spec, stats)
+    return threshold, (f"{spec} of training-set fused scores" if str(spec).lower().startswith("p") else "given")
 
 
 def best_f1_on_test_split(model, cfg, stats, lambdas, device, batch_size) -> tuple[float, float]:

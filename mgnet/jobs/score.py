@@ -37,12 +37,10 @@ from pathlib import Path
 
 import torch
 
-from mgnet.data.pose_formats import FORMATS, check_frame_range, load_poses
-from mgnet.data.video import open_frames
+from mgnet.data.pose_formats import FORMATS
 from mgnet.engine import load_run
-from mgnet.inference import (ClipSpec, best_f1_on_test_split, load_score_stats, score_offline, score_online,
-                             video_inputs)
-from mgnet.report.events import resolve_threshold
+from mgnet.inference import (ClipSpec, choose_threshold, load_score_stats, open_video_inputs, score_offline,
+                             score_online)
 from mgnet.report.outputs import format_score, publish, write_outputs
 from mgnet.runs import RunError
 
@@ -85,24 +83,11 @@ def main(argv) -> int:
         stats = load_score_stats(args.run)
         spec = ClipSpec.from_config(cfg)
         lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
-        inputs = []
-        for vpath, ppath in video_inputs(args.video, args.poses):
-            src = open_frames(vpath)
-            tracks = load_poses(ppath, args.pose_format)
-            check_frame_range(tracks, len(src), ppath, vpath)
-            inputs.append((vpath, ppath, src, tracks))
-        names = [v.stem if v.is_file() else v.name for v, _, _, _ in inputs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"{args.video}: two inputs share the output name (video names must differ)")
-        if str(args.threshold).lower() == "best-f1":
-            threshold, f1 = best_f1_on_test_split(model, cfg, stats, lambdas, args.device, args.batch_size)
-            thr_source = f"best F1 {f1:.3f} on the run's test split"
-        else:
-            threshold = resolve_threshold(args.threshold, stats)
-            thr_source = (f"{args.threshold} of training-set fused scores" if str(args.threshold).lower().startswith("p")
-                          else "given")
+        inputs = open_video_inputs(args.video, args.poses, args.pose_format)
+        threshold, thr_source = choose_threshold(args.threshold, model, cfg, stats, lambdas, args.device,
+                                                 args.batch_size)
         args.out.mkdir(parents=True, exist_ok=True)
-        for (vpath, ppath, src, tracks), name in zip(inputs, names):
+        for vpath, ppath, src, tracks, name in inputs:
             fps = src.fps or args.fps  # JPEG folders state no frame rate
             meta = {"video": str(vpath), "poses": str(ppath), "run": str(args.run),
                     "mode": "online" if args.online else "offline",
