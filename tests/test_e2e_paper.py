@@ -10,7 +10,7 @@ import torch
 
 from mgnet import cli, runs
 from mgnet.data.prepare import prepare_split
-from mgnet.evaluate import load_run
+from mgnet.engine import load_run
 from mgnet.runs import RunDir
 
 pytestmark = pytest.mark.slow
