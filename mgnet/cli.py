@@ -15,6 +15,7 @@ COMMANDS = {
     "eval": ("mgnet.evaluate", "score the test split and report frame AUCs"),
     "demo": ("mgnet.demo", "synthesise, prepare, train and evaluate the small benchmark"),
     "score": ("mgnet.score_videos", "score your own videos with a trained run"),
+    "export": ("mgnet.deploy.export", "export a trained run as ONNX / torch.export for deployment"),
 }
 
 

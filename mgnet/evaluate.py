@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mgnet import runs, scoring
+from mgnet import runs, scoring, tracking
 from mgnet.runs import RunDir, RunError
 
 SCORE_KEYS = ("nll", "mo", "app", "mm")
@@ -197,6 +197,7 @@ def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
         if cfg.eval.plots:
             metrics["plots"] = plot_videos(run, curves, int(cfg.eval.max_plots))
         runs.write_json(run.metrics, metrics)
+        tracking.log_eval(run.root, cfg, metrics)
         log.info("evaluated %d test videos (%d frames, sigma %g): fused micro AUC %.4f -> %s",
                  metrics["num_videos"], metrics["num_frames"], metrics["sigma"],
                  metrics["auc"]["fused"]["micro"], run.metrics)

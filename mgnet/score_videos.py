@@ -2,6 +2,7 @@
 
     mgnet score --video V.mp4 --poses V.json --run runs/demo [--out scores] [--online]
     mgnet score --video videos/ --poses poses/ --run runs/demo      # every video of a folder
+    mgnet score --video V.mp4 --poses V.json --engine onnx --model deploy/demo   # `mgnet export` output
 
 For each video, ``<out>/<video name>/`` receives:
 
@@ -344,7 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", required=True, type=Path, help="a video file, a folder of frame images, or a folder of videos")
     p.add_argument("--poses", required=True, type=Path, help="the pose file/folder (or a folder of them, one per video)")
-    p.add_argument("--run", required=True, type=Path, help="a finished training run folder")
+    p.add_argument("--run", type=Path, help="a finished training run folder (--engine torch)")
+    p.add_argument("--engine", default="torch", choices=("torch", "onnx"),
+                   help="torch: the run's checkpoint; onnx: an `mgnet export --format onnx` folder (--model), "
+                        "through onnxruntime without training code")
+    p.add_argument("--model", type=Path, help="the exported folder (--engine onnx)")
     p.add_argument("--out", type=Path, default=Path("scores"), help="output folder (default: ./scores)")
     p.add_argument("--online", action="store_true", help="score frame by frame, printing frame,score lines as they become final")
     p.add_argument("--threshold", default="p99", help="p50|p90|p95|p99 of training scores, a number, or best-f1 (default p99)")
@@ -360,12 +365,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load_engine(args):
+    """(model, cfg or None, stats, spec, lambdas, sigma, source) of --engine torch (the run folder) or
+    --engine onnx (an exported folder; mgnet.deploy.runtime, no training code imported)."""
+    from mgnet.runs import RunError
+    if args.engine == "onnx":
+        if args.model is None:
+            raise ValueError("--engine onnx needs --model (an `mgnet export --format onnx` folder)")
+        from mgnet.deploy.runtime import load_exported
+        m = load_exported(args.model, args.threads, expect_format="onnx")
+        return m, None, m.stats, m.spec, m.lambdas, m.sigma, args.model
+    if args.run is None:
+        raise ValueError("--run is required with --engine torch (or give --engine onnx --model DIR)")
+    from mgnet.evaluate import load_run
+    if not (args.run / "config.yaml").is_file():
+        raise RunError(f"{args.run}: not a run folder (no config.yaml)")
+    model, cfg = load_run(args.run, device=args.device)
+    stats = load_score_stats(args.run)
+    lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    return model, cfg, stats, ClipSpec.from_config(cfg), lambdas, float(cfg.eval.sigma), args.run
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     from mgnet.data.errors import DataError
     from mgnet.data.video import open_frames
-    from mgnet.evaluate import load_run
     from mgnet.report.events import resolve_threshold
     from mgnet.runs import RunError
 
@@ -375,12 +400,7 @@ def main(argv=None) -> int:
     staged: list[Path] = []
     try:
         # everything is checked before any scoring or output
-        if not (args.run / "config.yaml").is_file():
-            raise RunError(f"{args.run}: not a run folder (no config.yaml)")
-        model, cfg = load_run(args.run, device=args.device)
-        stats = load_score_stats(args.run)
-        spec = ClipSpec.from_config(cfg)
-        lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+        model, cfg, stats, spec, lambdas, sigma, source = _load_engine(args)
         inputs = []
         for vpath, ppath in _pairs(args.video, args.poses):
             src = open_frames(vpath)
@@ -391,6 +411,9 @@ def main(argv=None) -> int:
         if len(set(names)) != len(names):
             raise ValueError(f"{args.video}: two inputs share the output name (video names must differ)")
         if str(args.threshold).lower() == "best-f1":
+            if cfg is None:
+                raise ValueError("--threshold best-f1 scores the run's labelled test split with the torch model; "
+                                 "with --engine onnx give p50|p90|p95|p99 or a number")
             threshold, f1 = best_f1_on_test_split(model, cfg, stats, lambdas, args.device, args.batch_size)
             thr_source = f"best F1 {f1:.3f} on the run's test split"
         else:
@@ -400,7 +423,7 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         for (vpath, ppath, src, tracks), name in zip(inputs, names):
             fps = _fps(src, args.fps)
-            meta = {"video": str(vpath), "poses": str(ppath), "run": str(args.run),
+            meta = {"video": str(vpath), "poses": str(ppath), "run": str(source),
                     "mode": "online" if args.online else "offline",
                     "normalisation": "per component min-max of the training set (score_stats.json), eq. 16",
                     "seg_len": spec.seg_len, "latency_frames": spec.latency if args.online else None}
@@ -409,7 +432,7 @@ def main(argv=None) -> int:
                 res = score_online(model, src, tracks, spec, stats, lambdas, args.batch_size, args.device,
                                    on_frame=lambda fs: print(f"{fs.frame},{_fmt(fs.score)}", flush=True))
             else:
-                res = score_offline(model, src, tracks, spec, stats, lambdas, float(cfg.eval.sigma),
+                res = score_offline(model, src, tracks, spec, stats, lambdas, sigma,
                                     args.batch_size, args.device, progress=True)
             meta["frames_per_second"] = round(len(src) / max(res.seconds, 1e-9), 2)
             tmp = args.out / f".{name}.partial{os.getpid()}"

@@ -1,0 +1,9 @@
+"""Deployment: a trained run as one self-contained model file, and scoring without training code.
+
+    module.py    ClipScorer, the exportable nn.Module: (rgb, pose, scene) -> the fused score, the
+                 three training-normalised components and the raw scores, per clip
+    decompose.py the ``mgnet::`` custom ops replaced by their eager references (mgnet.ops.*_reference)
+    export.py    ``mgnet export --run R --format onnx|torch --out D [--verify]``
+    runtime.py   the exported folder loaded for ``mgnet score --engine onnx`` (onnxruntime; imports
+                 neither mgnet.models nor any training code)
+"""

@@ -1,0 +1,213 @@
+"""`mgnet export`: a finished run as one model file that scores person clips, plus metadata.json.
+
+    mgnet export --run runs/demo --format onnx --out deploy/demo-onnx [--verify]
+    mgnet export --run runs/demo --format torch --out deploy/demo-pt2 [--verify]
+
+``<out>/`` receives ``model.onnx`` (ONNX, dynamic batch; the metadata also in its metadata_props as
+``mgnet.<key>`` JSON strings) or ``model.pt2`` (torch.export.save; loads with
+``torch.export.load(path).module()`` and needs no mgnet), and ``metadata.json``: the inputs and
+outputs (mgnet.deploy.module), the clip geometry, the keypoint layout, the run's score statistics,
+the lambdas and the default threshold. The model computes exactly what ``mgnet score`` computes
+per clip; the ``mgnet::`` fused ops are replaced by their eager references (mgnet.deploy.decompose).
+
+``--verify`` scores the run's own test clips with the torch model and with the exported file, and
+prints the largest difference of each output and both throughputs (clips/s). Bad input (no
+stage-4 checkpoint, no score statistics, an --out that is not an earlier export) stops with one
+message and exit status 2; the folder appears only when complete.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = {"onnx": "model.onnx", "torch": "model.pt2"}
+JOINTS18 = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist", "r_hip",
+            "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mgnet export", description="Export a trained run for deployment.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, type=Path, help="a finished training run folder (stage 4 + score_stats.json)")
+    p.add_argument("--format", default="onnx", choices=tuple(FORMATS), help="onnx (model.onnx) or torch (model.pt2)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created; an earlier export there is replaced)")
+    p.add_argument("--verify", action="store_true", help="compare with the torch model on the run's test clips")
+    p.add_argument("--batch-size", type=int, default=64, help="clips per batch in --verify")
+    p.add_argument("--threads", type=int, default=None, help="torch / onnxruntime CPU threads")
+    return p
+
+
+def metadata(run_dir: Path, cfg, spec, stats, lambdas, fmt: str) -> dict:
+    import torch
+    from mgnet import runs
+    from mgnet.deploy.module import INPUTS, OUTPUTS
+    T, c, s = spec.seg_len, spec.crop_size, spec.scene_size
+    model_cfg = runs.to_container(cfg.model)
+    return {
+        "format": fmt, "file": FORMATS[fmt], "run": str(run_dir), "torch": torch.__version__,
+        "model_config_hash": runs.config_hash(model_cfg),
+        "inputs": {"rgb": {"shape": ["batch", 3, T, c, c], "dtype": "uint8"},
+                   "pose": {"shape": ["batch", 2, T, 18], "dtype": "float32"},
+                   "scene": {"shape": ["batch", 3, s, s], "dtype": "uint8"}},
+        "input_order": list(INPUTS), "outputs": list(OUTPUTS),
+        "clip": {**asdict(spec), "centre": spec.centre, "latency_frames": spec.latency},
+        "keypoints": {"layout": "openpose18", "joints": list(JOINTS18),
+                      "from": "COCO-17 detections (x, y, confidence) via mgnet.data.poses.coco17_to_openpose18",
+                      "pose_input": "x, y divided by the frame size (W, H), minus the clip's mean, divided by the "
+                                    "std of the clip's y (mgnet.data.poses.normalize_pose)"},
+        "score_stats": stats, "lambdas": lambdas,
+        "normalisation": "per component min-max of the training set (score_stats.json), eq. 16",
+        "threshold": {"default": "p99", "value": float(stats["fused"]["p99"]),
+                      "percentiles": {k: v for k, v in stats["fused"].items() if k.startswith("p")}},
+        "eval_sigma": float(cfg.eval.sigma),
+    }
+
+
+def export_program(scorer, spec):
+    """torch.export of ClipScorer with a dynamic batch, custom ops decomposed into their references."""
+    import torch
+    from mgnet.deploy.decompose import custom_ops_in, decompositions
+    from mgnet.deploy.module import example_inputs
+    batch = torch.export.Dim("batch", min=1)
+    args = example_inputs(spec, 2)
+    ep = torch.export.export(scorer, args, dynamic_shapes=({0: batch}, {0: batch}, {0: batch}), strict=False)
+    ep = ep.run_decompositions(decompositions())
+    left = custom_ops_in(ep.graph)
+    if left:
+        raise RuntimeError(f"mgnet export: custom ops without a decomposition remain: {sorted(left)}")
+    return ep, args
+
+
+def write_onnx(ep, args, path: Path, meta: dict) -> None:
+    import onnx
+    import torch
+    from mgnet.deploy.module import INPUTS, OUTPUTS
+    prog = torch.onnx.export(ep, args, dynamo=True, input_names=list(INPUTS), output_names=list(OUTPUTS),
+                             optimize=True, verbose=False)
+    prog.save(str(path))
+    proto = onnx.load(str(path))
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"mgnet.{k}", json.dumps(v)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def _clips_per_second(fn, batches) -> float:
+    n, t0 = 0, time.perf_counter()
+    for b in batches:
+        fn(b)
+        n += len(b["rgb"])
+    return n / max(time.perf_counter() - t0, 1e-9)
+
+
+def verify(scorer, exported, cfg, batch_size: int) -> dict:
+    """Largest |torch - exported| per output over the run's test clips, and both clips/s."""
+    import torch
+    from torch.utils.data import DataLoader
+    from mgnet.deploy.module import OUTPUTS
+    from mgnet.train import Dist, open_split
+    ctx = Dist("cpu")
+    try:
+        store = open_split(cfg.data, "test", ctx)
+    finally:
+        ctx.close()
+    batches = [{k: b[k] for k in ("rgb", "pose", "scene")}
+               for b in DataLoader(store, batch_size=batch_size, shuffle=False)]
+    ref = {k: [] for k in OUTPUTS}
+    got = {k: [] for k in OUTPUTS}
+    with torch.inference_mode():
+        torch_rate = _clips_per_second(lambda b: [ref[k].append(v.numpy()) for k, v in
+                                                  zip(OUTPUTS, scorer(b["rgb"], b["pose"], b["scene"]))], batches)
+    exp_rate = _clips_per_second(lambda b: [got[k].append(np.asarray(v)) for k, v in
+                                            zip(OUTPUTS, exported(b["rgb"], b["pose"], b["scene"]))], batches)
+    diff = {k: float(np.max(np.abs(np.concatenate(ref[k]).astype(np.float64) - np.concatenate(got[k]))))
+            for k in OUTPUTS}
+    return {"clips": len(store), "max_abs_diff": diff, "largest": max(diff.values()),
+            "torch_clips_per_s": torch_rate, "exported_clips_per_s": exp_rate}
+
+
+def run_export(run_dir: Path, fmt: str, out: Path, do_verify: bool = False, batch_size: int = 64,
+               threads=None, log=print) -> dict:
+    """Export ``run_dir`` into ``out``; returns the metadata (with timings, and the check with verify)."""
+    import torch
+    from mgnet.deploy.module import ClipScorer
+    from mgnet.evaluate import load_run
+    from mgnet.online import ClipSpec, load_score_stats
+    from mgnet.runs import RunError
+
+    if out.exists() and not (out.is_dir() and (out / "metadata.json").is_file()):
+        raise RunError(f"--out {out}: exists and is not an earlier mgnet export (no metadata.json); "
+                       "choose another folder")
+    if not (run_dir / "config.yaml").is_file():
+        raise RunError(f"{run_dir}: not a run folder (no config.yaml)")
+    model, cfg = load_run(run_dir)
+    stats = load_score_stats(run_dir)
+    spec = ClipSpec.from_config(cfg)
+    lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    if threads:
+        torch.set_num_threads(threads)
+    scorer = ClipScorer(model, stats, lambdas).eval()
+    meta = metadata(run_dir, cfg, spec, stats, lambdas, fmt)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        t0 = time.perf_counter()
+        ep, args = export_program(scorer, spec)
+        path = tmp / FORMATS[fmt]
+        if fmt == "torch":
+            torch.export.save(ep, str(path))
+        meta["export_seconds"] = round(time.perf_counter() - t0, 1)   # the ONNX file's own metadata omits it
+        if fmt == "onnx":
+            write_onnx(ep, args, path, meta)
+            meta["export_seconds"] = round(time.perf_counter() - t0, 1)
+        meta["size_bytes"] = path.stat().st_size
+        log(f"exported {run_dir} -> {out / FORMATS[fmt]} ({meta['size_bytes'] / 1e6:.2f} MB) in "
+            f"{meta['export_seconds']:.1f}s")
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")
+        if do_verify:
+            from mgnet.deploy.runtime import load_exported
+            check = verify(scorer, load_exported(tmp, threads=threads).forward, cfg, batch_size)
+            meta["verify"] = check
+            log(f"verify on {check['clips']} test clips: largest difference {check['largest']:.3g} ("
+                + ", ".join(f"{k} {v:.2g}" for k, v in check["max_abs_diff"].items()) + "); "
+                f"{check['torch_clips_per_s']:.1f} clips/s (torch, the run's checkpoint), "
+                f"{check['exported_clips_per_s']:.1f} clips/s ({FORMATS[fmt]})")
+            (tmp / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    from mgnet.runs import RunError
+    try:
+        run_export(args.run, args.format, args.out, args.verify, args.batch_size, args.threads,
+                   log=lambda m: print(m, file=sys.stderr))
+    except (RunError, ValueError, FileNotFoundError) as exc:
+        print(f"mgnet export: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
