@@ -101,16 +101,9 @@ def write_onnx(ep, args, path: Path, meta: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def _clips_per_second(fn, batches) -> float:
-    n, t0 = 0, time.perf_counter()
-    for b in batches:
-        fn(b)
-        n += len(b["rgb"])
-    return n / max(time.perf_counter() - t0, 1e-9)
-
-
 def verify(scorer, exported, cfg, batch_size: int) -> dict:
-    """Largest |torch - exported| per output over the run's test clips, and both clips/s."""
+    """Largest |torch - exported| per output over the run's test clips, and both clips/s (each batch
+    run by both in turn, so a change of machine load affects both alike)."""
     import torch
     from torch.utils.data import DataLoader
     from mgnet.deploy.module import OUTPUTS
@@ -120,19 +113,27 @@ def verify(scorer, exported, cfg, batch_size: int) -> dict:
         store = open_split(cfg.data, "test", ctx)
     finally:
         ctx.close()
-    batches = [{k: b[k] for k in ("rgb", "pose", "scene")}
-               for b in DataLoader(store, batch_size=batch_size, shuffle=False)]
     ref = {k: [] for k in OUTPUTS}
     got = {k: [] for k in OUTPUTS}
-    with torch.inference_mode():
-        torch_rate = _clips_per_second(lambda b: [ref[k].append(v.numpy()) for k, v in
-                                                  zip(OUTPUTS, scorer(b["rgb"], b["pose"], b["scene"]))], batches)
-    exp_rate = _clips_per_second(lambda b: [got[k].append(np.asarray(v)) for k, v in
-                                            zip(OUTPUTS, exported(b["rgb"], b["pose"], b["scene"]))], batches)
+    secs = {"torch": 0.0, "exported": 0.0}
+    for b in DataLoader(store, batch_size=batch_size, shuffle=False):
+        args = (b["rgb"], b["pose"], b["scene"])
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            r = [v.numpy() for v in scorer(*args)]
+        t1 = time.perf_counter()
+        e = [np.asarray(v) for v in exported(*args)]
+        t2 = time.perf_counter()
+        secs["torch"] += t1 - t0
+        secs["exported"] += t2 - t1
+        for k, a, c in zip(OUTPUTS, r, e):
+            ref[k].append(a)
+            got[k].append(c)
     diff = {k: float(np.max(np.abs(np.concatenate(ref[k]).astype(np.float64) - np.concatenate(got[k]))))
             for k in OUTPUTS}
-    return {"clips": len(store), "max_abs_diff": diff, "largest": max(diff.values()),
-            "torch_clips_per_s": torch_rate, "exported_clips_per_s": exp_rate}
+    n = len(store)
+    return {"clips": n, "batch_size": batch_size, "max_abs_diff": diff, "largest": max(diff.values()),
+            "torch_clips_per_s": n / max(secs["torch"], 1e-9), "exported_clips_per_s": n / max(secs["exported"], 1e-9)}
 
 
 def run_export(run_dir: Path, fmt: str, out: Path, do_verify: bool = False, batch_size: int = 64,
