@@ -144,6 +144,7 @@ def run_export(run_dir: Path, fmt: str, out: Path, do_verify: bool = False, batc
     from mgnet.evaluate import load_run
     from mgnet.online import ClipSpec, load_score_stats
     from mgnet.runs import RunError
+    from mgnet.score_videos import _publish as publish
 
     if out.exists() and not (out.is_dir() and (out / "metadata.json").is_file()):
         raise RunError(f"--out {out}: exists and is not an earlier mgnet export (no metadata.json); "
@@ -186,13 +187,7 @@ def run_export(run_dir: Path, fmt: str, out: Path, do_verify: bool = False, batc
                 f"{check['torch_clips_per_s']:.1f} clips/s (torch, the run's checkpoint), "
                 f"{check['exported_clips_per_s']:.1f} clips/s ({FORMATS[fmt]})")
             (tmp / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
