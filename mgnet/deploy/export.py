@@ -170,10 +170,9 @@ def run_export(run_dir: Path, fmt: str, out: Path, do_verify: bool = False, batc
         path = tmp / FORMATS[fmt]
         if fmt == "torch":
             torch.export.save(ep, str(path))
-        meta["export_seconds"] = round(time.perf_counter() - t0, 1)   # the ONNX file's own metadata omits it
         if fmt == "onnx":
-            write_onnx(ep, args, path, meta)
-            meta["export_seconds"] = round(time.perf_counter() - t0, 1)
+            write_onnx(ep, args, path, meta)      # metadata_props: everything but the timings and sizes below
+        meta["export_seconds"] = round(time.perf_counter() - t0, 1)
         meta["size_bytes"] = path.stat().st_size
         log(f"exported {run_dir} -> {out / FORMATS[fmt]} ({meta['size_bytes'] / 1e6:.2f} MB) in "
             f"{meta['export_seconds']:.1f}s")
