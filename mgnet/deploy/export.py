@@ -1,4 +1,4 @@
-"""`mgnet export`: a finished run as one model file that scores person clips, plus metadata.json.
+"""A finished run as one model file (`mgnet export`, mgnet/jobs/export.py) that scores person clips, plus metadata.json.
 
     mgnet export --run runs/demo --format onnx --out deploy/demo-onnx [--verify]
     mgnet export --run runs/demo --format torch --out deploy/demo-pt2 [--verify]
@@ -17,11 +17,9 @@ message and exit status 2; the folder appears only when complete.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,18 +29,6 @@ import numpy as np
 FORMATS = {"onnx": "model.onnx", "torch": "model.pt2"}
 JOINTS18 = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist", "r_hip",
             "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mgnet export", description="Export a trained run for deployment.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, type=Path, help="a finished training run folder (stage 4 + score_stats.json)")
-    p.add_argument("--format", default="onnx", choices=tuple(FORMATS), help="onnx (model.onnx) or torch (model.pt2)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created; an earlier export there is replaced)")
-    p.add_argument("--verify", action="store_true", help="compare with the torch model on the run's test clips")
-    p.add_argument("--batch-size", type=int, default=64, help="clips per batch in --verify")
-    p.add_argument("--threads", type=int, default=None, help="torch / onnxruntime CPU threads")
-    return p
 
 
 def metadata(run_dir: Path, cfg, spec, stats, lambdas, fmt: str) -> dict:
@@ -107,7 +93,7 @@ def verify(scorer, exported, cfg, batch_size: int) -> dict:
     import torch
     from torch.utils.data import DataLoader
     from mgnet.deploy.module import OUTPUTS
-    from mgnet.train import Dist, open_split
+    from mgnet.engine import Dist, open_split
     ctx = Dist("cpu")
     try:
         store = open_split(cfg.data, "test", ctx)
@@ -141,10 +127,10 @@ def run_export(run_dir: Path, fmt: str, out: Path, do_verify: bool = False, batc
     """Export ``run_dir`` into ``out``; returns the metadata (with timings, and the check with verify)."""
     import torch
     from mgnet.deploy.module import ClipScorer
-    from mgnet.evaluate import load_run
-    from mgnet.online import ClipSpec, load_score_stats
+    from mgnet.engine import load_run
+    from mgnet.inference import ClipSpec, load_score_stats
     from mgnet.runs import RunError
-    from mgnet.score_videos import _publish as publish
+    from mgnet.report.outputs import publish
 
     if out.exists() and not (out.is_dir() and (out / "metadata.json").is_file()):
         raise RunError(f"--out {out}: exists and is not an earlier mgnet export (no metadata.json); "
@@ -190,19 +176,3 @@ def run_export(run_dir: Path, fmt: str, out: Path, do_verify: bool = False, batc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    from mgnet.runs import RunError
-    try:
-        run_export(args.run, args.format, args.out, args.verify, args.batch_size, args.threads,
-                   log=lambda m: print(m, file=sys.stderr))
-    except (RunError, ValueError, FileNotFoundError) as exc:
-        print(f"mgnet export: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

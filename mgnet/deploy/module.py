@@ -1,6 +1,6 @@
 """ClipScorer: the exportable module, one batch of person clips -> what `mgnet score` computes per clip.
 
-Inputs (the model batch `mgnet score` builds per clip, mgnet.online.clip_batch):
+Inputs (the model batch `mgnet score` builds per clip, mgnet.inference.clip_batch):
     rgb   (B, 3, T, crop, crop) uint8   the person's crops over the clip
     pose  (B, 2, T, 18) float32         OpenPose-18 x, y, STG-NF-normalised (mgnet.data.poses)
     scene (B, 3, S, S) uint8            the scene image of the clip's centre frame
@@ -11,7 +11,7 @@ Outputs, each (B,), in OUTPUTS order:
     raw_mo, raw_app, raw_mm   the raw components (eqs. 13-15), float32
 
 Normalisation and fusion are not re-implemented here: ``library_affine`` reads them off the
-library function `mgnet score` uses (mgnet.online.fused_scores -> mgnet.scoring.fuse / minmax),
+library function `mgnet score` uses (mgnet.inference.fused_scores -> mgnet.scoring.fuse / minmax),
 by evaluating it at the origin and at one point per component, and checks on random points around
 the training range that it is affine in the raw scores (a per-component min-max and its weighted
 sum are). A normalisation that is not affine cannot be represented this way, and export stops
@@ -39,9 +39,9 @@ class NotAffineError(ValueError):
 def library_affine(stats: Mapping, lambdas: Mapping, fused: Callable = None, probes: int = 256,
                    seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """(A (4, 3), b (4,)) with ``[score, mo, app, mm] = A @ [raw_mo, raw_app, raw_mm] + b`` exactly as
-    ``fused(raw, stats, lambdas)`` (default mgnet.online.fused_scores) computes them."""
+    ``fused(raw, stats, lambdas)`` (default mgnet.inference.fused_scores) computes them."""
     if fused is None:
-        from mgnet.online import fused_scores as fused
+        from mgnet.inference import fused_scores as fused
     scale = {k: max(abs(float(stats[k]["max"]) - float(stats[k]["min"])), 1e-6) for k in COMPONENTS}
 
     def f(raw3: np.ndarray) -> np.ndarray:       # raw3 (N, 3) -> (N, 4)

@@ -4,7 +4,7 @@ for model.pt2. Imports neither mgnet.models nor any training code.
 ``load_exported(folder)`` gives an ExportedModel with the run's clip geometry (``spec``), score
 statistics, lambdas and eval sigma from metadata.json, ``forward(rgb, pose, scene)`` -> the
 outputs of mgnet.deploy.module.OUTPUTS as numpy arrays, and ``scores(batch)`` -> the raw
-{mo, app, mm, nll} of a model batch as MGNet.scores returns them, so mgnet.online.run_model,
+{mo, app, mm, nll} of a model batch as MGNet.scores returns them, so mgnet.engine.score_batch,
 OnlineScorer and `mgnet score` use it in place of the torch model.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from mgnet.deploy.module import OUTPUTS
-from mgnet.online import ClipSpec, RAW_KEYS
+from mgnet.inference import ClipSpec
+from mgnet.scoring import SCORE_KEYS
 
 SPEC_KEYS = ("seg_len", "crop_size", "scene_size", "max_gap", "box_expand", "box_min_conf")
 
@@ -45,11 +46,11 @@ class ExportedModel:
     __call__ = forward
 
     def scores(self, batch) -> dict:
-        """Raw per-clip {mo, app, mm, nll} of a model batch (mgnet.online.clip_batch), as torch tensors."""
+        """Raw per-clip {mo, app, mm, nll} of a model batch (mgnet.inference.clip_batch), as torch tensors."""
         import torch
         out = dict(zip(OUTPUTS, self.forward(batch["rgb"], batch["pose"], batch["scene"])))
         raw = {"mo": out["raw_mo"], "app": out["raw_app"], "mm": out["raw_mm"], "nll": out["nll"]}
-        return {k: torch.from_numpy(np.asarray(raw[k])) for k in RAW_KEYS}
+        return {k: torch.from_numpy(np.asarray(raw[k])) for k in SCORE_KEYS}
 
     def eval(self):
         return self

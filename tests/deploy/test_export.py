@@ -19,10 +19,10 @@ TOL = 1e-4
 
 def _reference_scores(run):
     """Every test clip scored by the torch model (MGNet.scores) and normalised by the library function
-    `mgnet score` uses (mgnet.online.fused_scores): {output: (N,)} plus the clip inputs."""
-    from mgnet.evaluate import load_run
-    from mgnet.online import fused_scores, load_score_stats
-    from mgnet.train import Dist, open_split
+    `mgnet score` uses (mgnet.inference.fused_scores): {output: (N,)} plus the clip inputs."""
+    from mgnet.engine import load_run
+    from mgnet.inference import fused_scores, load_score_stats
+    from mgnet.engine import Dist, open_split
     model, cfg = load_run(run)
     stats = load_score_stats(run)
     lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
@@ -128,7 +128,7 @@ def test_export_of_a_run_without_stage_4_fails_with_one_message(trained_run, tmp
 
 
 def test_library_affine_reproduces_the_library_and_refuses_a_nonlinear_one():
-    from mgnet.online import fused_scores
+    from mgnet.inference import fused_scores
     stats = {"mo": {"min": 2.0, "max": 7.0}, "app": {"min": -1.0, "max": 0.5}, "mm": {"min": 0.1, "max": 0.3},
              "fused": {"min": 0.0, "max": 3.0}}
     lambdas = {"app": 0.7, "mm": 2.0}

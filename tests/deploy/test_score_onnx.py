@@ -54,7 +54,7 @@ def test_onnx_engine_gives_the_torch_engine_outputs(trained_run, onnx_export, to
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     modules = json.loads(proc.stdout.split("MODULES ", 1)[1])
-    assert "mgnet.deploy.runtime" in modules and "mgnet.online" in modules
+    assert "mgnet.deploy.runtime" in modules and "mgnet.inference" in modules
     training = [m for m in modules if m.split(".")[1:2] and m.split(".")[1] in ("train", "training", "models", "evaluate", "evaluation",
                                                           "engine", "demo")]
     assert not training, training
