@@ -46,6 +46,7 @@ import numpy as np
 
 from mgnet import scoring
 from mgnet.data.pose_formats import FORMATS, check_frame_range, load_poses
+from mgnet.data.pose_estimation.jobs import add_pose_estimator_args, extracted_poses, keep_cached_poses
 from mgnet.online import ClipSpec, OnlineScorer, clip_batch, fused_scores, load_score_stats, run_model
 
 __all__ = ["VideoScores", "offline_batches", "score_offline", "score_online", "find_pose_file", "main"]
@@ -207,15 +208,15 @@ def _pairs(video: Path, poses: Path) -> list[tuple[Path, Path]]:
     from mgnet.data.video import IMAGE_EXTS, VIDEO_EXTS
     if not video.exists():
         raise ValueError(f"{video}: video file or folder does not exist")
-    if not poses.exists():
+    if poses is not None and not poses.exists():
         raise ValueError(f"{poses}: pose file or folder does not exist")
     if video.is_dir() and not any(p.suffix.lower() in IMAGE_EXTS for p in video.iterdir()):
         vids = sorted(p for p in video.iterdir() if p.suffix.lower() in VIDEO_EXTS)
         if not vids:
             raise ValueError(f"{video}: folder holds neither videos ({', '.join(VIDEO_EXTS)}) nor frame images")
-        if not poses.is_dir():
+        if poses is not None and not poses.is_dir():
             raise ValueError(f"{poses}: with a folder of videos, --poses must be a folder of pose files")
-        return [(v, find_pose_file(poses, v.stem)) for v in vids]
+        return [(v, find_pose_file(poses, v.stem) if poses is not None else None) for v in vids]
     return [(video, poses)]
 
 
@@ -343,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mgnet score", description="Score your own videos with a trained run.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", required=True, type=Path, help="a video file, a folder of frame images, or a folder of videos")
-    p.add_argument("--poses", required=True, type=Path, help="the pose file/folder (or a folder of them, one per video)")
+    p.add_argument("--poses", type=Path, default=None,
+                   help="the pose file/folder (or a folder of them, one per video); without it poses are extracted "
+                        "from the video (--pose-estimator) and cached as <out>/<video>/poses.json")
+    add_pose_estimator_args(p)
     p.add_argument("--run", required=True, type=Path, help="a finished training run folder")
     p.add_argument("--out", type=Path, default=Path("scores"), help="output folder (default: ./scores)")
     p.add_argument("--online", action="store_true", help="score frame by frame, printing frame,score lines as they become final")
@@ -382,8 +386,12 @@ def main(argv=None) -> int:
         spec = ClipSpec.from_config(cfg)
         lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
         inputs = []
-        for vpath, ppath in _pairs(args.video, args.poses):
+        pairs = _pairs(args.video, args.poses)
+        extract = extracted_poses(args, cfg, [v for v, p in pairs if p is None])  # poses from the video itself
+        for vpath, ppath in pairs:
             src = open_frames(vpath)
+            if ppath is None:
+                ppath = extract(vpath, args.out / (vpath.stem if vpath.is_file() else vpath.name), src)
             tracks = load_poses(ppath, args.pose_format)
             check_frame_range(tracks, len(src), ppath, vpath)
             inputs.append((vpath, ppath, src, tracks))
@@ -420,6 +428,7 @@ def main(argv=None) -> int:
             out = write_outputs(tmp, name, res, src, tracks, threshold, thr_source, fps, meta,
                                 {"merge_gap": args.merge_gap, "min_length": args.min_event},
                                 video=not args.no_video)
+            keep_cached_poses(ppath, args.out / name, tmp)
             _publish(tmp, args.out / name)
             staged.remove(tmp)
             print(f"{name}: {len(src)} frames, {meta['frames_per_second']} frames/s ({meta['mode']}), "

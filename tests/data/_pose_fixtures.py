@@ -43,6 +43,15 @@ def walkers(n=16, W=640, H=360, h=200, starts=((140, 1), (500, -1)), speed=4.0, 
     return np.stack(frames), {p: (np.arange(n), np.stack(k).astype(np.float32)) for p, k in truth.items()}
 
 
+def walkers_video(path, n=20):
+    """An H.264 mp4 of two figures (170 px tall in 480 x 272) walking towards each other; returns
+    their true joints."""
+    from tests.data._fixtures import write_video
+    frames, truth = walkers(n=n, W=480, H=272, h=170, starts=((110, 1), (370, -1)), speed=3.0)
+    write_video(str(path), frames, fps=10)
+    return truth
+
+
 # ----------------------------------------------------------------------------- ONNX stand-ins
 def _save(graph, path):
     import onnx
