@@ -2,6 +2,10 @@
 
     mgnet score --video V.mp4 --poses V.json --run runs/demo [--out scores] [--online]
     mgnet score --video videos/ --poses poses/ --run runs/demo      # every video of a folder
+    mgnet score --video V.mp4 --run runs/demo                       # poses estimated from the video
+
+Without --poses the poses are estimated (mgnet.data.pose_estimation: --pose-estimator builtin|onnx,
+default the run's own), tracked and cached as ``<out>/<video name>/poses.json``.
 
 For each video, ``<out>/<video name>/`` receives:
 
