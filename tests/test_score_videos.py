@@ -295,3 +295,9 @@ def test_score_without_the_pose_extra_says_which_pip_install(run, tmp_path, monk
     lines = [ln for ln in err.splitlines() if ln.startswith("mgnet score: error")]
     assert len(lines) == 1 and POSE_EXTRA in lines[0] and "'mediapipe'" in lines[0]
     assert not (tmp_path / "o").exists()
+    # the onnx estimator's model files are checked before anything runs too
+    missing = tmp_path / "rtmpose.onnx"
+    rc = cli(["score", "--video", str(video), "--run", str(run / "run"), "--out", str(tmp_path / "o"),
+              "--pose-model", str(missing)])
+    assert rc == 2 and f"{missing}: ONNX model file not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
