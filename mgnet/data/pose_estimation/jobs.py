@@ -61,11 +61,9 @@ def _cli_settings(args, run_data_cfg) -> dict:
     return settings
 
 
-def extracted_poses(args, run_cfg, videos):
+def extracted_poses(args, run_cfg):
     """A function ``(video, out_folder, src) -> pose file`` extracting (or reusing the cache at)
     ``out_folder/poses.json``; the estimator is built now, so a missing extra stops before any work."""
-    if not videos:
-        return None
     settings = _cli_settings(args, run_cfg.get("data") if hasattr(run_cfg, "get") else None)
     est = make_estimator(settings)
 
