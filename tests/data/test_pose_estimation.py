@@ -89,7 +89,8 @@ def test_two_walking_figures_give_two_tracks_near_the_truth():
 # ----------------------------------------------------------------------------- ONNX
 @pytest.fixture
 def onnx_models(tmp_path):
-    pytest.importorskip("onnxruntime", reason="the pose extra (pip install -e '.[pose]') is not installed")
+    for m in ("onnxruntime", "cv2"):
+        pytest.importorskip(m, reason="the pose extra (pip install -e '.[pose]') is not installed")
     pytest.importorskip("onnx", reason="the test extra (onnx) is not installed")
     # a 1280 x 960 frame letterboxes into 640 x 640 at ratio 0.5; the person box is 153.6 x 204.8 frame
     # pixels centred at (300, 200): x 1.25 padding it is exactly RTMPose's 192 x 256 input (a 1:1 crop)
@@ -120,7 +121,8 @@ def test_rtmpose_with_yolox_maps_keypoints_back_to_the_frame(onnx_models):
 
 
 def test_rtmo_one_stage_keypoints_are_scaled_from_the_letterbox(tmp_path):
-    pytest.importorskip("onnxruntime", reason="the pose extra (pip install -e '.[pose]') is not installed")
+    for m in ("onnxruntime", "cv2"):
+        pytest.importorskip(m, reason="the pose extra (pip install -e '.[pose]') is not installed")
     pytest.importorskip("onnx", reason="the test extra (onnx) is not installed")
     rng = np.random.default_rng(0)
     kp = np.concatenate([rng.uniform(0, 400, (2, 26, 2)), rng.uniform(0.2, 0.9, (2, 26, 1))], -1)
