@@ -17,7 +17,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from mgnet import engine, runs, scoring
+from mgnet import engine, runs, scoring, tracking
 from mgnet.engine import Dist
 from mgnet.runs import RunDir, RunError
 from mgnet.scoring import SCORE_KEYS
@@ -136,6 +136,7 @@ def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
         if cfg.eval.plots:
             metrics["plots"] = plot_videos(run, curves, int(cfg.eval.max_plots))
         runs.write_json(run.metrics, metrics)
+        tracking.log_eval(run.root, cfg, metrics)
         log.info("evaluated %d test videos (%d frames, sigma %g): fused micro AUC %.4f -> %s",
                  metrics["num_videos"], metrics["num_frames"], metrics["sigma"],
                  metrics["auc"]["fused"]["micro"], run.metrics)

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from mgnet import engine, runs, scoring
+from mgnet import engine, runs, scoring, tracking
 from mgnet.engine import Dist, autocast, load_model_state, model_identity, score_clips, to_device
 from mgnet.runs import RunDir, RunError
 from mgnet.scoring import SCORE_KEYS
@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover - nvtx is a dependency; keep training us
 STAGES = (0, 1, 2, 3, 4)
 # train.* keys that may change between an interrupted run and its resumption
 VOLATILE_TRAIN_KEYS = ("resume", "overwrite", "stop_after_steps", "num_workers", "threads", "stages",
-                       "out", "log_every", "ckpt_every", "score_stats", "device")
+                       "out", "log_every", "ckpt_every", "score_stats", "device", "logger")
 
 
 class Stopped(Exception):
@@ -98,6 +98,7 @@ def prepare_run_dir(cfg, ctx: Dist) -> RunDir:
                 for p in (run.metrics, run.score_stats, run.frame_scores, run.log):
                     if p.exists():
                         p.unlink()
+                tracking.reset(run.root)
             else:
                 raise RunError(f"run folder {run.root} already holds checkpoints; pass --resume "
                                f"(train.resume=true) to continue it, train.overwrite=true to start over, "
@@ -236,6 +237,8 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
         runs.set_rng_state(st["rng"])
         model.set_stage(stage)
         log.info(f"stage {stage}: resuming at step {step}/{total} from {snap}")
+    slog = tracking.StageLog(run.root, stage, cfg.train.get("logger"), step,
+                             tracking.stage_hparams(cfg, stage, ctx.world), enabled=ctx.main)
 
     def snapshot(at_step):
         losslog.flush(stage)
@@ -254,6 +257,7 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
     bar = tqdm(total=total, initial=step, desc=f"stage {stage}", disable=not ctx.main, dynamic_ncols=True,
                file=sys.stderr)
     t0, clips = time.perf_counter(), 0
+    t_point, clips_point = t0, 0  # metrics.jsonl's clips/s: since the previous line
     with _annotate(f"stage{stage}", color="blue"):
         while step < total:
             epoch, skip = divmod(step, steps_per_epoch)
@@ -284,6 +288,9 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
                     history.append(point)
                     rate = clips / max(1e-9, time.perf_counter() - t0)
                     bar.set_postfix(loss=f"{point['loss']:.4f}", clips_s=f"{rate:.0f}")
+                    now = time.perf_counter()
+                    slog.step(step, point, opt.param_groups[0]["lr"], (clips - clips_point) / max(1e-9, now - t_point))
+                    t_point, clips_point = now, clips
                 bar.update(1)
                 budget["steps"] += 1
                 stop = budget["stop_after"] is not None and budget["steps"] >= budget["stop_after"]
@@ -300,6 +307,7 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
     log.info(f"stage {stage}: {total} steps in {dt:.1f}s ({clips / max(dt, 1e-9):.0f} clips/s); final "
              + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "step"))
     save_stage(run, stage, model, cfg, ctx, history, steps=total)
+    slog.close()
     if ctx.main and snap.exists():
         snap.unlink()
     ctx.barrier()
@@ -382,6 +390,7 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
         if cfg.train.threads and ctx.device.type == "cpu":
             torch.set_num_threads(int(cfg.train.threads))
         stages = sorted({int(s) for s in cfg.train.stages})
+        tracking.check_logger(cfg.train.get("logger"))
         if not stages or any(s not in STAGES for s in stages):
             raise ValueError(f"train.stages={list(cfg.train.stages)}: expected a subset of {list(STAGES)}")
         from mgnet.models.config import ModelConfig
