@@ -82,16 +82,16 @@ def _num(v) -> float:
 def aggregate(cells: Iterable[Dict]) -> Dict[str, Dict[str, Dict]]:
     """Mean and minimum over cells of each (component, type) AUC, with the cell of the minimum.
 
-    cells: dicts with "variant", "seed" and "auc" ({component: {type: AUC}}). A NaN (a type the
-    cell's test split lacks) is left out of that entry; "n" counts the cells that entered it.
+    cells: dicts with "variant", "seed" and "auc" ({component: {type: AUC}}). A NaN or None (a type
+    the cell's test split lacks; JSON writes NaN as null) is left out of that entry; "n" counts the cells that entered it.
     """
     cells = list(cells)
     out = {}
     for comp, _ in COMPONENTS:
         out[comp] = {}
         for t in TYPES:
-            vals = [(float(c["auc"][comp][t]), f"{c['variant']}/s{c['seed']}") for c in cells
-                    if c["auc"][comp][t] == c["auc"][comp][t]]
+            vals = [(_num(c["auc"][comp][t]), f"{c['variant']}/s{c['seed']}") for c in cells]
+            vals = [x for x in vals if x[0] == x[0]]
             if not vals:
                 out[comp][t] = {"mean": float("nan"), "min": float("nan"), "min_cell": None, "n": 0}
                 continue
@@ -102,6 +102,7 @@ def aggregate(cells: Iterable[Dict]) -> Dict[str, Dict[str, Dict]]:
 
 
 def _f(v: float) -> str:
+    v = _num(v)
     return "n/a" if v != v else f"{v:.3f}"
 
 
@@ -125,9 +126,12 @@ def format_markdown(summary: Dict) -> str:
             lines.append(f"| {c['variant']} | {c['seed']} | {label} | "
                          + " | ".join(_f(c["auc"][comp][t]) for t in TYPES) + " |")
     walls = [c["wall_s"] for c in cells if c.get("wall_s")]
+    cpus = [c["cpu_s"] for c in cells if c.get("cpu_s")]
     if walls:
         lines += ["", f"Cell wall time: mean {sum(walls) / len(walls) / 60:.1f} min, max {max(walls) / 60:.1f} min "
-                      f"({summary['machine']})."]
+                      f"({summary['machine']})"
+                  + (f"; CPU time mean {sum(cpus) / len(cpus) / 60:.1f} min, max {max(cpus) / 60:.1f} min "
+                     f"(the wall time of a 1-thread cell on a quiet machine)." if cpus else ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -137,6 +141,14 @@ def _machine() -> str:
     except OSError:  # pragma: no cover
         load = "?"
     return f"{platform.machine()} {os.cpu_count()} cores, load average {load} at start"
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children: about the wall time of a cell run
+    with train.threads=1 on a quiet machine, whatever the load was."""
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _key(size: str, overrides: Sequence[str]) -> str:
@@ -192,11 +204,12 @@ def run_protocol(set_name: str = "selection", variants=None, seeds=None, size: s
                 results.append(done)
                 continue
         log(f"mgnet protocol: cell {k + 1}/{len(cells)} {variant} seed {seed} (size {size}) -> {cell_dir}")
-        t0 = time.perf_counter()
-        r = runner(cell_overrides(variant, seed, size, data_dir, cell_dir, threads,
-                                  resume and os.path.isdir(cell_dir), overrides))
+        t0, cpu0 = time.perf_counter(), _cpu_s()
+        interrupted = resume and os.path.isdir(cell_dir) and not os.path.isfile(path)
+        r = runner(cell_overrides(variant, seed, size, data_dir, cell_dir, threads, interrupted, overrides))
         cell = {"variant": variant, "seed": int(seed), "size": size, "set": set_name, "key": key,
                 "overrides": overrides, "auc": cell_table(r["metrics"]), "wall_s": time.perf_counter() - t0,
+                "cpu_s": _cpu_s() - cpu0,
                 "train_s": r.get("train_s"), "eval_s": r.get("eval_s"), "machine": machine}
         runs.write_json(path, cell)
         log(f"mgnet protocol: {variant} seed {seed}: fused micro {_f(cell['auc']['fused']['micro'])}, "

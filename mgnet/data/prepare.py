@@ -86,6 +86,9 @@ def config_hash(cfg: dict, split: str) -> str:
     key.update(split=split, stride=stride_for(cfg, split), format=FORMAT_VERSION, synth=cfg.get("synth"))
     if cfg["kind"] == "synthetic":
         key["synth_version"] = SYNTH_VERSION  # regenerated content invalidates the store
+        if "variant" in (cfg.get("synth") or {}):
+            from .synth_variants import VERSION as VARIANT_VERSION
+            key["variant_version"] = VARIANT_VERSION
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -224,7 +227,7 @@ def _shard_ok(shard_dir, chash):
 
 
 def _ensure_synthetic(cfg, progress):
-    from .synthetic import generate, identity
+    from .synthetic import current_identity, generate, identity
     s = cfg["synth"]
     variant = s.get("variant", "default")
     meta = os.path.join(cfg["root"], "synth.json")
@@ -232,7 +235,7 @@ def _ensure_synthetic(cfg, progress):
     if os.path.isfile(meta):
         with open(meta) as f:
             m = json.load(f)
-        if identity(m) == (s["size"], s["seed"], variant, SYNTH_VERSION):
+        if identity(m) == current_identity(s["size"], s["seed"], variant):
             return
         mv = m.get("variant", "default")
         # said even without progress output: the folder's content (and its prepared clips) is replaced

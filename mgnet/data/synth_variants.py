@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass
 
 from .errors import DataError
 
+VERSION = 1  # bump when a non-default variant's generated content changes (the default has synthetic.VERSION)
+
 
 @dataclass(frozen=True)
 class Variant:

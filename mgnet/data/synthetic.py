@@ -37,6 +37,7 @@ import os
 import shutil
 import sys
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -65,8 +66,15 @@ OBJECTS = ("box", "cart", "board")
 
 
 def identity(meta: dict) -> tuple:
-    """(size, seed, variant, version) of a synth.json dict (variant "default" when absent)."""
-    return meta.get("size"), meta.get("seed"), meta.get("variant", "default"), meta.get("version")
+    """(size, seed, variant, version, variant version) of a synth.json dict (variant "default" and
+    variant version None when absent)."""
+    return (meta.get("size"), meta.get("seed"), meta.get("variant", "default"), meta.get("version"),
+            meta.get("variant_version"))
+
+
+def current_identity(size: str, seed: int, variant: str = "default") -> tuple:
+    """What identity() of a benchmark written now by this generator is."""
+    return size, seed, variant, VERSION, None if variant == "default" else SV.VERSION
 
 
 def scene_id(s: int) -> str:
@@ -98,7 +106,8 @@ def camera_geometry(variant: SV.Variant, seed: int, s: int, g: int):
     With shared_geometry every scene gets the same geometries (the rng ignores the scene)."""
     if variant.cameras <= 1 and not variant.shared_geometry:
         return None
-    rng = np.random.default_rng([seed, 97, g] if variant.shared_geometry else [seed, 97, s, g])
+    vk = zlib.crc32(variant.name.encode())
+    rng = np.random.default_rng([seed, 97, g, vk] if variant.shared_geometry else [seed, 97, s, g, vk])
     return dict(hz=float(rng.uniform(0.28, 0.46)), zoom=float(rng.uniform(0.8, 1.2)), flip=bool(rng.random() < 0.5),
                 tilt=float(rng.uniform(-0.15, 0.15)) if variant.cameras > 1 else 0.0)
 
@@ -166,6 +175,8 @@ class _Video:
         exit_x = W + 0.3 * h if d > 0 else -0.3 * h
         stop = enter + d * rng.uniform(0.15, 0.35) * W
         mv, vr = self.v.motion_var, self.vrng
+        if vr is not None:  # small, far people walk slowly: start the behaviour within about a body height
+            stop = enter + d * min(abs(stop - enter), vr.uniform(0.3, 1.2) * h)
         tl = B.Timeline(enter, h, d, rng, speed_scale=float(np.exp(vr.normal(0, 0.25 * mv))) if mv else 1.0)
         if mv:
             tl.style = B.vary_style(vr, B.WALK, mv)
@@ -342,20 +353,22 @@ def _make_video(args):
     variant = SV.get(args[5] if len(args) > 5 else "default")
     c = size_config(size, variant)
     s, i = int(name[:2]) - 1, int(name[3:]) - 1
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1, s, i])
-    vrng = None if variant.is_default else np.random.default_rng([seed, 0 if split == "train" else 1, s, i, 7])
+    sp = 0 if split == "train" else 1
+    vk = [] if variant.is_default else [zlib.crc32(variant.name.encode())]  # each variant its own scenarios
+    rng = np.random.default_rng([seed, sp, s, i] + vk)
+    vrng = None if variant.is_default else np.random.default_rng([seed, sp, s, i, 7] + vk)
     cam = i % max(1, variant.cameras)
     geo = camera_geometry(variant, seed, s, cam)
     if geo is None:
         bg = S.background(s, c["W"], c["H"], np.random.default_rng([seed, 99, s]))
     else:
-        bg = S.background(s, c["W"], c["H"], np.random.default_rng([seed, 99, s, cam]), hz=int(geo["hz"] * c["H"]))
+        bg = S.background(s, c["W"], c["H"], np.random.default_rng([seed, 99, s, cam] + vk), hz=int(geo["hz"] * c["H"]))
         if geo["flip"]:
             bg = np.ascontiguousarray(bg[:, ::-1])
     occ = []
     if variant.occluders:
         hz = S.horizon(s, c["H"]) if geo is None else int(geo["hz"] * c["H"])
-        occ = S.random_occluders(np.random.default_rng([seed, 96, s, cam]), variant.occluders, c["W"], c["H"], hz)
+        occ = S.random_occluders(np.random.default_rng([seed, 96, s, cam] + vk), variant.occluders, c["W"], c["H"], hz)
     noise_bank = np.random.default_rng([seed, 98]).normal(0, variant.noise, (8, c["H"], c["W"], 3)).round().astype(np.int16)
     event = _test_event(size, s, i, variant.objects) if split == "test" else ("none", None)
     n = c["train_frames"] if split == "train" else c["test_frames"]
@@ -414,7 +427,7 @@ def generate(out, size: str = "small", seed: int = 0, workers: int | None = None
         if os.path.isfile(meta_path):
             with open(meta_path) as f:
                 old = json.load(f)
-            if identity(old) == (size, seed, variant, VERSION):
+            if identity(old) == current_identity(size, seed, variant):
                 return old
             if identity(old)[:3] == (size, seed, variant):
                 force = True  # our own output from an older generator version: regenerate it
@@ -445,7 +458,7 @@ def generate(out, size: str = "small", seed: int = 0, workers: int | None = None
                     type_names={str(k): v for k, v in TYPE_NAMES.items()}, videos=results,
                     generation_seconds=round(time.time() - t_start, 2))
         if not var.is_default:
-            meta.update(variant=variant, variant_config=var.to_dict())
+            meta.update(variant=variant, variant_version=SV.VERSION, variant_config=var.to_dict())
         with open(os.path.join(tmp, "gt", "anomaly_types.json"), "w") as f:
             json.dump(meta["type_names"], f)
         with open(os.path.join(tmp, "synth.json"), "w") as f:
