@@ -247,10 +247,12 @@ def parse(argv: List[str]):
     p.add_argument("--threads", type=int, default=None, help="torch threads per cell (train.threads)")
     p.add_argument("--resume", action="store_true", help="keep finished cells, continue interrupted ones")
     p.add_argument("overrides", nargs="*", help="hydra overrides applied to every cell (key=value)")
-    args = p.parse_args(argv)
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        p.error(f"overrides must be key=value, got {bad}")
+    # key=value words are overrides wherever they stand (also right after --variants / --seeds)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = p.parse_args([a for a in argv if not ("=" in a and not a.startswith("-"))])
+    if args.overrides:
+        p.error(f"overrides must be key=value, got {args.overrides}")
+    args.overrides = overrides
     return args
 
 

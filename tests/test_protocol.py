@@ -96,6 +96,8 @@ def test_cli_errors(capsys):
     assert "held-apart report set" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         protocol.main(["notanoverride"])
+    args = protocol.parse(["--variants", "natural", "scenes", "model.x=1", "--seeds", "0", "train.y=2"])
+    assert args.variants == ["natural", "scenes"] and args.seeds == [0] and args.overrides == ["model.x=1", "train.y=2"]
 
 
 @pytest.mark.slow
