@@ -12,7 +12,7 @@ plain `mgnet train` code path (which prepares the stores) and `mgnet eval` scori
 command line, which apply to every cell. Results: ``<out>/<variant>-s<seed>/cell.json`` per cell,
 ``<out>/protocol.json`` and ``<out>/protocol.md`` (mean and min per component x type, and every
 cell's values). ``--resume`` skips the cells already finished with the same size and overrides and
-continues interrupted ones.
+continues interrupted ones; ``--jobs N`` runs N cells at once (each in its own process).
 
 Model selection: defaults are chosen on the `selection` set (variants synth_variants.SELECTION x
 seeds SELECTION_SEEDS, validation data in effect); the `report` set (REPORT x REPORT_SEEDS) is held
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import platform
 import subprocess
@@ -181,10 +180,19 @@ def run_cell(overrides: List[str]) -> Dict:
     return {"metrics": metrics, "train_s": t1 - t0, "eval_s": time.perf_counter() - t1}
 
 
+def _timed(runner, overrides: List[str]) -> Dict:
+    """runner(overrides) with its wall and CPU seconds (measured in the process that runs it)."""
+    t0, cpu0 = time.perf_counter(), _cpu_s()
+    r = dict(runner(overrides))
+    r.update(wall_s=time.perf_counter() - t0, cpu_s=_cpu_s() - cpu0)
+    return r
+
+
 def run_protocol(set_name: str = "selection", variants=None, seeds=None, size: str = "small", out=None,
                  data_dir=None, threads=None, resume: bool = False, overrides: Sequence[str] = (),
-                 log=print, runner=run_cell) -> Dict:
-    """Run (or resume) every cell of the set and write protocol.json / protocol.md; returns the summary."""
+                 log=print, runner=run_cell, jobs: int = 1) -> Dict:
+    """Run (or resume) every cell of the set and write protocol.json / protocol.md; returns the summary.
+    jobs > 1 runs that many cells at once, each in its own (spawned) process."""
     from mgnet import runs
     cells = cells_of(set_name, variants, seeds)
     out = os.path.abspath(out or os.path.join("runs", f"protocol-{set_name}"))
@@ -193,7 +201,7 @@ def run_protocol(set_name: str = "selection", variants=None, seeds=None, size: s
     key = _key(size, overrides)
     runs.compose_config(cell_overrides(*cells[0], size, data_dir, os.path.join(out, "check"), threads, False,
                                        overrides))  # bad overrides fail before any cell runs
-    machine, results = _machine(), []
+    machine, results, todo = _machine(), {}, []
     for k, (variant, seed) in enumerate(cells):
         cell_dir = os.path.join(out, f"{variant}-s{seed}")
         path = os.path.join(cell_dir, "cell.json")
@@ -201,20 +209,33 @@ def run_protocol(set_name: str = "selection", variants=None, seeds=None, size: s
             done = runs.read_json(path)
             if done.get("key") == key:
                 log(f"mgnet protocol: cell {k + 1}/{len(cells)} {variant} seed {seed}: finished earlier, kept")
-                results.append(done)
+                results[(variant, seed)] = done
                 continue
-        log(f"mgnet protocol: cell {k + 1}/{len(cells)} {variant} seed {seed} (size {size}) -> {cell_dir}")
-        t0, cpu0 = time.perf_counter(), _cpu_s()
         interrupted = resume and os.path.isdir(cell_dir) and not os.path.isfile(path)
-        r = runner(cell_overrides(variant, seed, size, data_dir, cell_dir, threads, interrupted, overrides))
+        todo.append((variant, seed, path, cell_overrides(variant, seed, size, data_dir, cell_dir, threads,
+                                                         interrupted, overrides)))
+
+    def finished(variant, seed, path, r):
         cell = {"variant": variant, "seed": int(seed), "size": size, "set": set_name, "key": key,
-                "overrides": overrides, "auc": cell_table(r["metrics"]), "wall_s": time.perf_counter() - t0,
-                "cpu_s": _cpu_s() - cpu0,
-                "train_s": r.get("train_s"), "eval_s": r.get("eval_s"), "machine": machine}
+                "overrides": overrides, "auc": cell_table(r["metrics"]), "wall_s": r["wall_s"],
+                "cpu_s": r["cpu_s"], "train_s": r.get("train_s"), "eval_s": r.get("eval_s"), "machine": machine}
         runs.write_json(path, cell)
         log(f"mgnet protocol: {variant} seed {seed}: fused micro {_f(cell['auc']['fused']['micro'])}, "
             f"{cell['wall_s'] / 60:.1f} min")
-        results.append(cell)
+        results[(variant, seed)] = cell
+    for variant, seed, path, _ in todo:
+        log(f"mgnet protocol: cell {variant} seed {seed} (size {size}) -> {os.path.dirname(path)}")
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=mp.get_context("spawn")) as ex:
+            futures = [(t, ex.submit(_timed, runner, t[3])) for t in todo]
+            for t, fut in futures:
+                finished(*t[:3], fut.result())
+    else:
+        for t in todo:
+            finished(*t[:3], _timed(runner, t[3]))
+    results = [results[c] for c in cells]
     summary = {"set": set_name, "size": size, "variants": sorted({v for v, _ in cells}, key=[v for v, _ in cells].index),
                "seeds": sorted({s for _, s in cells}), "overrides": overrides, "machine": machine,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cells": results,
@@ -246,6 +267,8 @@ def parse(argv: List[str]):
     p.add_argument("--data-dir", default=None, help="benchmark cache (default $MGNET_DATA_DIR/protocol or data/protocol)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per cell (train.threads)")
     p.add_argument("--resume", action="store_true", help="keep finished cells, continue interrupted ones")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells run at once, each in its own process (2 with --threads 1 on 2 cores)")
     p.add_argument("overrides", nargs="*", help="hydra overrides applied to every cell (key=value)")
     # key=value words are overrides wherever they stand (also right after --variants / --seeds)
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
@@ -266,7 +289,7 @@ def main(argv=None) -> int:
         print(msg, file=sys.stderr, flush=True)
     try:
         summary = run_protocol(args.set, args.variants, args.seeds, args.size, args.out, args.data_dir,
-                               args.threads, args.resume, args.overrides, log=log)
+                               args.threads, args.resume, args.overrides, log=log, jobs=max(1, args.jobs))
     except (ValueError, DataError, RunError, FileNotFoundError, RuntimeError) as exc:
         print(f"mgnet protocol: error: {exc}", file=sys.stderr)
         return 2

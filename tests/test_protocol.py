@@ -91,6 +91,19 @@ def test_run_resume_and_overrides(tmp_path):
     assert len(calls) == 5
 
 
+def _fake_runner(ov):  # module level: picklable for --jobs' spawned processes
+    variant = next(o for o in ov if o.startswith("data.synth.variant=")).split("=")[1]
+    return {"metrics": _metrics(0.9 if variant == "natural" else 0.7), "pid": os.getpid()}
+
+
+def test_jobs_run_cells_in_their_own_processes(tmp_path):
+    s = protocol.run_protocol("selection", ["natural", "scenes"], [1], "tiny", str(tmp_path / "p"),
+                              str(tmp_path / "d"), log=lambda m: None, runner=_fake_runner, jobs=2)
+    assert [(c["variant"], c["auc"]["fused"]["micro"]) for c in s["cells"]] == [("natural", 0.9), ("scenes", 0.7)]
+    assert s["aggregate"]["fused"]["micro"]["mean"] == pytest.approx(0.8)
+    assert all(c["cpu_s"] >= 0 and c["wall_s"] > 0 for c in s["cells"])
+
+
 def test_cli_errors(capsys):
     assert protocol.main(["--variants", "mixed", "--size", "tiny"]) == 2
     assert "held-apart report set" in capsys.readouterr().err
