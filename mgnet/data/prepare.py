@@ -35,7 +35,7 @@ from .windows import split_track, window_labels, window_starts
 
 REQUIRED = ("kind", "root", "seg_len", "train_stride", "test_stride", "crop_size", "scene_size")
 DEFAULTS = dict(cache_dir=None, max_gap=2, box_expand=0.2, box_min_conf=0.1, decode_chunk=64,
-                splits=["train", "test"])
+                splits=["train", "test"], pose_estimator="files", pose_model=None, det_model=None, pose_options=None)
 # the fields that change what a store holds (others, e.g. decode_chunk, do not)
 HASHED = ("kind", "root", "seg_len", "crop_size", "scene_size", "max_gap", "box_expand", "box_min_conf")
 
@@ -65,6 +65,8 @@ def data_config(data_cfg) -> dict:
     if cfg["cache_dir"] is None:
         cfg["cache_dir"] = os.path.join(cfg["root"], "prepared")
     cfg["cache_dir"] = os.path.abspath(os.path.expanduser(str(cfg["cache_dir"])))
+    from .pose_estimation.jobs import data_settings
+    cfg["poses"] = data_settings(cfg)  # None: pose files; else the estimator's settings (checked here)
     if cfg["kind"] == "synthetic":
         synth = dict(cfg.get("synth") or {})
         cfg["synth"] = {"size": synth.get("size", "small"), "seed": int(synth.get("seed", 0))}
@@ -89,6 +91,8 @@ def config_hash(cfg: dict, split: str) -> str:
         if "variant" in (cfg.get("synth") or {}):
             from .synth_variants import VERSION as VARIANT_VERSION
             key["variant_version"] = VARIANT_VERSION
+    if cfg.get("poses"):
+        key["poses"] = cfg["poses"]  # extracted poses: another estimator means another store
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -288,7 +292,10 @@ def _prepare_locked(cfg: dict, split: str, progress: bool) -> ClipStore:
             pass
         os.remove(meta_path)  # stale: rebuilt below (shards of another config are replaced)
     t0 = time.time()
-    items = datasets.list_videos(cfg["kind"], cfg["root"], split)
+    items = datasets.list_videos(cfg["kind"], cfg["root"], split, need_pose=not cfg.get("poses"))
+    if cfg.get("poses"):
+        from .pose_estimation.jobs import prepare_poses
+        items = prepare_poses(items, cfg, split, progress)
     shard_root = os.path.join(store_dir, "shards")
     os.makedirs(shard_root, exist_ok=True)
     names = {it.name for it in items}
@@ -343,30 +350,3 @@ def compose_data_config(overrides: list[str]):
         if not any(o.startswith("+data=") for o in ov):
             ov.insert(0, "+data=synthetic")
         return compose(overrides=ov).data
-
-
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print("usage: mgnet prepare [hydra overrides...]\n\n" + __doc__.split("\n\n")[1] + "\n\n"
-              "examples:\n  mgnet prepare                               # the synthetic benchmark (small)\n"
-              "  mgnet prepare data=shanghaitech data.root=/data/shanghaitech\n"
-              "  mgnet prepare data=ubnormal data.root=/data/UBnormal 'data.splits=[train,test]'")
-        return 0
-    try:
-        dcfg = compose_data_config(argv)
-        splits = list(dcfg.get("splits") or ["train", "test"])
-        for split in splits:
-            t = time.time()
-            store = prepare_split(dcfg, split, progress=True)
-            b = store.meta.get("build", {})
-            print(f"mgnet prepare: {split}: {len(store)} clips from {len(store.videos)} videos -> {store.path} "
-                  f"({b.get('decoded_frames', 0)} frames decoded in {time.time() - t:.1f} s)")
-    except DataError as e:
-        print(f"mgnet prepare: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

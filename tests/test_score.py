@@ -11,9 +11,8 @@ import pytest
 from mgnet.cli import main as cli
 from mgnet.data.pose_formats import load_poses, save_poses
 from mgnet.data.video import open_frames
-from mgnet.online import ClipSpec
-from mgnet.score_videos import _pairs, find_pose_file, score_offline
-from tests.test_online import LAMBDAS, STATS, clip_tracks, tiny_model, write_clip_video
+from mgnet.inference import ClipSpec, find_pose_file, score_offline, video_inputs
+from tests.test_inference import LAMBDAS, STATS, clip_tracks, tiny_model, write_clip_video
 from tests.test_report import dump_dom
 
 VARIANTS = [("alphapose-tracked", {}), ("alphapose-results", {"with_ids": False}),
@@ -51,7 +50,7 @@ def test_pose_files_are_found_by_video_name(tmp_path):
         (tmp_path / "v" / f"{n}.mp4").write_bytes(b"")
     (tmp_path / "p" / "a_alphapose_tracked_person.json").write_text("{}")
     (tmp_path / "p" / "b").mkdir()  # an OpenPose folder
-    assert [(v.name, p.name) for v, p in _pairs(tmp_path / "v", tmp_path / "p")] == [
+    assert [(v.name, p.name) for v, p in video_inputs(tmp_path / "v", tmp_path / "p")] == [
         ("a.mp4", "a_alphapose_tracked_person.json"), ("b.mp4", "b")]
     (tmp_path / "p" / "b.json").write_text("{}")
     with pytest.raises(ValueError, match="several pose files for video 'b'"):
@@ -59,7 +58,7 @@ def test_pose_files_are_found_by_video_name(tmp_path):
     with pytest.raises(ValueError, match="no poses for video 'c'"):
         find_pose_file(tmp_path / "p", "c")
     with pytest.raises(ValueError, match="--poses must be a folder"):
-        _pairs(tmp_path / "v", tmp_path / "p" / "b.json")
+        video_inputs(tmp_path / "v", tmp_path / "p" / "b.json")
 
 
 # ----------------------------------------------------------------------------- on a trained run
@@ -156,7 +155,7 @@ def test_online_cli_prints_final_frames_in_order_and_equals_offline(run, scored,
         assert e["peak_score"] == pytest.approx(f["peak_score"], rel=1e-5)
     assert on["frames_per_second"] > 0
     # the Python iterator API yields the same frames, in order
-    from mgnet.online import iter_scores
+    from mgnet.inference import iter_scores
     it = list(iter_scores(video, poses, run / "run"))
     assert [fs.frame for fs in it] == list(range(n))
     np.testing.assert_allclose([fs.score for fs in it], a, rtol=1e-5, atol=1e-6, equal_nan=True)
@@ -244,3 +243,60 @@ def test_best_f1_threshold_from_the_labelled_test_split(run, scored, tmp_path):
     for e in doc["events"]:
         inside[e["start"]:e["end"] + 1] = True
     np.testing.assert_array_equal(inside, np.nan_to_num(score, nan=-np.inf) >= thr["value"])
+
+
+# ----------------------------------------------------------------------------- poses from the video itself
+@pytest.mark.slow
+def test_score_without_poses_extracts_caches_and_writes_every_output(run, tmp_path, monkeypatch):
+    pytest.importorskip("mediapipe", reason="the pose extra (pip install -e '.[pose]') is not installed")
+    from tests.data._pose_fixtures import walkers_video
+    video = tmp_path / "walk.mp4"
+    truth = walkers_video(video)
+    given = save_poses(truth, tmp_path / "truth.json", "alphapose-tracked")
+    base = ["score", "--threads", "1", "--video", str(video), "--run", str(run / "run")]
+    assert cli(base + ["--poses", str(given), "--out", str(tmp_path / "a")]) == 0
+    assert cli(base + ["--out", str(tmp_path / "b")]) == 0
+    a, b = tmp_path / "a" / "walk", tmp_path / "b" / "walk"
+    assert {p.name for p in b.iterdir()} == {p.name for p in a.iterdir()} | {"poses.json", "poses.source.json"}
+    assert not [p for p in b.parent.iterdir() if p.name.startswith(".")]
+    tracks = load_poses(b / "poses.json")
+    assert len(tracks) == 2 and all(len(fr) >= 18 for fr, _ in tracks.values())
+    doc = json.loads((b / "scores.json").read_text())
+    assert doc["poses"] == str(b / "poses.json") and sorted(doc["persons"]) == ["1", "2"]
+    assert sum(v is not None for v in doc["frames"]["score"]) > 0
+    src = json.loads((b / "poses.source.json").read_text())
+    assert src["settings"]["estimator"] == "builtin" and src["extraction"]["frames"] == 20
+
+    # a second run reuses the cached poses (the estimator is never called) and keeps them in place
+    from mgnet.data.pose_estimation import builtin
+
+    def boom(self, frame, index=None):
+        raise AssertionError("poses extracted again")
+    monkeypatch.setattr(builtin.BlazePoseEstimator, "__call__", boom)
+    before = (b / "poses.json").read_bytes()
+    assert cli(base + ["--out", str(tmp_path / "b"), "--no-video"]) == 0
+    assert (b / "poses.json").read_bytes() == before and (b / "poses.source.json").is_file()
+    # and the cached file is a pose file like any other
+    assert cli(base + ["--poses", str(b / "poses.json"), "--out", str(tmp_path / "c"), "--no-video"]) == 0
+    c = json.loads((tmp_path / "c" / "walk" / "scores.json").read_text())
+    assert c["frames"]["score"] == json.loads((b / "scores.json").read_text())["frames"]["score"]
+
+
+def test_score_without_the_pose_extra_says_which_pip_install(run, tmp_path, monkeypatch, capsys):
+    import sys
+    from mgnet.data.pose_estimation import POSE_EXTRA
+    monkeypatch.setitem(sys.modules, "mediapipe", None)
+    video = run / "syn" / "testing" / "frames" / "01_0001"
+    capsys.readouterr()
+    rc = cli(["score", "--video", str(video), "--run", str(run / "run"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("mgnet score: error")]
+    assert len(lines) == 1 and POSE_EXTRA in lines[0] and "'mediapipe'" in lines[0]
+    assert not (tmp_path / "o").exists()
+    # the onnx estimator's model files are checked before anything runs too
+    missing = tmp_path / "rtmpose.onnx"
+    rc = cli(["score", "--video", str(video), "--run", str(run / "run"), "--out", str(tmp_path / "o"),
+              "--pose-model", str(missing)])
+    assert rc == 2 and f"{missing}: ONNX model file not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
