@@ -106,11 +106,13 @@ def load_score_stats(run_dir) -> dict:
 
 
 def fused_scores(raw: Mapping[str, np.ndarray], stats: Mapping, lambdas: Mapping) -> dict:
-    """Training-normalised components and their eq. 16 fusion, per clip:
-    ``{"score", "mo", "app", "mm", "nll"}`` (nll stays raw)."""
+    """Training-normalised components and their fusion (the run's ``stats["fusion"]``: z-scores
+    against the training clips by default, eq. 16 by the training min/max in runs without it), per
+    clip: ``{"score", "mo", "app", "mm"[, "pose"], "nll"}`` (nll stays raw)."""
     out = {"score": scoring.fuse(raw, lambdas, stats=stats)}
-    for k in scoring.COMPONENTS:
-        out[k] = scoring.minmax(raw[k], stats[k]["min"], stats[k]["max"])
+    norm = stats.get("fusion", {}).get("norm", "minmax")
+    for k in scoring.fused_components(raw, stats):
+        out[k] = scoring.normalize(raw[k], k, norm, stats)
     out["nll"] = np.asarray(raw["nll"], dtype=np.float64)
     return out
 
@@ -141,10 +143,11 @@ def clip_batch(kps17: np.ndarray, crops: np.ndarray, scenes: np.ndarray, frame_s
 
 
 def run_model(model, batch: dict, device="cpu") -> dict:
-    """Raw per-clip scores {mo, app, mm, nll} as float64 numpy arrays."""
+    """Raw per-clip scores {mo, app, mm, nll[, pose]} as float64 numpy arrays."""
     with torch.inference_mode():
         out = model.scores({k: v.to(device) for k, v in batch.items()})
-    return {k: out[k].float().cpu().numpy().astype(np.float64) for k in RAW_KEYS}
+    keys = RAW_KEYS + tuple(k for k in scoring.OPTIONAL_COMPONENTS if k in out)
+    return {k: out[k].float().cpu().numpy().astype(np.float64) for k in keys}
 
 
 class _Track:

@@ -139,7 +139,7 @@ def score_offline(model, src, tracks, spec: ClipSpec, stats, lambdas, sigma: flo
     pids, centre_frames = [], []
     for batch in offline_batches(src, tracks, spec, batch_size, progress):
         for k, v in run_model(model, batch, device).items():
-            raw[k].append(v)
+            raw.setdefault(k, []).append(v)
         pids.append(batch["person"].numpy())
         centre_frames.append(batch["frame"].numpy())
     raw = {k: np.concatenate(v) if v else np.zeros(0) for k, v in raw.items()}

@@ -450,11 +450,18 @@ def write_score_stats(model, store, cfg, run: RunDir, ctx: Dist, log) -> Optiona
     """Score the training set once; per-component and fused statistics to score_stats.json."""
     from mgnet import scoring
     from mgnet.evaluate import score_clips
-    clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp), desc="train scores")
+    from mgnet.evaluate import fusion_spec
+    # S_pose of a training clip skips its own track's segments (see MGNet.leave_own_track_out)
+    leave_out = getattr(model, "leave_own_track_out", contextlib.nullcontext)
+    with leave_out():
+        clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp), desc="train scores")
     if not ctx.main:
         return None
-    stats: Dict[str, Any] = {name: scoring.summary_stats(clip[name]) for name in ("mo", "app", "mm", "nll")}
+    names = [k for k in ("mo", "app", "mm", "nll") + scoring.OPTIONAL_COMPONENTS if k in clip]
+    stats: Dict[str, Any] = {name: scoring.summary_stats(clip[name]) for name in names}
     lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    # the fusion online scoring applies (scoring.fuse reads it from here): eval.fusion / eval.combine
+    stats["fusion"] = {k: v for k, v in fusion_spec(cfg, stats).items() if k != "note"}
     stats["fused"] = scoring.summary_stats(scoring.fuse(clip, lambdas, stats=stats))
     stats["lambdas"] = lambdas
     stats["split"] = "train"

@@ -70,6 +70,9 @@ class ModelConfig:
     app_target: str = "cubes"          # S_app from the appearance memory ("cubes") or eq. 14's H_u(f_b) vs mask encoder ("memory", the paper)
     n_a: int = 256                     # appearance-memory slots (cube colour statistics), app_target="cubes"
     app_topk: float = 0.1              # app_target="cubes": S_app = mean of the largest fraction of the per-cube distances
+    # pose-segment memory behind S_pose (memory.SegmentMemory); 0 = off (no "pose" score)
+    n_seg: int = 16384                 # normal training segments kept (a seeded random subset if more)
+    seg_k: int = 1                     # S_pose = mean distance to the seg_k nearest kept segments
     # masking (eq. 5)
     mask_ratio: float = 0.5
     mask_seed: int = 0                 # the fixed complementary pair used by scores()
@@ -130,6 +133,10 @@ class ModelConfig:
             bad("app_topk", "must be in (0, 1]")
         if self.lsta_layers < 0:
             bad("lsta_layers", "must be >= 0")
+        if self.n_seg < 0:
+            bad("n_seg", "must be >= 0 (0: no segment memory)")
+        if self.seg_k < 1:
+            bad("seg_k", "must be >= 1")
 
     # ------------------------------------------------------------------ constructors
     @classmethod

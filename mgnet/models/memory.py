@@ -272,6 +272,84 @@ class AppearanceMemory(_Written):
         return d.topk(k, dim=1).values.mean(1)
 
 
+class SegmentMemory(_Written):
+    """M^seg: normal pose segments, behind S_pose (``model.n_seg`` > 0): a clip's score is the mean
+    Euclidean distance of its pose segment to the ``k`` nearest normal training segments.
+
+    A segment is the clip's (2, T, V) coordinates as STG-NF sees them (``normalize_pose``: minus the
+    segment's mean, over the std of its y), flattened: translation within the segment, i.e. speed
+    relative to body size, and every limb's trajectory are kept. Stage 4 writes a seeded random
+    subset of at most ``n_seg`` training segments (``fit``), with the track (video, person) each
+    came from, so that scoring the training set (``leave_own_track_out``) can skip the segments of
+    the clip's own track: otherwise every training clip would find itself (and its overlapping
+    neighbours) at distance ~0, and statistics of training scores (what fusion normalises with)
+    would not describe new normal clips.
+
+    Why a memory beside STG-NF: the flow's NLL rates how typical the Gaussianised latent is, and
+    a flow trained for a few hundred steps on a few thousand segments gives running or flailing
+    segments likelihoods close to normal ones; the distance to the nearest normal segment does not
+    depend on training and separates what the poses plainly show (README, "Method notes").
+    """
+
+    def __init__(self, slots: int, dim: int, k: int = 1):
+        super().__init__()
+        self.k = int(k)
+        self.register_buffer("slots", torch.zeros(slots, dim))
+        self.register_buffer("track", torch.full((slots,), -1, dtype=torch.long))
+        self._init_filled()
+        self.exclude_own_track = False
+
+    @staticmethod
+    def features(pose: torch.Tensor) -> torch.Tensor:
+        """(B, 2, T, V) normalised poses -> (B, 2 T V) segment vectors."""
+        return pose.reshape(pose.shape[0], -1)
+
+    @staticmethod
+    def track_ids(video: torch.Tensor, person: torch.Tensor) -> torch.Tensor:
+        return video.long() * (1 << 32) + person.long()
+
+    @torch.no_grad()
+    def fit(self, seg: torch.Tensor, track: torch.Tensor, seed: int = 0) -> None:
+        """Keep (a seeded random subset of ``len(slots)`` of) the segments (N, D) and their track ids (N,)."""
+        seg = seg.reshape(seg.shape[0], -1).to(self.slots.dtype)
+        if seg.shape[0] == 0:
+            raise ValueError("SegmentMemory.fit: no segments")
+        n = self.slots.shape[0]
+        if seg.shape[0] > n:
+            g = torch.Generator().manual_seed(seed)
+            pick = torch.randperm(seg.shape[0], generator=g)[:n].to(seg.device)
+            seg, track = seg[pick], track[pick]
+        self.track.fill_(-1)
+        self.track[:seg.shape[0]] = track.to(self.track.device)
+        self._write_slots(seg)
+
+    def forward(self, pose: torch.Tensor, track: Optional[torch.Tensor] = None, chunk: int = 8192) -> torch.Tensor:
+        """S_pose (B,): mean distance to the k nearest kept segments; with ``exclude_own_track`` and
+        ``track`` (B,) given, segments of the clip's own track are skipped."""
+        if not self.is_fitted:
+            raise RuntimeError("the segment memory is empty: stage 4 (MGNet.bsmm_write + bsmm_finish) fits it")
+        q = self.features(pose).to(self.slots.dtype)
+        k = min(self.k, self._filled)
+        best = None
+        for i in range(0, self._filled, chunk):      # running k smallest over chunks of the memory
+            m = self.slots[i:min(i + chunk, self._filled)]
+            d2 = (q.pow(2).sum(1, keepdim=True) - 2 * q @ m.T + m.pow(2).sum(1)[None]).clamp_min(0)
+            if self.exclude_own_track and track is not None:
+                own = track.to(self.track.device)[:, None] == self.track[i:i + m.shape[0]][None]
+                d2 = d2.masked_fill(own, float("inf"))
+            cand = d2 if best is None else torch.cat([best, d2], 1)
+            best = cand.topk(min(k, cand.shape[1]), dim=1, largest=False).values
+        out = best.sqrt().mean(1)
+        lonely = ~torch.isfinite(out)      # fewer than k segments of other tracks: use every segment
+        if bool(lonely.any()):
+            excl, self.exclude_own_track = self.exclude_own_track, False
+            try:
+                out = torch.where(lonely, self.forward(pose, None, chunk), out)
+            finally:
+                self.exclude_own_track = excl
+        return out
+
+
 class BehaviorSceneMatching(_Written):
     """BSMM: N_r slots of width L_b + L_s = P*N_b + N_s, holding behavior-scene patterns of the
     addressing weights (a buffer: written, never trained).
@@ -371,4 +449,4 @@ class BehaviorSceneMatching(_Written):
         return (c_b - c_s).norm(dim=1)
 
 
-__all__ = ["Memory", "PoseMemory", "AppearanceMemory", "kmeans", "BehaviorSceneMatching", "separateness_loss", "sharpen", "farthest_points"]
+__all__ = ["Memory", "PoseMemory", "AppearanceMemory", "SegmentMemory", "kmeans", "BehaviorSceneMatching", "separateness_loss", "sharpen", "farthest_points"]

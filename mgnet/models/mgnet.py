@@ -44,7 +44,7 @@ from ..data.masking import complementary_masks, visible_indices
 from .config import ModelConfig
 from .encoder import VideoEncoder
 from .heads import ProjectionHead, STHead
-from .memory import AppearanceMemory, BehaviorSceneMatching, Memory, PoseMemory
+from .memory import AppearanceMemory, BehaviorSceneMatching, Memory, PoseMemory, SegmentMemory
 from .scene import SceneFeatures
 from .stgnf import STGNF
 
@@ -101,7 +101,9 @@ class MGNet(nn.Module):
         else:
             len_b = cfg.num_tokens * cfg.n_b
         self.bsmm = BehaviorSceneMatching(cfg.n_r, len_b, cfg.n_s, cfg.bsmm_temperature, cfg.bsmm_normalize)
-        self._pending: List[tuple] = []     # stage 4: (frames, W_s, cube statistics) until bsmm_finish
+        if cfg.n_seg:
+            self.seg_mem = SegmentMemory(cfg.n_seg, 2 * cfg.seg_len * cfg.joints, cfg.seg_k)
+        self._pending: List[tuple] = []     # stage 4: (frames, W_s, cube statistics, segments, tracks) until bsmm_finish
         self._pending_gen = torch.Generator().manual_seed(cfg.mask_seed)
         # the fixed complementary pair S_app uses at scoring (derived from cfg.mask_seed)
         g = torch.Generator().manual_seed(cfg.mask_seed)
@@ -264,10 +266,10 @@ class MGNet(nn.Module):
         2.3 KB per clip for the poses (T=16) and 0.8 KB for the cubes, ~1 GB for 330k clips.
         """
         cfg = self.cfg
-        keys = (("pose",) if cfg.bsmm_behavior == "pose" else ()) + ("rgb", "scene")
+        keys = (("pose",) if cfg.bsmm_behavior == "pose" or cfg.n_seg else ()) + ("rgb", "scene")
         self._check_batch(batch, keys)
         sep_r = None
-        frames = w_s = cubes = None
+        frames = w_s = cubes = segs = tracks = None
         with self._backend(), _range("mgnet.bsmm_write"):
             if cfg.bsmm_behavior == "pose":
                 pose = self._pose(batch)
@@ -284,8 +286,11 @@ class MGNet(nn.Module):
                 k = min(self.CUBES_PER_CLIP, P)
                 pick = torch.rand(B, P, generator=self._pending_gen).argsort(1)[:, :k].to(d.device)
                 cubes = d.gather(1, pick.unsqueeze(-1).expand(-1, -1, d.shape[-1])).reshape(-1, d.shape[-1])
-        if frames is not None or cubes is not None:
-            self._pending.append((frames, w_s, cubes))
+            if cfg.n_seg:
+                segs = SegmentMemory.features(self._pose(batch)).float()
+                tracks = self._tracks(batch, segs.shape[0])
+        if frames is not None or cubes is not None or segs is not None:
+            self._pending.append((frames, w_s, cubes, segs, tracks))
         return {"sep_r": float("nan") if sep_r is None else sep_r, "filled": float(self.bsmm.num_filled),
                 "pending": float(len(self._pending))}
 
@@ -300,20 +305,44 @@ class MGNet(nn.Module):
             return {"sep_r": sep_r, "filled": float(self.bsmm.num_filled)}
         with self._backend(), _range("mgnet.bsmm_finish"):
             if self.cfg.app_target == "cubes":
-                self.app_mem.fit(torch.cat([c for _, _, c in pending]))
+                self.app_mem.fit(torch.cat([p[2] for p in pending]))
+            if self.cfg.n_seg:
+                self.seg_mem.fit(torch.cat([p[3] for p in pending]), torch.cat([p[4] for p in pending]))
             if self.cfg.bsmm_behavior == "pose":
-                frames = torch.cat([f for f, _, _ in pending])
-                w_s = torch.cat([w for _, w, _ in pending])
+                frames = torch.cat([p[0] for p in pending])
+                w_s = torch.cat([p[1] for p in pending])
                 self.pose_mem.fit(frames)
                 w_b = torch.cat([self.pose_mem.weights(frames[i:i + 4096]) for i in range(0, frames.shape[0], 4096)])
                 sep_r = self.bsmm.fit(self.bsmm.queries(w_b, w_s))          # eqs. (8)-(9)
         return {"sep_r": sep_r, "filled": float(self.bsmm.num_filled)}
 
+    @staticmethod
+    def _tracks(batch: Mapping, n: int) -> torch.Tensor:
+        """(n,) track ids (video, person) of a batch's clips; -1 where the batch does not say."""
+        if "video" in batch and "person" in batch:
+            return SegmentMemory.track_ids(batch["video"], batch["person"]).to(batch["pose"].device)
+        return torch.full((n,), -1, dtype=torch.long, device=batch["pose"].device)
+
+    @contextlib.contextmanager
+    def leave_own_track_out(self):
+        """While scoring the TRAINING set: S_pose skips the memory's segments of the clip's own
+        track (otherwise each training clip finds itself at distance 0)."""
+        mem = getattr(self, "seg_mem", None)
+        old = mem.exclude_own_track if mem is not None else None
+        if mem is not None:
+            mem.exclude_own_track = True
+        try:
+            yield self
+        finally:
+            if mem is not None:
+                mem.exclude_own_track = old
+
     # ------------------------------------------------------------------ scores
     @torch.inference_mode()
     def scores(self, batch: Mapping) -> Dict[str, torch.Tensor]:
         """Per-clip raw scores, each (B,), higher = more anomalous: "mo" (eq. 13), "app" (eq. 14),
-        "mm" (eq. 15; zeros with a warning while the BSMM is empty), "nll" (STG-NF alone)."""
+        "mm" (eq. 15; zeros with a warning while the BSMM is empty), "nll" (STG-NF alone) and, with
+        ``model.n_seg`` > 0, "pose" (distance to the nearest normal pose segments, SegmentMemory)."""
         self._check_batch(batch, ("rgb", "pose", "scene"))
         rgb = batch["rgb"]
         B = rgb.shape[0]
@@ -350,7 +379,12 @@ class MGNet(nn.Module):
                                   if self.cfg.app_target == "cubes" else ""), RuntimeWarning, stacklevel=2)
                     self._warned_empty_bsmm = True
                 s_mm = s_mo.new_zeros(B)
-        return {"mo": s_mo.float(), "app": s_app.float(), "mm": s_mm.float(), "nll": nll.float()}
+        out = {"mo": s_mo.float(), "app": s_app.float(), "mm": s_mm.float(), "nll": nll.float()}
+        if self.cfg.n_seg:
+            seg = self.seg_mem
+            out["pose"] = (seg(self._pose(batch), self._tracks(batch, B) if seg.exclude_own_track else None).float()
+                           if seg.is_fitted else s_mo.new_zeros(B))
+        return out
 
     def forward(self, batch: Mapping) -> Dict[str, torch.Tensor]:
         """Same as scores(batch)."""

@@ -1,6 +1,7 @@
 """Memory read / separateness and the Behavior-Scene Matching Memory against hand-computed values."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -237,3 +238,33 @@ def test_memories_fit_a_seeded_subset_of_large_inputs():
     pm = PoseMemory(2, joints=1)
     pm.fit(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]).repeat(100, 1), max_frames=20)
     assert sorted(pm.slots[:, 0].tolist()) == pytest.approx([-1.0, 1.0], abs=0.2)
+
+
+def test_segment_memory_knn_by_hand_and_own_track_left_out():
+    from mgnet.models.memory import SegmentMemory
+    # 1 x 2 x 2 "poses" (D = 4): three normal segments, two of them from track 7
+    mem = SegmentMemory(slots=8, dim=4, k=1)
+    segs = torch.tensor([[0., 0, 0, 0], [3., 0, 0, 0], [0., 0, 4, 0]])
+    mem.fit(segs, torch.tensor([7, 7, 9]))
+    assert mem.is_fitted and mem._filled == 3
+    q = torch.tensor([[1., 0, 0, 0], [0., 0, 0, 0], [3., 0, 4, 0]]).view(3, 1, 2, 2)
+    # distances to segs 0, 1, 2: q0 (1, 2, sqrt 17); q1 (0, 3, 4); q2 (5, 4, 3)
+    np.testing.assert_allclose(mem(q).numpy(), [1.0, 0.0, 3.0])
+    mem2 = SegmentMemory(slots=8, dim=4, k=2)
+    mem2.fit(segs, torch.tensor([7, 7, 9]))
+    np.testing.assert_allclose(mem2(q).numpy(), [(1 + 2) / 2, (0 + 3) / 2, (3 + 4) / 2])
+    # leave-own-track-out: q1 belongs to track 7, so only seg 2 (distance 4) remains; q0 and q2 to
+    # track 9: q0 keeps seg 0 (1), q2 loses seg 2 (3 -> 4); a track that is the whole memory falls back to all
+    mem.exclude_own_track = True
+    got = mem(q, torch.tensor([9, 7, 9]))
+    np.testing.assert_allclose(got.numpy(), [1.0, 4.0, 4.0])
+    only = SegmentMemory(slots=2, dim=4)
+    only.fit(segs[:2], torch.tensor([5, 5]))
+    only.exclude_own_track = True
+    np.testing.assert_allclose(only(q[:1], torch.tensor([5])).numpy(), [1.0])
+    # chunked search over the memory gives the same k nearest
+    np.testing.assert_allclose(mem2(q, chunk=1).numpy(), mem2(q).numpy())
+    # more segments than slots: a seeded subset
+    big = SegmentMemory(slots=2, dim=4)
+    big.fit(segs, torch.tensor([1, 2, 3]))
+    assert big._filled == 2 and all(any(torch.equal(r, s) for s in segs) for r in big.slots)
