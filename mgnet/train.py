@@ -319,10 +319,22 @@ class _LossLog:
         return point
 
 
+def stage_steps(scfg, num_clips: int, batch_size: int) -> int:
+    """A stage's optimiser steps: ``steps`` when set, else ``epochs`` passes over the training clips
+    (``ceil(epochs * num_clips / batch_size)``, at least 1), so the budget scales with the data."""
+    steps = scfg.get("steps")
+    if steps is not None:
+        return int(steps)
+    epochs = scfg.get("epochs")
+    if epochs is None or float(epochs) <= 0:
+        raise ValueError(f"a training stage needs train.stageN.steps or train.stageN.epochs > 0 (got {epochs!r})")
+    return max(1, math.ceil(float(epochs) * num_clips / batch_size))
+
+
 def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budget: Dict[str, int]) -> None:
     scfg = cfg.train[f"stage{stage}"]
-    total = int(scfg.steps)
     gbs = int(cfg.train.batch_size)
+    total = stage_steps(scfg, len(store), gbs)
     if gbs % ctx.world:
         raise ValueError(f"train.batch_size={gbs} must be divisible by the number of processes ({ctx.world})")
     bs = gbs // ctx.world
