@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("mgnet.train", "train the four stages (resumable)"),
     "eval": ("mgnet.evaluate", "score the test split and report frame AUCs"),
     "demo": ("mgnet.demo", "synthesise, prepare, train and evaluate the small benchmark"),
+    "protocol": ("mgnet.protocol", "train and evaluate on benchmark variants x seeds: mean/min AUC table"),
     "score": ("mgnet.score_videos", "score your own videos with a trained run"),
 }
 

@@ -68,6 +68,11 @@ def data_config(data_cfg) -> dict:
     if cfg["kind"] == "synthetic":
         synth = dict(cfg.get("synth") or {})
         cfg["synth"] = {"size": synth.get("size", "small"), "seed": int(synth.get("seed", 0))}
+        variant = str(synth.get("variant") or "default")
+        if variant != "default":  # absent for the default variant: its stores keep their hash
+            from .synth_variants import get
+            get(variant)
+            cfg["synth"]["variant"] = variant
     return cfg
 
 
@@ -81,6 +86,9 @@ def config_hash(cfg: dict, split: str) -> str:
     key.update(split=split, stride=stride_for(cfg, split), format=FORMAT_VERSION, synth=cfg.get("synth"))
     if cfg["kind"] == "synthetic":
         key["synth_version"] = SYNTH_VERSION  # regenerated content invalidates the store
+        if "variant" in (cfg.get("synth") or {}):
+            from .synth_variants import VERSION as VARIANT_VERSION
+            key["variant_version"] = VARIANT_VERSION
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -219,22 +227,25 @@ def _shard_ok(shard_dir, chash):
 
 
 def _ensure_synthetic(cfg, progress):
-    from .synthetic import generate
+    from .synthetic import current_identity, generate, identity
     s = cfg["synth"]
+    variant = s.get("variant", "default")
     meta = os.path.join(cfg["root"], "synth.json")
+    vtext = "" if variant == "default" else f", variant {variant}"
     if os.path.isfile(meta):
         with open(meta) as f:
             m = json.load(f)
-        if (m.get("size"), m.get("seed"), m.get("version")) == (s["size"], s["seed"], SYNTH_VERSION):
+        if identity(m) == current_identity(s["size"], s["seed"], variant):
             return
+        mv = m.get("variant", "default")
         # said even without progress output: the folder's content (and its prepared clips) is replaced
-        print(f"mgnet prepare: {cfg['root']} holds the synthetic benchmark {m.get('size')}, seed {m.get('seed')}, "
-              f"generator version {m.get('version')}; replacing it with {s['size']}, seed {s['seed']}, "
-              f"version {SYNTH_VERSION}", file=sys.stderr)
+        print(f"mgnet prepare: {cfg['root']} holds the synthetic benchmark {m.get('size')}, seed {m.get('seed')}"
+              f"{'' if mv == 'default' else ', variant ' + str(mv)}, generator version {m.get('version')}; "
+              f"replacing it with {s['size']}, seed {s['seed']}{vtext}, version {SYNTH_VERSION}", file=sys.stderr)
     if progress:
-        print(f"mgnet prepare: generating the synthetic benchmark ({s['size']}, seed {s['seed']}) into {cfg['root']}",
-              file=sys.stderr)
-    generate(cfg["root"], s["size"], s["seed"], force=os.path.isfile(meta))
+        print(f"mgnet prepare: generating the synthetic benchmark ({s['size']}, seed {s['seed']}{vtext}) into "
+              f"{cfg['root']}", file=sys.stderr)
+    generate(cfg["root"], s["size"], s["seed"], force=os.path.isfile(meta), variant=variant)
 
 
 @contextlib.contextmanager
