@@ -70,6 +70,7 @@ class ModelConfig:
     app_target: str = "cubes"          # S_app from the appearance memory ("cubes") or eq. 14's H_u(f_b) vs mask encoder ("memory", the paper)
     n_a: int = 256                     # appearance-memory slots (cube colour statistics), app_target="cubes"
     app_topk: float = 0.1              # app_target="cubes": S_app = mean of the largest fraction of the per-cube distances
+    app_norm: str = "none"             # app_target="cubes": "clip" divides cube colour statistics by the clip's channel means
     # pose-segment memory behind S_pose (memory.SegmentMemory); 0 = off (no "pose" score)
     n_seg: int = 16384                 # normal training segments kept (a seeded random subset if more)
     seg_k: int = 1                     # S_pose = mean distance to the seg_k nearest kept segments
@@ -133,6 +134,8 @@ class ModelConfig:
             bad("app_topk", "must be in (0, 1]")
         if self.lsta_layers < 0:
             bad("lsta_layers", "must be >= 0")
+        if self.app_norm not in ("none", "clip"):
+            bad("app_norm", "must be 'none' or 'clip'")
         if self.n_seg < 0:
             bad("n_seg", "must be >= 0 (0: no segment memory)")
         if self.seg_k < 1:

@@ -225,18 +225,24 @@ class AppearanceMemory(_Written):
     (README, "Method notes").
     """
 
-    def __init__(self, slots: int, grid, topk: float = 0.1):
+    def __init__(self, slots: int, grid, topk: float = 0.1, norm: str = "none"):
         from .config import CUBE
         from .encoder import IMAGENET_MEAN, IMAGENET_STD
         super().__init__()
-        self.grid, self.cube, self.topk = tuple(grid), CUBE, float(topk)
+        if norm not in ("none", "clip"):
+            raise ValueError(f"AppearanceMemory norm must be 'none' or 'clip', got {norm!r}")
+        self.grid, self.cube, self.topk, self.norm = tuple(grid), CUBE, float(topk), norm
         self.register_buffer("slots", torch.zeros(slots, 6))
         self._init_filled()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1), persistent=False)
 
     def descriptors(self, rgb: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) uint8 (or float in [0, 1]) -> (B, P, 6) per-cube colour mean and std."""
+        """(B, 3, T, H, W) uint8 (or float in [0, 1]) -> (B, P, 6) per-cube colour mean and std.
+
+        norm="clip": both divided by the clip's mean of that channel (grey world per clip), which
+        cancels a per-channel gain of the whole crop (white balance, exposure, brightness) while a
+        local object that differs from the person and the background still stands out."""
         # mean and unbiased std per cube from two average pools of the raw values, normalised
         # afterwards (affine): a strided std over the cube's axes, and normalising every pixel,
         # took 17 % and 13 % of a scoring step
@@ -245,7 +251,11 @@ class AppearanceMemory(_Written):
         n = self.cube[0] * self.cube[1] * self.cube[2]
         m1 = F.avg_pool3d(x, self.cube)
         var = (F.avg_pool3d(x * x, self.cube) - m1 * m1).clamp_min(0) * (n / (n - 1))
-        stats = torch.cat([(m1 / scale) - self.mean / self.std, var.sqrt() / scale], 1)   # (B, 6, t, h, w)
+        if self.norm == "clip":
+            mu = m1.mean((2, 3, 4), keepdim=True) + (1.0 if rgb.dtype == torch.uint8 else 1.0 / 255)
+            stats = torch.cat([m1 / mu, var.sqrt() / mu], 1)
+        else:
+            stats = torch.cat([(m1 / scale) - self.mean / self.std, var.sqrt() / scale], 1)   # (B, 6, t, h, w)
         return stats.flatten(2).transpose(1, 2)                            # cube order t, h, w
 
     @torch.no_grad()

@@ -94,7 +94,7 @@ class MGNet(nn.Module):
         self.head_m = ProjectionHead(D, cfg.c_app, cfg.grid, cfg.head_hidden)
         self.head_u = ProjectionHead(D, cfg.c_app, cfg.grid, cfg.head_hidden)
         if cfg.app_target == "cubes":
-            self.app_mem = AppearanceMemory(cfg.n_a, cfg.grid, cfg.app_topk)
+            self.app_mem = AppearanceMemory(cfg.n_a, cfg.grid, cfg.app_topk, cfg.app_norm)
         if cfg.bsmm_behavior == "pose":
             self.pose_mem = PoseMemory(cfg.n_p, cfg.joints, cfg.bsmm_temperature)
             len_b = cfg.n_p

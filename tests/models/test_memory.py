@@ -268,3 +268,24 @@ def test_segment_memory_knn_by_hand_and_own_track_left_out():
     big = SegmentMemory(slots=2, dim=4)
     big.fit(segs, torch.tensor([1, 2, 3]))
     assert big._filled == 2 and all(any(torch.equal(r, s) for s in segs) for r in big.slots)
+
+
+def test_appearance_descriptors_clip_norm_cancel_a_channel_gain():
+    from mgnet.models.memory import AppearanceMemory
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 3, 4, 16, 16, generator=g) * 120 + 60).round().to(torch.uint8)   # uint8 crops
+    mem = AppearanceMemory(4, (2, 2, 2), norm="clip")
+    d = mem.descriptors(x)
+    # by hand for cube 0 of clip 0, channel 0: pixels [0:2, 0:8, 0:8]
+    c = x[0, 0, :2, :8, :8].double()
+    mu = float(x[0, 0].double().mean()) + 1.0           # the cubes tile the clip: their means average to its mean
+    assert d[0, 0, 0].item() == pytest.approx(float(c.mean()) / mu, rel=1e-5)
+    assert d[0, 0, 3].item() == pytest.approx(float(c.std()) / mu, rel=1e-4)
+    # a white-balance / exposure change (per-channel gain) moves the plain statistics, not these
+    gain = torch.tensor([0.8, 1.0, 1.25]).view(1, 3, 1, 1, 1)
+    y = (x.double() * gain).round().to(torch.uint8)
+    plain = AppearanceMemory(4, (2, 2, 2))
+    assert (plain.descriptors(y) - plain.descriptors(x)).abs().max() > 0.1
+    np.testing.assert_allclose(mem.descriptors(y).numpy(), d.numpy(), atol=0.02)
+    with pytest.raises(ValueError, match="norm"):
+        AppearanceMemory(4, (2, 2, 2), norm="scene")
