@@ -92,7 +92,7 @@ def fusion_spec(cfg, stats: Optional[Dict[str, Any]]) -> Dict[str, str]:
     """How "fused" is computed: ``eval.fusion`` (z | minmax) and ``eval.combine``; z-scores need the
     run's training-score statistics, so without them the paper's test-set min-max sum is used."""
     ev = cfg.get("eval", {})
-    norm, combine = str(ev.get("fusion", "z")), str(ev.get("combine", "sum"))
+    norm, combine = str(ev.get("fusion", "z")), str(ev.get("combine", "pos_mean"))
     if norm == "z" and stats is None:
         return {"norm": "minmax", "combine": "sum", "note": "no score_stats.json: test-set min-max (eq. 16)"}
     return {"norm": norm, "combine": combine}

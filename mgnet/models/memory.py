@@ -234,6 +234,14 @@ class AppearanceMemory(_Written):
         self.grid, self.cube, self.topk, self.norm = tuple(grid), CUBE, float(topk), norm
         self.register_buffer("slots", torch.zeros(slots, 6))
         self._init_filled()
+        # two held-out memories for the training-set statistics: fold f is fitted on the cubes of
+        # the training videos whose index parity is not f (``fit(..., groups)``). Not saved: they
+        # serve the score_stats.json pass right after stage 4 (a run resumed after stage 4 writes
+        # its statistics with the in-sample memory)
+        self.register_buffer("fold_slots", torch.zeros(2, slots, 6), persistent=False)
+        self.register_buffer("fold_filled", torch.zeros(2, dtype=torch.long), persistent=False)
+        self._fold_filled = (0, 0)
+        self.exclude_own_track = False
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1), persistent=False)
 
@@ -259,25 +267,61 @@ class AppearanceMemory(_Written):
         return stats.flatten(2).transpose(1, 2)                            # cube order t, h, w
 
     @torch.no_grad()
-    def fit(self, desc: torch.Tensor, iters: int = 25, max_cubes: int = 200_000, seed: int = 0) -> None:
+    def fit(self, desc: torch.Tensor, iters: int = 25, max_cubes: int = 200_000, seed: int = 0,
+            groups: Optional[torch.Tensor] = None) -> None:
         """k-means of cube descriptors (N, 6) into the slots (a seeded subset of max_cubes rows if
-        larger: k-means holds an N x N_a distance matrix)."""
-        desc = _rows(desc, 6, self.slots.dtype, max_cubes, seed, "AppearanceMemory.fit (cubes)")
-        self._write_slots(kmeans(desc, self.slots.shape[0], iters))
+        larger: k-means holds an N x N_a distance matrix).
 
-    def distances(self, desc: torch.Tensor) -> torch.Tensor:
-        """(B, P, 6) -> (B, P): distance of each cube to the nearest slot."""
+        groups (N,): the training video of each row (-1 unknown). With two parities of videos
+        present, two more memories are fitted, each on the videos of one parity, so that scoring
+        the training set (``exclude_own_track``) measures every clip against a memory that never
+        saw its video: in-sample distances understate how far NEW normal people lie (synthetic
+        small: test normal clips at z = 1.1 +- 2.0 of the in-sample statistics, -0.2 +- 1.2 of
+        these held-out ones)."""
+        desc = desc.reshape(-1, 6)
+        self._write_slots(kmeans(_rows(desc, 6, self.slots.dtype, max_cubes, seed, "AppearanceMemory.fit (cubes)"),
+                                 self.slots.shape[0], iters))
+        self.fold_slots.zero_()
+        self.fold_filled.zero_()
+        self._fold_filled = (0, 0)
+        if groups is None:
+            return
+        groups = groups.reshape(-1).to(desc.device)
+        known = groups >= 0
+        par = groups % 2
+        if not (bool((known & (par == 0)).any()) and bool((known & (par == 1)).any())):
+            return
+        for f in (0, 1):
+            c = kmeans(_rows(desc[known & (par != f)], 6, self.slots.dtype, max_cubes, seed, "AppearanceMemory.fit"),
+                       self.slots.shape[0], iters)
+            self.fold_slots[f, :c.shape[0]] = c
+            self.fold_filled[f] = c.shape[0]
+        self._fold_filled = tuple(int(v) for v in self.fold_filled)
+
+    def distances(self, desc: torch.Tensor, slots: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, P, 6) -> (B, P): distance of each cube to the nearest slot (of ``slots`` if given)."""
         if not self.is_fitted:
             raise RuntimeError("the appearance memory is empty: stage 4 (MGNet.bsmm_write + bsmm_finish) fits it")
         B, P, C = desc.shape
-        m = self.slots.clone()[:self._filled]     # a copy: see BehaviorSceneMatching.read
+        m = self.slots.clone()[:self._filled] if slots is None else slots   # a copy: see BehaviorSceneMatching.read
         d2 = (desc.reshape(B * P, C).pow(2).sum(1, keepdim=True) - 2 * desc.reshape(B * P, C) @ m.T
               + m.pow(2).sum(1)[None])
         return d2.min(1).values.clamp_min(0).sqrt().view(B, P)
 
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        """S_app (B,): mean of the largest topk fraction of the cube distances."""
-        d = self.distances(self.descriptors(rgb))
+    def forward(self, rgb: torch.Tensor, video: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """S_app (B,): mean of the largest topk fraction of the cube distances. With
+        ``exclude_own_track`` and the clips' training ``video`` (B,) given, each clip is measured
+        against the held-out memory of its video's parity (when ``fit`` made them)."""
+        desc = self.descriptors(rgb)
+        if self.exclude_own_track and video is not None and min(self._fold_filled) > 0:
+            par = (video.to(desc.device) % 2).clamp_min(0)
+            d = torch.empty(desc.shape[:2], dtype=desc.dtype, device=desc.device)
+            for f in (0, 1):
+                sel = par == f
+                if bool(sel.any()):
+                    d[sel] = self.distances(desc[sel], self.fold_slots[f, :self._fold_filled[f]].clone())
+        else:
+            d = self.distances(desc)
         k = max(1, round(self.topk * d.shape[1]))
         return d.topk(k, dim=1).values.mean(1)
 

@@ -286,9 +286,11 @@ class MGNet(nn.Module):
                 k = min(self.CUBES_PER_CLIP, P)
                 pick = torch.rand(B, P, generator=self._pending_gen).argsort(1)[:, :k].to(d.device)
                 cubes = d.gather(1, pick.unsqueeze(-1).expand(-1, -1, d.shape[-1])).reshape(-1, d.shape[-1])
+            tracks = self._tracks(batch, batch["rgb"].shape[0])
+            if cfg.app_target == "cubes":
+                cubes = (cubes, (tracks >> 32).repeat_interleave(k))   # each cube row's training video
             if cfg.n_seg:
                 segs = SegmentMemory.features(self._pose(batch)).float()
-                tracks = self._tracks(batch, segs.shape[0])
         if frames is not None or cubes is not None or segs is not None:
             self._pending.append((frames, w_s, cubes, segs, tracks))
         return {"sep_r": float("nan") if sep_r is None else sep_r, "filled": float(self.bsmm.num_filled),
@@ -305,7 +307,7 @@ class MGNet(nn.Module):
             return {"sep_r": sep_r, "filled": float(self.bsmm.num_filled)}
         with self._backend(), _range("mgnet.bsmm_finish"):
             if self.cfg.app_target == "cubes":
-                self.app_mem.fit(torch.cat([p[2] for p in pending]))
+                self.app_mem.fit(torch.cat([p[2][0] for p in pending]), groups=torch.cat([p[2][1] for p in pending]))
             if self.cfg.n_seg:
                 self.seg_mem.fit(torch.cat([p[3] for p in pending]), torch.cat([p[4] for p in pending]))
             if self.cfg.bsmm_behavior == "pose":
@@ -318,24 +320,27 @@ class MGNet(nn.Module):
 
     @staticmethod
     def _tracks(batch: Mapping, n: int) -> torch.Tensor:
-        """(n,) track ids (video, person) of a batch's clips; -1 where the batch does not say."""
+        """(n,) track ids (video << 32 | person) of a batch's clips; -1 where the batch does not say."""
+        dev = batch["rgb"].device
         if "video" in batch and "person" in batch:
-            return SegmentMemory.track_ids(batch["video"], batch["person"]).to(batch["pose"].device)
-        return torch.full((n,), -1, dtype=torch.long, device=batch["pose"].device)
+            return SegmentMemory.track_ids(batch["video"], batch["person"]).to(dev)
+        return torch.full((n,), -1, dtype=torch.long, device=dev)
 
     @contextlib.contextmanager
     def leave_own_track_out(self):
-        """While scoring the TRAINING set: S_pose skips the memory's segments of the clip's own
-        track (otherwise each training clip finds itself at distance 0)."""
-        mem = getattr(self, "seg_mem", None)
-        old = mem.exclude_own_track if mem is not None else None
-        if mem is not None:
-            mem.exclude_own_track = True
+        """While scoring the TRAINING set (for score_stats.json): S_pose skips the memory's
+        segments of the clip's own track (otherwise each training clip finds itself at distance
+        0) and S_app uses the appearance memory fitted without the clip's video's parity; so the
+        statistics describe new normal clips, which is what fusion normalises against."""
+        mems = [m for m in (getattr(self, "seg_mem", None), getattr(self, "app_mem", None)) if m is not None]
+        old = [m.exclude_own_track for m in mems]
+        for m in mems:
+            m.exclude_own_track = True
         try:
             yield self
         finally:
-            if mem is not None:
-                mem.exclude_own_track = old
+            for m, o in zip(mems, old):
+                m.exclude_own_track = o
 
     # ------------------------------------------------------------------ scores
     @torch.inference_mode()
@@ -356,7 +361,8 @@ class MGNet(nn.Module):
                 self.bsmm_finish()
             w_b = None
             if self.cfg.app_target == "cubes":
-                s_app = self.app_mem(rgb) if self.app_mem.is_fitted else s_mo.new_zeros(B)
+                video = (self._tracks(batch, B) >> 32) if self.app_mem.exclude_own_track else None
+                s_app = self.app_mem(rgb, video) if self.app_mem.is_fitted else s_mo.new_zeros(B)
             else:
                 v1, v2 = self.score_visible1.repeat(B, 1), self.score_visible2.repeat(B, 1)   # copies: see __init__
                 w_b, f_b, _ = self._behavior_memory(e_b)

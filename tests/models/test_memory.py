@@ -289,3 +289,34 @@ def test_appearance_descriptors_clip_norm_cancel_a_channel_gain():
     np.testing.assert_allclose(mem.descriptors(y).numpy(), d.numpy(), atol=0.02)
     with pytest.raises(ValueError, match="norm"):
         AppearanceMemory(4, (2, 2, 2), norm="scene")
+
+
+def test_appearance_memory_held_out_folds_for_training_statistics():
+    from mgnet.models.memory import AppearanceMemory
+    # videos 0, 2 (parity 0) hold colour A, videos 1, 3 (parity 1) colour B: a clip of an even
+    # video measured against the memory fitted on odd videos lies at the distance A-B
+    g = torch.Generator().manual_seed(0)
+    mem = AppearanceMemory(2, (2, 2, 2), topk=1.0)
+    a = torch.tensor([0.0, 0, 0, 0.1, 0.1, 0.1])
+    b = torch.tensor([3.0, 0, 4, 0.1, 0.1, 0.1])
+    rows = torch.cat([a.repeat(10, 1), b.repeat(10, 1)]) + 1e-3 * torch.randn(20, 6, generator=g)
+    groups = torch.tensor([0, 2] * 5 + [1, 3] * 5)
+    mem.fit(rows, groups=groups)
+    assert mem._fold_filled == (2, 2)
+    x = torch.full((2, 3, 4, 16, 16), 0.5)            # any clip: its descriptors, then fold by video
+    d = mem.descriptors(x)
+    near = torch.cdist(d.reshape(-1, 6), mem.slots[:mem._filled]).min(1).values.view(2, -1).mean(1)
+    np.testing.assert_allclose(mem(x).numpy(), near.numpy(), rtol=1e-5)     # not excluding: the full memory
+    mem.exclude_own_track = True
+    got = mem(x, torch.tensor([0, 1]))
+    for i, f in ((0, 0), (1, 1)):
+        want = torch.cdist(d[i], mem.fold_slots[f, :mem._fold_filled[f]]).min(1).values.mean()
+        assert got[i].item() == pytest.approx(want.item(), rel=1e-5)
+    # fold 0 (for even videos) was fitted on odd videos only: its slots sit at colour B
+    assert torch.allclose(mem.fold_slots[0, :2], b.expand(2, 6), atol=0.01)
+    assert torch.allclose(mem.fold_slots[1, :2], a.expand(2, 6), atol=0.01)
+    # one parity only (or unknown videos): no folds, the full memory is used
+    mem.fit(rows, groups=torch.zeros(20, dtype=torch.long))
+    assert mem._fold_filled == (0, 0)
+    full = torch.cdist(d.reshape(-1, 6), mem.slots[:mem._filled]).min(1).values.view(2, -1).mean(1)
+    np.testing.assert_allclose(mem(x, torch.tensor([0, 1])).numpy(), full.numpy(), rtol=1e-5)
