@@ -384,16 +384,24 @@ class SegmentMemory(_Written):
             raise RuntimeError("the segment memory is empty: stage 4 (MGNet.bsmm_write + bsmm_finish) fits it")
         q = self.features(pose).to(self.slots.dtype)
         k = min(self.k, self._filled)
-        best = None
-        for i in range(0, self._filled, chunk):      # running k smallest over chunks of the memory
+        c = min(k + 4, self._filled)     # candidates by the fast expansion, then exact distances
+        best = best_i = None
+        for i in range(0, self._filled, chunk):      # running c smallest over chunks of the memory
             m = self.slots[i:min(i + chunk, self._filled)]
             d2 = (q.pow(2).sum(1, keepdim=True) - 2 * q @ m.T + m.pow(2).sum(1)[None]).clamp_min(0)
             if self.exclude_own_track and track is not None:
                 own = track.to(self.track.device)[:, None] == self.track[i:i + m.shape[0]][None]
                 d2 = d2.masked_fill(own, float("inf"))
+            idx = torch.arange(i, i + m.shape[0], device=q.device).expand(q.shape[0], -1)
             cand = d2 if best is None else torch.cat([best, d2], 1)
-            best = cand.topk(min(k, cand.shape[1]), dim=1, largest=False).values
-        out = best.sqrt().mean(1)
+            cidx = idx if best_i is None else torch.cat([best_i, idx], 1)
+            best, pos = cand.topk(min(c, cand.shape[1]), dim=1, largest=False)
+            best_i = cidx.gather(1, pos)
+        # |q - m| from the difference itself: the expansion's rounding depends on the batch's
+        # matmul path, which S_pose's z-score would magnify (online scores must equal offline ones)
+        exact = (q[:, None, :] - self.slots[best_i]).pow(2).sum(-1).sqrt()
+        exact = exact.masked_fill(~torch.isfinite(best), float("inf"))
+        out = exact.topk(k, dim=1, largest=False).values.mean(1)
         lonely = ~torch.isfinite(out)      # fewer than k segments of other tracks: use every segment
         if bool(lonely.any()):
             excl, self.exclude_own_track = self.exclude_own_track, False
