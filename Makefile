@@ -17,7 +17,7 @@ $(STAMP): $(SOURCES)
 	@# A CUDA torch already in the venv is kept; otherwise the CPU build (local wheel, fast).
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==$(TORCH_CPU_VERSION)
 	@if [ "$$(uname -s)" = Linux ]; then $(PY) -c "import triton" 2>/dev/null || $(PIP) install -q triton==$(TRITON_VERSION); fi
-	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PIP) install -q --no-build-isolation -e ".[test,deploy,tensorboard]"
 	$(PY) -c "import mgnet, mgnet.ops, mgnet.kernels; from mgnet.ops import _dispatch as d; d.load_extension(); print('mgnet installed; mgnet._C:', d.extension_error() or 'built')"
 	@touch $@
 

@@ -169,8 +169,8 @@ def cell_overrides(variant: str, seed: int, size: str, data_dir: str, cell_dir: 
 def run_cell(overrides: List[str]) -> Dict:
     """Train (the `mgnet train` code path: prepare, four stages, score stats) and evaluate one cell."""
     from mgnet import runs
-    from mgnet.evaluate import evaluate
-    from mgnet.train import train
+    from mgnet.evaluation import evaluate
+    from mgnet.training import train
     cfg = runs.compose_config(overrides)
     t0 = time.perf_counter()
     result = train(cfg)

@@ -31,6 +31,7 @@ from sklearn.metrics import roc_auc_score
 
 COMPONENTS = ("mo", "app", "mm")  # the three terms of eq. 16, in order
 OPTIONAL_COMPONENTS = ("pose",)   # fused as well when present (model.n_seg > 0: SegmentMemory)
+SCORE_KEYS = COMPONENTS + ("nll",)  # a model's raw clip scores (MGNet.scores): eq. 16's terms and STG-NF's NLL
 NORMS = ("z", "minmax")           # eval.fusion: z against training scores, or min-max (eq. 16's protocol)
 COMBINES = ("sum", "pos_mean", "max")
 STAT_PERCENTILES = (50, 90, 95, 99)
@@ -130,6 +131,16 @@ def fuse(components: Mapping[str, object], lambdas: Mapping[str, float] | Sequen
     if combine == "pos_mean":
         return np.tensordot(weights, np.maximum(parts, 0.0), 1) / max(float(weights.sum()), 1e-12)
     return (weights[:, None] * parts).max(0)
+
+
+def fusion_spec(cfg, stats: Optional[Mapping]) -> Dict[str, str]:
+    """How "fused" is computed: ``eval.fusion`` (z | minmax) and ``eval.combine``; z-scores need the
+    run's training-score statistics, so without them the paper's test-set min-max sum is used."""
+    ev = cfg.get("eval", {})
+    norm, combine = str(ev.get("fusion", "z")), str(ev.get("combine", "pos_mean"))
+    if norm == "z" and stats is None:
+        return {"norm": "minmax", "combine": "sum", "note": "no score_stats.json: test-set min-max (eq. 16)"}
+    return {"norm": norm, "combine": combine}
 
 
 def summary_stats(x) -> Dict[str, float]:

@@ -3,7 +3,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from mgnet import runs
-from mgnet.train import stage_steps
+from mgnet.training import stage_steps
 
 
 def test_epochs_scale_with_the_data_and_steps_win_when_set():

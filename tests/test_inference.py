@@ -10,8 +10,8 @@ from PIL import Image, ImageDraw
 from mgnet.data.pose_formats import save_poses
 from mgnet.data.video import open_frames
 from mgnet import scoring
-from mgnet.online import ClipSpec, OnlineScorer, fused_scores, load_score_stats, run_model
-from mgnet.score_videos import offline_batches, score_offline, score_online
+from mgnet.engine import score_batch
+from mgnet.inference import ClipSpec, OnlineScorer, fused_scores, load_score_stats, offline_batches, score_offline, score_online
 
 W, H = 128, 96
 # a COCO-17 standing skeleton ~50 px tall around (0, 0)
@@ -92,7 +92,7 @@ def model():
 def _raw_of_first_clip(model, src, tracks, spec):
     """Raw scores of person 1's clip centred on frame 8."""
     for batch in offline_batches(src, tracks, spec, 64):
-        raw = run_model(model, batch)
+        raw = score_batch(model, batch, "cpu")
         j = np.flatnonzero((batch["person"].numpy() == 1) & (batch["frame"].numpy() == 8))
         if len(j):
             return {k: v[j[0]] for k, v in raw.items()}
