@@ -121,11 +121,13 @@ def load_score_stats(run_dir) -> dict:
 
 
 def fused_scores(raw: Mapping[str, np.ndarray], stats: Mapping, lambdas: Mapping) -> dict:
-    """Training-normalised components and their eq. 16 fusion, per clip:
-    ``{"score", "mo", "app", "mm", "nll"}`` (nll stays raw)."""
+    """Training-normalised components and their fusion (the run's ``stats["fusion"]``: z-scores
+    against the training clips by default, eq. 16 by the training min/max in runs without it), per
+    clip: ``{"score", "mo", "app", "mm"[, "pose"], "nll"}`` (nll stays raw)."""
     out = {"score": scoring.fuse(raw, lambdas, stats=stats)}
-    for k in scoring.COMPONENTS:
-        out[k] = scoring.minmax(raw[k], stats[k]["min"], stats[k]["max"])
+    norm = stats.get("fusion", {}).get("norm", "minmax")
+    for k in scoring.fused_components(raw, stats):
+        out[k] = scoring.normalize(raw[k], k, norm, stats)
     out["nll"] = np.asarray(raw["nll"], dtype=np.float64)
     return out
 
@@ -389,7 +391,7 @@ def score_offline(model, src, tracks, spec: ClipSpec, stats, lambdas, sigma: flo
     pids, centre_frames = [], []
     for batch in offline_batches(src, tracks, spec, batch_size, progress):
         for k, v in score_batch(model, batch, device).items():
-            raw[k].append(v)
+            raw.setdefault(k, []).append(v)
         pids.append(batch["person"].numpy())
         centre_frames.append(batch["frame"].numpy())
     raw = {k: np.concatenate(v) if v else np.zeros(0) for k, v in raw.items()}

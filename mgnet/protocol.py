@@ -33,7 +33,8 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 from mgnet.data import synth_variants as SV
 
-COMPONENTS = (("fused", "MGNet fused"), ("mo", "S_mo"), ("app", "S_app"), ("mm", "S_mm"), ("nll", "STG-NF NLL"))
+COMPONENTS = (("fused", "MGNet fused"), ("fused_minmax", "fused, eq.16 minmax"), ("mo", "S_mo"), ("app", "S_app"),
+              ("mm", "S_mm"), ("pose", "S_pose (seg. kNN)"), ("nll", "STG-NF NLL"))
 TYPES = ("micro", "motion", "appearance", "scene")
 SETS = {"selection": (SV.SELECTION, SV.SELECTION_SEEDS), "report": (SV.REPORT, SV.REPORT_SEEDS)}
 
@@ -68,7 +69,7 @@ def cell_table(metrics: Dict) -> Dict[str, Dict[str, float]]:
     """{component: {micro, motion, appearance, scene}} frame AUCs of one evaluation's metrics."""
     out = {}
     for comp, _ in COMPONENTS:
-        row = metrics["auc"][comp]
+        row = metrics["auc"].get(comp, {"micro": None})    # a row the run does not have (model.n_seg=0): n/a
         types = row.get("types", {})
         out[comp] = {t: _num(row["micro"] if t == "micro" else types.get(t)) for t in TYPES}
     return out

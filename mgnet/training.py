@@ -207,10 +207,22 @@ class _LossLog:
         return point
 
 
+def stage_steps(scfg, num_clips: int, batch_size: int) -> int:
+    """A stage's optimiser steps: ``steps`` when set, else ``epochs`` passes over the training clips
+    (``ceil(epochs * num_clips / batch_size)``, at least 1), so the budget scales with the data."""
+    steps = scfg.get("steps")
+    if steps is not None:
+        return int(steps)
+    epochs = scfg.get("epochs")
+    if epochs is None or float(epochs) <= 0:
+        raise ValueError(f"a training stage needs train.stageN.steps or train.stageN.epochs > 0 (got {epochs!r})")
+    return max(1, math.ceil(float(epochs) * num_clips / batch_size))
+
+
 def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budget: Dict[str, int]) -> None:
     scfg = cfg.train[f"stage{stage}"]
-    total = int(scfg.steps)
     gbs = int(cfg.train.batch_size)
+    total = stage_steps(scfg, len(store), gbs)
     if gbs % ctx.world:
         raise ValueError(f"train.batch_size={gbs} must be divisible by the number of processes ({ctx.world})")
     bs = gbs // ctx.world
@@ -340,11 +352,17 @@ def write_bsmm(model, store, cfg, run: RunDir, ctx: Dist, log) -> None:
 
 def write_score_stats(model, store, cfg, run: RunDir, ctx: Dist, log) -> Optional[Dict[str, Any]]:
     """Score the training set once; per-component and fused statistics to score_stats.json."""
-    clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp), desc="train scores")
+    # S_pose / S_app of a training clip leave its own track / video out (MGNet.leave_own_track_out)
+    leave_out = getattr(model, "leave_own_track_out", contextlib.nullcontext)
+    with leave_out():
+        clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp), desc="train scores")
     if not ctx.main:
         return None
-    stats: Dict[str, Any] = {name: scoring.summary_stats(clip[name]) for name in SCORE_KEYS}
+    names = [k for k in SCORE_KEYS + scoring.OPTIONAL_COMPONENTS if k in clip]
+    stats: Dict[str, Any] = {name: scoring.summary_stats(clip[name]) for name in names}
     lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    # the fusion online scoring applies (scoring.fuse reads it from here): eval.fusion / eval.combine
+    stats["fusion"] = {k: v for k, v in scoring.fusion_spec(cfg, stats).items() if k != "note"}
     stats["fused"] = scoring.summary_stats(scoring.fuse(clip, lambdas, stats=stats))
     stats["lambdas"] = lambdas
     stats["split"] = "train"

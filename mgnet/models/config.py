@@ -83,6 +83,10 @@ class ModelConfig:
     rgb_backbone: Optional[str] = None  # "vit_<tiny|small|base>_patch<P>": a ViT in timm's layout read from rgb_weights
     rgb_weights: Optional[str] = None  # path of the backbone's state_dict (torch.save file); nothing is downloaded
     rgb_backbone_layers: Optional[int] = None   # features after this many blocks (None: all)
+    app_norm: str = "none"             # app_target="cubes": "clip" divides cube colour statistics by the clip's channel means
+    # pose-segment memory behind S_pose (memory.SegmentMemory); 0 = off (no "pose" score)
+    n_seg: int = 16384                 # normal training segments kept (a seeded random subset if more)
+    seg_k: int = 1                     # S_pose = mean distance to the seg_k nearest kept segments
     # masking (eq. 5)
     mask_ratio: float = 0.5
     mask_seed: int = 0                 # the fixed complementary pair used by scores()
@@ -147,6 +151,12 @@ class ModelConfig:
             bad("app_topk", "must be in (0, 1]")
         if self.lsta_layers < 0:
             bad("lsta_layers", "must be >= 0")
+        if self.app_norm not in ("none", "clip"):
+            bad("app_norm", "must be 'none' or 'clip'")
+        if self.n_seg < 0:
+            bad("n_seg", "must be >= 0 (0: no segment memory)")
+        if self.seg_k < 1:
+            bad("seg_k", "must be >= 1")
         if self.rgb_pretrain not in ("none", "mae"):
             bad("rgb_pretrain", "must be 'none' or 'mae'")
         if self.rgb_pretrain != "none" and self.rgb_backbone:

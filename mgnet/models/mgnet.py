@@ -47,7 +47,7 @@ from ..data.masking import complementary_masks, visible_indices
 from .config import ModelConfig
 from .encoder import VideoEncoder
 from .heads import ProjectionHead, STHead
-from .memory import AppearanceMemory, BehaviorSceneMatching, Memory, PoseMemory
+from .memory import AppearanceMemory, BehaviorSceneMatching, Memory, PoseMemory, SegmentMemory
 from .pretrain import MaskedCubeDecoder, PreExtractedEmbed, mae_loss
 from .scene import SceneFeatures
 from .stgnf import STGNF
@@ -105,14 +105,16 @@ class MGNet(nn.Module):
             # constant f_u, the trivial minimiser of eq. (6) with H_u trained, has no variance to keep
             self.app_norm = nn.BatchNorm1d(cfg.c_app, affine=False)
         if cfg.app_target == "cubes":
-            self.app_mem = AppearanceMemory(cfg.n_a, cfg.grid, cfg.app_topk)
+            self.app_mem = AppearanceMemory(cfg.n_a, cfg.grid, cfg.app_topk, cfg.app_norm)
         if cfg.bsmm_behavior == "pose":
             self.pose_mem = PoseMemory(cfg.n_p, cfg.joints, cfg.bsmm_temperature)
             len_b = cfg.n_p
         else:
             len_b = cfg.num_tokens * cfg.n_b
         self.bsmm = BehaviorSceneMatching(cfg.n_r, len_b, cfg.n_s, cfg.bsmm_temperature, cfg.bsmm_normalize)
-        self._pending: List[tuple] = []     # stage 4: (frames, W_s, cube statistics) until bsmm_finish
+        if cfg.n_seg:
+            self.seg_mem = SegmentMemory(cfg.n_seg, 2 * cfg.seg_len * cfg.joints, cfg.seg_k)
+        self._pending: List[tuple] = []     # stage 4: (frames, W_s, cube statistics, segments, tracks) until bsmm_finish
         self._pending_gen = torch.Generator().manual_seed(cfg.mask_seed)
         self._sep_r = [0.0, 0]             # stage 4, tokens mode: sum and count of the writes' L_sep^r
         # the fixed complementary pair S_app uses at scoring (derived from cfg.mask_seed)
@@ -315,10 +317,10 @@ class MGNet(nn.Module):
         2.3 KB per clip for the poses (T=16) and 0.8 KB for the cubes, ~1 GB for 330k clips.
         """
         cfg = self.cfg
-        keys = (("pose",) if cfg.bsmm_behavior == "pose" else ()) + ("rgb", "scene")
+        keys = (("pose",) if cfg.bsmm_behavior == "pose" or cfg.n_seg else ()) + ("rgb", "scene")
         self._check_batch(batch, keys)
         sep_r = None
-        frames = w_s = cubes = None
+        frames = w_s = cubes = segs = tracks = None
         with self._backend(), _range("mgnet.bsmm_write"):
             if cfg.bsmm_behavior == "pose":
                 pose = self._pose(batch)
@@ -340,8 +342,13 @@ class MGNet(nn.Module):
                 k = min(self.CUBES_PER_CLIP, P)
                 pick = torch.rand(B, P, generator=self._pending_gen).argsort(1)[:, :k].to(d.device)
                 cubes = d.gather(1, pick.unsqueeze(-1).expand(-1, -1, d.shape[-1])).reshape(-1, d.shape[-1])
-        if frames is not None or cubes is not None:
-            self._pending.append((frames, w_s, cubes))
+            tracks = self._tracks(batch, batch["rgb"].shape[0])
+            if cfg.app_target == "cubes":
+                cubes = (cubes, (tracks >> 32).repeat_interleave(k))   # each cube row's training video
+            if cfg.n_seg:
+                segs = SegmentMemory.features(self._pose(batch)).float()
+        if frames is not None or cubes is not None or segs is not None:
+            self._pending.append((frames, w_s, cubes, segs, tracks))
         return {"sep_r": float("nan") if sep_r is None else sep_r, "filled": float(self.bsmm.num_filled),
                 "pending": float(len(self._pending))}
 
@@ -357,20 +364,47 @@ class MGNet(nn.Module):
             return {"sep_r": sep_r, "filled": float(self.bsmm.num_filled)}
         with self._backend(), _range("mgnet.bsmm_finish"):
             if self.cfg.app_target == "cubes":
-                self.app_mem.fit(torch.cat([c for _, _, c in pending]))
+                self.app_mem.fit(torch.cat([p[2][0] for p in pending]), groups=torch.cat([p[2][1] for p in pending]))
+            if self.cfg.n_seg:
+                self.seg_mem.fit(torch.cat([p[3] for p in pending]), torch.cat([p[4] for p in pending]))
             if self.cfg.bsmm_behavior == "pose":
-                frames = torch.cat([f for f, _, _ in pending])
-                w_s = torch.cat([w for _, w, _ in pending])
+                frames = torch.cat([p[0] for p in pending])
+                w_s = torch.cat([p[1] for p in pending])
                 self.pose_mem.fit(frames)
                 w_b = torch.cat([self.pose_mem.weights(frames[i:i + 4096]) for i in range(0, frames.shape[0], 4096)])
                 sep_r = self.bsmm.fit(self.bsmm.queries(w_b, w_s))          # eqs. (8)-(9)
         return {"sep_r": sep_r, "filled": float(self.bsmm.num_filled)}
 
+    @staticmethod
+    def _tracks(batch: Mapping, n: int) -> torch.Tensor:
+        """(n,) track ids (video << 32 | person) of a batch's clips; -1 where the batch does not say."""
+        dev = batch["rgb"].device
+        if "video" in batch and "person" in batch:
+            return SegmentMemory.track_ids(batch["video"], batch["person"]).to(dev)
+        return torch.full((n,), -1, dtype=torch.long, device=dev)
+
+    @contextlib.contextmanager
+    def leave_own_track_out(self):
+        """While scoring the TRAINING set (for score_stats.json): S_pose skips the memory's
+        segments of the clip's own track (otherwise each training clip finds itself at distance
+        0) and S_app uses the appearance memory fitted without the clip's video's parity; so the
+        statistics describe new normal clips, which is what fusion normalises against."""
+        mems = [m for m in (getattr(self, "seg_mem", None), getattr(self, "app_mem", None)) if m is not None]
+        old = [m.exclude_own_track for m in mems]
+        for m in mems:
+            m.exclude_own_track = True
+        try:
+            yield self
+        finally:
+            for m, o in zip(mems, old):
+                m.exclude_own_track = o
+
     # ------------------------------------------------------------------ scores
     @torch.inference_mode()
     def scores(self, batch: Mapping) -> Dict[str, torch.Tensor]:
         """Per-clip raw scores, each (B,), higher = more anomalous: "mo" (eq. 13), "app" (eq. 14),
-        "mm" (eq. 15; zeros with a warning while the BSMM is empty), "nll" (STG-NF alone)."""
+        "mm" (eq. 15; zeros with a warning while the BSMM is empty), "nll" (STG-NF alone) and, with
+        ``model.n_seg`` > 0, "pose" (distance to the nearest normal pose segments, SegmentMemory)."""
         self._check_batch(batch, ("rgb", "pose", "scene"))
         rgb = batch["rgb"]
         B = rgb.shape[0]
@@ -384,7 +418,8 @@ class MGNet(nn.Module):
                 self.bsmm_finish()
             w_b = None
             if self.cfg.app_target == "cubes":
-                s_app = self.app_mem(rgb) if self.app_mem.is_fitted else s_mo.new_zeros(B)
+                video = (self._tracks(batch, B) >> 32) if self.app_mem.exclude_own_track else None
+                s_app = self.app_mem(rgb, video) if self.app_mem.is_fitted else s_mo.new_zeros(B)
             else:
                 v1, v2 = self.score_visible1.repeat(B, 1), self.score_visible2.repeat(B, 1)   # copies: see __init__
                 w_b, f_b, _ = self._behavior_memory(e_b)
@@ -407,7 +442,12 @@ class MGNet(nn.Module):
                                   if self.cfg.app_target == "cubes" else ""), RuntimeWarning, stacklevel=2)
                     self._warned_empty_bsmm = True
                 s_mm = s_mo.new_zeros(B)
-        return {"mo": s_mo.float(), "app": s_app.float(), "mm": s_mm.float(), "nll": nll.float()}
+        out = {"mo": s_mo.float(), "app": s_app.float(), "mm": s_mm.float(), "nll": nll.float()}
+        if self.cfg.n_seg:
+            seg = self.seg_mem
+            out["pose"] = (seg(self._pose(batch), self._tracks(batch, B) if seg.exclude_own_track else None).float()
+                           if seg.is_fitted else s_mo.new_zeros(B))
+        return out
 
     def forward(self, batch: Mapping) -> Dict[str, torch.Tensor]:
         """Same as scores(batch)."""

@@ -166,10 +166,14 @@ def test_scores_match_equations(tiny):
     with pytest.warns(RuntimeWarning, match="Behavior-Scene Matching Memory is empty"):
         s0 = model.scores(b)
     assert torch.equal(s0["mm"], torch.zeros(4))
-    info = model.bsmm_write(_batch(cfg, B=6, seed=1))            # seeds 4 slots, updates with 2
+    written = _batch(cfg, B=6, seed=1)
+    info = model.bsmm_write(written)                              # seeds 4 slots, updates with 2
     assert info["filled"] == 4 and info["sep_r"] >= 0
     s = model.scores(b)
-    assert set(s) == {"mo", "app", "mm", "nll"}
+    assert set(s) == {"mo", "app", "mm", "nll", "pose"}
+    # S_pose: distance to the nearest of the 6 written pose segments (SegmentMemory)
+    near = torch.cdist(b["pose"].flatten(1), written["pose"].flatten(1)).min(1).values
+    torch.testing.assert_close(s["pose"], near, rtol=1e-4, atol=1e-4)
     assert all(v.shape == (4,) and v.dtype == torch.float32 and torch.isfinite(v).all() for v in s.values())
     with torch.no_grad():
         z, nll = model.stgnf.nll(b["pose"])
