@@ -125,7 +125,7 @@ def fused_scores(raw: Mapping[str, np.ndarray], stats: Mapping, lambdas: Mapping
     against the training clips by default, eq. 16 by the training min/max in runs without it), per
     clip: ``{"score", "mo", "app", "mm"[, "pose"], "nll"}`` (nll stays raw)."""
     out = {"score": scoring.fuse(raw, lambdas, stats=stats)}
-    norm = stats.get("fusion", {}).get("norm", "minmax")
+    norm = scoring.stats_fusion(stats)[0]
     for k in scoring.fused_components(raw, stats):
         out[k] = scoring.normalize(raw[k], k, norm, stats)
     out["nll"] = np.asarray(raw["nll"], dtype=np.float64)

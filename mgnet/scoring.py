@@ -118,19 +118,42 @@ def fuse(components: Mapping[str, object], lambdas: Mapping[str, float] | Sequen
     if not isinstance(lambdas, Mapping):
         lam_app, lam_mm = lambdas
         lambdas = {"app": lam_app, "mm": lam_mm}
-    spec = (stats or {}).get("fusion", {}) if stats is not None else {}
-    norm = norm or spec.get("norm", "minmax")
-    combine = combine or spec.get("combine", "sum")
+    run_norm, run_combine = stats_fusion(stats)
+    norm, combine = norm or run_norm, combine or run_combine
     if combine not in COMBINES:
         raise ValueError(f"fusion combine must be one of {COMBINES}, got {combine!r}")
     names = fused_components(components, stats)
-    weights = np.array([float(lambdas.get(k, 1.0)) for k in names])
-    parts = np.stack([normalize(components[k], k, norm, stats) for k in names])   # (K, N)
-    if combine == "sum":
-        return np.tensordot(weights, parts, 1)
-    if combine == "pos_mean":
-        return np.tensordot(weights, np.maximum(parts, 0.0), 1) / max(float(weights.sum()), 1e-12)
-    return (weights[:, None] * parts).max(0)
+    parts = np.stack([normalize(components[k], k, norm, stats) for k in names], -1)   # (N, K)
+    return combine_parts(parts, fusion_weights(names, lambdas), combine)
+
+
+def stats_fusion(stats: Optional[Mapping]) -> tuple:
+    """(norm, combine) a run's statistics were made for (``stats["fusion"]``); without it the
+    paper's protocol, ("minmax", "sum")."""
+    spec = (stats or {}).get("fusion", {})
+    return spec.get("norm", "minmax"), spec.get("combine", "sum")
+
+
+def fusion_weights(names: Sequence[str], lambdas: Mapping[str, float]) -> np.ndarray:
+    """(K,) float64: lambda_k of each fused component (1 where ``lambdas`` has none: mo, pose)."""
+    return np.array([float(lambdas.get(k, 1.0)) for k in names], dtype=np.float64)
+
+
+def combine_parts(parts, weights, how: str):
+    """The combine step of ``fuse``: normalised components ``parts`` (..., K) and their weights (K,)
+    -> (...,). The same code for numpy arrays and torch tensors (ClipScorer runs it inside the
+    exported graph): only ``*``, ``>``, ``@``, ``sum`` and a max over the last axis.
+
+    ``"sum"``: sum_k w_k n_k; ``"pos_mean"``: sum_k w_k max(n_k, 0) / sum_k w_k; ``"max"``: max_k w_k n_k.
+    """
+    if how == "sum":
+        return parts @ weights
+    if how == "pos_mean":
+        return (parts * (parts > 0)) @ weights / weights.sum()
+    if how == "max":
+        scaled = parts * weights
+        return scaled.amax(-1) if hasattr(scaled, "amax") else scaled.max(-1)   # torch | numpy
+    raise ValueError(f"fusion combine must be one of {COMBINES}, got {how!r}")
 
 
 def fusion_spec(cfg, stats: Optional[Mapping]) -> Dict[str, str]:

@@ -6,7 +6,7 @@
 ``<out>/`` receives ``model.onnx`` (ONNX, dynamic batch; the metadata also in its metadata_props as
 ``mgnet.<key>`` JSON strings) or ``model.pt2`` (torch.export.save; loads with
 ``torch.export.load(path).module()`` and needs no mgnet), and ``metadata.json``: the inputs and
-outputs (mgnet.deploy.module), the clip geometry, the keypoint layout, the run's score statistics,
+outputs (mgnet.deploy.module; the outputs depend on the run's components), the fusion, the clip geometry, the keypoint layout, the run's score statistics,
 the lambdas and the default threshold. The model computes exactly what ``mgnet score`` computes
 per clip; the ``mgnet::`` fused ops are replaced by their eager references (mgnet.deploy.decompose).
 
@@ -31,10 +31,10 @@ JOINTS18 = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l
             "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear")
 
 
-def metadata(run_dir: Path, cfg, spec, stats, lambdas, fmt: str) -> dict:
+def metadata(run_dir: Path, cfg, spec, stats, lambdas, fmt: str, scorer) -> dict:
     import torch
     from mgnet import runs
-    from mgnet.deploy.module import INPUTS, OUTPUTS
+    from mgnet.deploy.module import INPUTS
     T, c, s = spec.seg_len, spec.crop_size, spec.scene_size
     model_cfg = runs.to_container(cfg.model)
     return {
@@ -43,14 +43,17 @@ def metadata(run_dir: Path, cfg, spec, stats, lambdas, fmt: str) -> dict:
         "inputs": {"rgb": {"shape": ["batch", 3, T, c, c], "dtype": "uint8"},
                    "pose": {"shape": ["batch", 2, T, 18], "dtype": "float32"},
                    "scene": {"shape": ["batch", 3, s, s], "dtype": "uint8"}},
-        "input_order": list(INPUTS), "outputs": list(OUTPUTS),
+        "input_order": list(INPUTS), "outputs": list(scorer.outputs),
         "clip": {**asdict(spec), "centre": spec.centre, "latency_frames": spec.latency},
         "keypoints": {"layout": "openpose18", "joints": list(JOINTS18),
                       "from": "COCO-17 detections (x, y, confidence) via mgnet.data.poses.coco17_to_openpose18",
                       "pose_input": "x, y divided by the frame size (W, H), minus the clip's mean, divided by the "
                                     "std of the clip's y (mgnet.data.poses.normalize_pose)"},
         "score_stats": stats, "lambdas": lambdas,
-        "normalisation": "per component min-max of the training set (score_stats.json), eq. 16",
+        "fusion": {"norm": scorer.norm, "combine": scorer.combine, "components": list(scorer.components),
+                   "weights": scorer.weights.tolist()},
+        "normalisation": f"each component {scorer.norm}-normalised with the training-score statistics "
+                         f"(score_stats.json), then combined by {scorer.combine} (mgnet.scoring.fuse)",
         "threshold": {"default": "p99", "value": float(stats["fused"]["p99"]),
                       "percentiles": {k: v for k, v in stats["fused"].items() if k.startswith("p")}},
         "eval_sigma": float(cfg.eval.sigma),
@@ -75,8 +78,8 @@ def export_program(scorer, spec):
 def write_onnx(ep, args, path: Path, meta: dict) -> None:
     import onnx
     import torch
-    from mgnet.deploy.module import INPUTS, OUTPUTS
-    prog = torch.onnx.export(ep, args, dynamo=True, input_names=list(INPUTS), output_names=list(OUTPUTS),
+    from mgnet.deploy.module import INPUTS
+    prog = torch.onnx.export(ep, args, dynamo=True, input_names=list(INPUTS), output_names=list(meta["outputs"]),
                              optimize=True, verbose=False)
     prog.save(str(path))
     proto = onnx.load(str(path))
@@ -92,15 +95,15 @@ def verify(scorer, exported, cfg, batch_size: int) -> dict:
     run by both in turn, so a change of machine load affects both alike)."""
     import torch
     from torch.utils.data import DataLoader
-    from mgnet.deploy.module import OUTPUTS
     from mgnet.engine import Dist, open_split
     ctx = Dist("cpu")
     try:
         store = open_split(cfg.data, "test", ctx)
     finally:
         ctx.close()
-    ref = {k: [] for k in OUTPUTS}
-    got = {k: [] for k in OUTPUTS}
+    names = scorer.outputs
+    ref = {k: [] for k in names}
+    got = {k: [] for k in names}
     secs = {"torch": 0.0, "exported": 0.0}
     for b in DataLoader(store, batch_size=batch_size, shuffle=False):
         args = (b["rgb"], b["pose"], b["scene"])
@@ -112,11 +115,11 @@ def verify(scorer, exported, cfg, batch_size: int) -> dict:
         t2 = time.perf_counter()
         secs["torch"] += t1 - t0
         secs["exported"] += t2 - t1
-        for k, a, c in zip(OUTPUTS, r, e):
+        for k, a, c in zip(names, r, e):
             ref[k].append(a)
             got[k].append(c)
     diff = {k: float(np.max(np.abs(np.concatenate(ref[k]).astype(np.float64) - np.concatenate(got[k]))))
-            for k in OUTPUTS}
+            for k in names}
     n = len(store)
     return {"clips": n, "batch_size": batch_size, "max_abs_diff": diff, "largest": max(diff.values()),
             "torch_clips_per_s": n / max(secs["torch"], 1e-9), "exported_clips_per_s": n / max(secs["exported"], 1e-9)}
@@ -144,7 +147,7 @@ def run_export(run_dir: Path, fmt: str, out: Path, do_verify: bool = False, batc
     if threads:
         torch.set_num_threads(threads)
     scorer = ClipScorer(model, stats, lambdas).eval()
-    meta = metadata(run_dir, cfg, spec, stats, lambdas, fmt)
+    meta = metadata(run_dir, cfg, spec, stats, lambdas, fmt, scorer)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial{os.getpid()}")

@@ -4,83 +4,97 @@ Inputs (the model batch `mgnet score` builds per clip, mgnet.inference.clip_batc
     rgb   (B, 3, T, crop, crop) uint8   the person's crops over the clip
     pose  (B, 2, T, 18) float32         OpenPose-18 x, y, STG-NF-normalised (mgnet.data.poses)
     scene (B, 3, S, S) uint8            the scene image of the clip's centre frame
-Outputs, each (B,), in OUTPUTS order:
-    score              the fused score (eq. 16) of the training-normalised components
-    mo, app, mm        the components normalised with the run's score_stats.json
+Outputs, each (B,), in the order ``outputs(components)`` gives (per export: the run's fused
+components, written into metadata.json and the ONNX metadata as "outputs"):
+    score              the fused score, as mgnet.inference.fused_scores computes it
+    <k> per component  the component normalised with the run's score_stats.json (mo, app, mm[, pose])
     nll                STG-NF's NLL (raw, as `mgnet score` reports it)
-    raw_mo, raw_app, raw_mm   the raw components (eqs. 13-15), float32
+    raw_<k>            the raw components (eqs. 13-15, S_pose), float32 values
 
-Normalisation and fusion are not re-implemented here: ``library_affine`` reads them off the
-library function `mgnet score` uses (mgnet.inference.fused_scores -> mgnet.scoring.fuse / minmax),
-by evaluating it at the origin and at one point per component, and checks on random points around
-the training range that it is affine in the raw scores (a per-component min-max and its weighted
-sum are). A normalisation that is not affine cannot be represented this way, and export stops
-with that message; whatever the library computes, the raw outputs let a runtime apply it itself
-(the onnx engine of `mgnet score` does exactly that).
+The run's fusion (``stats["fusion"]``: z-scores against the training clips or min-max by the
+training range, then sum | pos_mean | max) is not re-implemented here. Each component's
+normalisation is affine in that component: ``component_affine`` reads a_k, b_k off the library's
+``mgnet.scoring.normalize`` (at 0 and at one point) and checks on random points around the
+training range that it is affine; a normaliser that is not stops export with NotAffineError. The
+combine step is the library's own function, ``mgnet.scoring.combine_parts``, which runs on torch
+tensors as on numpy arrays.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Tuple
+from typing import Callable, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-COMPONENTS = ("mo", "app", "mm")
-NORMALISED = ("score", "mo", "app", "mm")
-OUTPUTS = NORMALISED + ("nll", "raw_mo", "raw_app", "raw_mm")
+from mgnet import scoring
+
 INPUTS = ("rgb", "pose", "scene")
 
 
 class NotAffineError(ValueError):
-    """The library's normalisation is not an affine map of the raw scores."""
+    """The library's normalisation of a component is not an affine map of its raw score."""
 
 
-def library_affine(stats: Mapping, lambdas: Mapping, fused: Callable = None, probes: int = 256,
-                   seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """(A (4, 3), b (4,)) with ``[score, mo, app, mm] = A @ [raw_mo, raw_app, raw_mm] + b`` exactly as
-    ``fused(raw, stats, lambdas)`` (default mgnet.inference.fused_scores) computes them."""
-    if fused is None:
-        from mgnet.inference import fused_scores as fused
-    scale = {k: max(abs(float(stats[k]["max"]) - float(stats[k]["min"])), 1e-6) for k in COMPONENTS}
+def outputs(components: Sequence[str]) -> tuple:
+    """The output names of a ClipScorer fusing ``components``, in order."""
+    return ("score", *components, "nll", *(f"raw_{k}" for k in components))
 
-    def f(raw3: np.ndarray) -> np.ndarray:       # raw3 (N, 3) -> (N, 4)
-        raw = {k: raw3[:, i] for i, k in enumerate(COMPONENTS)}
-        raw["nll"] = np.zeros(len(raw3))
-        out = fused(raw, stats, lambdas)
-        return np.stack([np.asarray(out[k], dtype=np.float64) for k in NORMALISED], 1)
 
-    unit = np.diag([scale[k] for k in COMPONENTS])
-    vals = f(np.concatenate([np.zeros((1, 3)), unit]))
-    b = vals[0]
-    A = ((vals[1:] - b) / np.diag(unit)[:, None]).T
-    rng = np.random.default_rng(seed)
-    lo = np.array([float(stats[k]["min"]) - scale[k] for k in COMPONENTS])
-    pts = lo + rng.random((probes, 3)) * 3 * np.array([scale[k] for k in COMPONENTS])
-    want, got = f(pts), pts @ A.T + b
-    err = float(np.max(np.abs(want - got) / (1.0 + np.abs(want))))
+def model_components(model: nn.Module, stats: Mapping) -> tuple:
+    """The components `mgnet score` fuses for this model and run (scoring.fused_components of the
+    keys MGNet.scores returns: "pose" with a segment memory, model.n_seg > 0)."""
+    keys = scoring.SCORE_KEYS + (("pose",) if int(getattr(model.cfg, "n_seg", 0) or 0) else ())
+    return scoring.fused_components(dict.fromkeys(keys), stats)
+
+
+def component_affine(stats: Mapping, name: str, norm: str, normalize: Callable = None, probes: int = 256,
+                     seed: int = 0) -> Tuple[float, float]:
+    """(a, b) with ``normalize(x, name, norm, stats) == a * x + b`` (default mgnet.scoring.normalize),
+    checked on random raw scores around the component's training range."""
+    normalize = normalize or scoring.normalize
+    st = stats[name]
+    lo, hi = float(st.get("min", 0.0)), float(st.get("max", 1.0))
+    scale = max(abs(hi - lo), abs(float(st.get("std", 0.0))), 1e-6)
+
+    def f(x: np.ndarray) -> np.ndarray:
+        return np.asarray(normalize(x, name, norm, stats), dtype=np.float64)
+
+    v = f(np.array([0.0, scale]))
+    b, a = float(v[0]), float((v[1] - v[0]) / scale)
+    pts = lo - scale + np.random.default_rng(seed).random(probes) * 3 * scale
+    want = f(pts)
+    err = float(np.max(np.abs(want - (a * pts + b)) / (1.0 + np.abs(want))))
     if not np.isfinite(err) or err > 1e-9:
-        raise NotAffineError(f"the score normalisation of mgnet.scoring is not affine in the raw scores "
+        raise NotAffineError(f"the {norm!r} normalisation of component {name!r} is not affine in its raw score "
                              f"(relative deviation {err:.3g} on random raw scores around the training range); "
                              "the exported graph cannot compute it - use its raw_* outputs")
-    return A, b
+    return a, b
 
 
 class ClipScorer(nn.Module):
-    """A trained MGNet plus the run's normalisation: forward(rgb, pose, scene) -> OUTPUTS (tuple)."""
+    """A trained MGNet plus the run's fusion: forward(rgb, pose, scene) -> ``self.outputs`` (tuple)."""
 
     def __init__(self, model: nn.Module, stats: Mapping, lambdas: Mapping):
         super().__init__()
         self.model = model.eval()
-        A, b = library_affine(stats, lambdas)
-        self.register_buffer("norm_weight", torch.from_numpy(A.T.copy()))   # (3, 4) float64
-        self.register_buffer("norm_bias", torch.from_numpy(b.copy()))       # (4,) float64
+        self.norm, self.combine = scoring.stats_fusion(stats)
+        if self.combine not in scoring.COMBINES:
+            raise ValueError(f"score_stats.json: fusion combine must be one of {scoring.COMBINES}, "
+                             f"got {self.combine!r}")
+        self.components = model_components(model, stats)
+        self.outputs = outputs(self.components)
+        ab = np.array([component_affine(stats, k, self.norm) for k in self.components])   # (K, 2)
+        self.register_buffer("norm_scale", torch.from_numpy(ab[:, 0].copy()))          # (K,) float64
+        self.register_buffer("norm_shift", torch.from_numpy(ab[:, 1].copy()))          # (K,) float64
+        self.register_buffer("weights", torch.from_numpy(scoring.fusion_weights(self.components, lambdas)))
 
     def forward(self, rgb: torch.Tensor, pose: torch.Tensor, scene: torch.Tensor):
         out = self.model.scores({"rgb": rgb, "pose": pose, "scene": scene})
-        raw = torch.stack([out[k] for k in COMPONENTS], 1)                  # (B, 3) float32
-        norm = raw.to(torch.float64) @ self.norm_weight + self.norm_bias     # (B, 4)
-        return (*norm.unbind(1), out["nll"].to(torch.float64), *raw.unbind(1))
+        raw = torch.stack([out[k] for k in self.components], 1)                 # (B, K) float32
+        norm = raw.to(torch.float64) * self.norm_scale + self.norm_shift          # (B, K)
+        score = scoring.combine_parts(norm, self.weights, self.combine)
+        return (score, *norm.unbind(1), out["nll"].to(torch.float64), *raw.unbind(1))
 
 
 def example_inputs(spec, batch: int = 2) -> tuple:

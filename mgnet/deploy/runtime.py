@@ -3,9 +3,10 @@ for model.pt2. Imports neither mgnet.models nor any training code.
 
 ``load_exported(folder)`` gives an ExportedModel with the run's clip geometry (``spec``), score
 statistics, lambdas and eval sigma from metadata.json, ``forward(rgb, pose, scene)`` -> the
-outputs of mgnet.deploy.module.OUTPUTS as numpy arrays, and ``scores(batch)`` -> the raw
-{mo, app, mm, nll} of a model batch as MGNet.scores returns them, so mgnet.engine.score_batch,
-OnlineScorer and `mgnet score` use it in place of the torch model.
+export's outputs (``outputs``, from metadata.json "outputs") as numpy arrays, and ``scores(batch)`` ->
+the raw {mo, app, mm[, pose], nll} of a model batch as MGNet.scores returns them, so
+mgnet.engine.score_batch, OnlineScorer and `mgnet score` use it in place of the torch model and
+fuse them through the library (mgnet.inference.fused_scores), as the torch engine does.
 """
 from __future__ import annotations
 
@@ -14,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mgnet.deploy.module import OUTPUTS
 from mgnet.inference import ClipSpec
-from mgnet.scoring import SCORE_KEYS
 
 SPEC_KEYS = ("seg_len", "crop_size", "scene_size", "max_gap", "box_expand", "box_min_conf")
 
@@ -38,19 +37,20 @@ class ExportedModel:
         self.stats, self.lambdas = meta["score_stats"], dict(meta["lambdas"])
         self.sigma = float(meta.get("eval_sigma", 0.0))
         self.format = meta["format"]
+        self.outputs = tuple(meta["outputs"])
+        self.raw_keys = tuple(k[len("raw_"):] for k in self.outputs if k.startswith("raw_")) + ("nll",)
 
     def forward(self, rgb, pose, scene) -> tuple:
-        """OUTPUTS of one batch of clips, numpy arrays (B,) each."""
+        """``outputs`` of one batch of clips, numpy arrays (B,) each."""
         return tuple(self._run(_numpy(rgb, np.uint8), _numpy(pose, np.float32), _numpy(scene, np.uint8)))
 
     __call__ = forward
 
     def scores(self, batch) -> dict:
-        """Raw per-clip {mo, app, mm, nll} of a model batch (mgnet.inference.clip_batch), as torch tensors."""
+        """Raw per-clip {mo, app, mm[, pose], nll} of a model batch (mgnet.inference.clip_batch), as torch tensors."""
         import torch
-        out = dict(zip(OUTPUTS, self.forward(batch["rgb"], batch["pose"], batch["scene"])))
-        raw = {"mo": out["raw_mo"], "app": out["raw_app"], "mm": out["raw_mm"], "nll": out["nll"]}
-        return {k: torch.from_numpy(np.asarray(raw[k])) for k in SCORE_KEYS}
+        out = dict(zip(self.outputs, self.forward(batch["rgb"], batch["pose"], batch["scene"])))
+        return {k: torch.from_numpy(np.asarray(out["nll" if k == "nll" else f"raw_{k}"])) for k in self.raw_keys}
 
     def eval(self):
         return self
@@ -64,7 +64,7 @@ def read_metadata(folder) -> dict:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ExportError(f"{path}: not valid JSON ({e.msg})") from None
-    missing = [k for k in ("format", "file", "clip", "score_stats", "lambdas") if k not in meta]
+    missing = [k for k in ("format", "file", "clip", "score_stats", "lambdas", "outputs") if k not in meta]
     if missing:
         raise ExportError(f"{path}: lacks {missing}")
     return meta
@@ -87,7 +87,8 @@ def load_exported(folder, threads=None, expect_format=None) -> ExportedModel:
             opts.intra_op_num_threads = opts.inter_op_num_threads = int(threads)
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
-        return ExportedModel(folder, meta, lambda *xs: sess.run(list(OUTPUTS), dict(zip(names, xs))))
+        outs = list(meta["outputs"])
+        return ExportedModel(folder, meta, lambda *xs: sess.run(outs, dict(zip(names, xs))))
     if meta["format"] == "torch":
         import torch
         module = torch.export.load(str(path)).module()

@@ -402,6 +402,8 @@ class SegmentMemory(_Written):
         exact = (q[:, None, :] - self.slots[best_i]).pow(2).sum(-1).sqrt()
         exact = exact.masked_fill(~torch.isfinite(best), float("inf"))
         out = exact.topk(k, dim=1, largest=False).values.mean(1)
+        if not (self.exclude_own_track and track is not None):
+            return out       # nothing masked, every distance finite (and no data-dependent branch: torch.export)
         lonely = ~torch.isfinite(out)      # fewer than k segments of other tracks: use every segment
         if bool(lonely.any()):
             excl, self.exclude_own_track = self.exclude_own_track, False

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mgnet.cli import main as cli
-from mgnet.deploy.module import COMPONENTS, NORMALISED, NotAffineError, library_affine
+from mgnet import scoring
+from mgnet.deploy.module import NotAffineError, component_affine
 
 TOL = 1e-4
 
@@ -35,9 +36,11 @@ def _reference_scores(run):
     with torch.inference_mode():
         for lo in range(0, len(items), 128):
             parts.append(model.scores({k: v[lo:lo + 128] for k, v in inputs.items()}))
-    raw = {k: torch.cat([p[k] for p in parts]).double().numpy() for k in ("mo", "app", "mm", "nll")}
+    raw = {k: torch.cat([p[k] for p in parts]).double().numpy() for k in parts[0]}
     ref = fused_scores(raw, stats, lambdas)
-    ref.update({f"raw_{k}": raw[k] for k in COMPONENTS})
+    ref.update({f"raw_{k}": raw[k] for k in scoring.fused_components(raw, stats)})
+    # a default run: z-scores against the training clips, pos_mean, and S_pose fused
+    assert stats["fusion"]["norm"] == "z" and stats["fusion"]["combine"] == "pos_mean" and "pose" in ref
     return inputs, ref, stats
 
 
@@ -53,15 +56,16 @@ def _check_against_reference(model, reference):
     assert n > 6
     got = {k: [] for k in ref}
     for lo, hi in [(0, 1), (1, 6)] + [(lo, min(lo + 128, n)) for lo in range(6, n, 128)]:
-        out = dict(zip(("score", "mo", "app", "mm", "nll", "raw_mo", "raw_app", "raw_mm"),
-                       model.forward(*(inputs[k][lo:hi] for k in ("rgb", "pose", "scene")))))
+        out = dict(zip(model.outputs, model.forward(*(inputs[k][lo:hi] for k in ("rgb", "pose", "scene")))))
         for k in got:
             assert out[k].shape == (hi - lo,)
             got[k].append(out[k])
     for k in ref:
         np.testing.assert_allclose(np.concatenate(got[k]), ref[k], rtol=0, atol=TOL, err_msg=k)
     # the components differ between clips (the comparison is not between constants)
-    assert np.ptp(ref["score"]) > 1e-3 and np.ptp(ref["mo"]) > 1e-3
+    assert np.ptp(ref["score"]) > 1e-3 and np.ptp(ref["mo"]) > 1e-3 and np.ptp(ref["pose"]) > 1e-3
+    assert sorted(model.outputs) == sorted(ref)
+    return {k: float(np.max(np.abs(np.concatenate(got[k]) - ref[k]))) for k in ref}
 
 
 @pytest.mark.slow
@@ -75,14 +79,16 @@ def test_onnx_export_scores_every_test_clip_like_torch(onnx_export, reference):
     assert meta["score_stats"] == stats and meta["threshold"]["value"] == stats["fused"]["p99"]
     assert meta["clip"]["seg_len"] == 16 and meta["keypoints"]["layout"] == "openpose18"
     assert len(meta["keypoints"]["joints"]) == 18 and set(meta["lambdas"]) == {"app", "mm"}
+    assert meta["fusion"]["norm"] == "z" and meta["fusion"]["combine"] == "pos_mean"
+    assert meta["outputs"] == ["score", "mo", "app", "mm", "pose", "nll", "raw_mo", "raw_app", "raw_mm", "raw_pose"]
     proto = onnx.load(str(folder / "model.onnx"))
     props = {p.key: json.loads(p.value) for p in proto.metadata_props}
-    for key in ("score_stats", "lambdas", "threshold", "clip", "keypoints"):
+    for key in ("score_stats", "lambdas", "threshold", "clip", "keypoints", "outputs", "fusion"):
         assert props[f"mgnet.{key}"] == meta[key], key
     assert all(not n.domain.startswith("mgnet") for n in proto.graph.node)     # no custom op left
     batch = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim][0]
     assert isinstance(batch, str) and batch                                      # dynamic batch
-    _check_against_reference(load_exported(folder), reference)
+    print("onnx max |diff|", _check_against_reference(load_exported(folder), reference))
     # --verify: the largest difference over the run's test clips, printed and kept in the metadata
     m = re.search(r"verify on (\d+) test clips: largest difference ([0-9.e+-]+)", err)
     assert m and int(m.group(1)) == len(reference[0]["rgb"]) and float(m.group(2)) < TOL
@@ -96,7 +102,7 @@ def test_pt2_export_scores_every_test_clip_like_torch(pt2_export, reference):
     assert sorted(p.name for p in folder.iterdir()) == ["metadata.json", "model.pt2"]
     ep = torch.export.load(str(folder / "model.pt2"))
     assert not [n for n in ep.graph.nodes if n.op == "call_function" and "mgnet" in str(n.target)]
-    _check_against_reference(load_exported(folder), reference)
+    print("pt2 max |diff|", _check_against_reference(load_exported(folder), reference))
     assert "exported" in err and "model.pt2" in err
 
 
@@ -127,25 +133,40 @@ def test_export_of_a_run_without_stage_4_fails_with_one_message(trained_run, tmp
     assert rc == 2 and "not an earlier mgnet export" in err and (tmp_path / "mine" / "keep.txt").exists()
 
 
-def test_library_affine_reproduces_the_library_and_refuses_a_nonlinear_one():
-    from mgnet.inference import fused_scores
-    stats = {"mo": {"min": 2.0, "max": 7.0}, "app": {"min": -1.0, "max": 0.5}, "mm": {"min": 0.1, "max": 0.3},
-             "fused": {"min": 0.0, "max": 3.0}}
-    lambdas = {"app": 0.7, "mm": 2.0}
-    A, b = library_affine(stats, lambdas)
-    raw = np.random.default_rng(1).normal(size=(50, 3)) * 4
-    want = fused_scores({**{k: raw[:, i] for i, k in enumerate(COMPONENTS)}, "nll": raw[:, 0]}, stats, lambdas)
-    got = raw @ A.T + b
-    for j, k in enumerate(NORMALISED):
-        np.testing.assert_allclose(got[:, j], want[k], rtol=1e-12, atol=1e-12)
-    # by hand: the fused score's weights are lambda / (max - min)
-    np.testing.assert_allclose(A[0], [1 / 5.0, 0.7 / 1.5, 2.0 / 0.2])
+def test_component_affine_reads_off_the_library_and_refuses_a_non_affine_normaliser():
+    stats = {"mo": {"min": 2.0, "max": 7.0, "mean": 4.0, "std": 2.0}, "app": {"min": -1.0, "max": 0.5,
+             "mean": 0.0, "std": 0.0}}
+    x = np.random.default_rng(1).normal(size=50) * 4
+    for norm in scoring.NORMS:
+        for k in stats:
+            a, b = component_affine(stats, k, norm)
+            np.testing.assert_allclose(a * x + b, scoring.normalize(x, k, norm, stats), rtol=1e-12, atol=1e-12)
+    # by hand: z of mo is (x - 4) / 2, min-max of mo (x - 2) / 5; a constant training score maps to 0
+    assert component_affine(stats, "mo", "z") == pytest.approx((0.5, -2.0))
+    assert component_affine(stats, "mo", "minmax") == pytest.approx((0.2, -0.4))
+    assert component_affine(stats, "app", "z") == (0.0, 0.0)
 
-    def clipped(raw, stats, lambdas):
-        out = fused_scores(raw, stats, lambdas)
-        return {**out, "score": np.clip(out["score"], 0, 1)}
-    with pytest.raises(NotAffineError, match="not affine"):
-        library_affine(stats, lambdas, fused=clipped)
+    def clipped(x, name, norm, stats):
+        return np.clip(scoring.normalize(x, name, norm, stats), -1, 1)
+    with pytest.raises(NotAffineError, match="'mo' is not affine"):
+        component_affine(stats, "mo", "z", normalize=clipped)
+
+
+def test_torch_combine_equals_the_numpy_combine():
+    rng = np.random.default_rng(0)
+    parts, w = rng.normal(size=(40, 4)), rng.random(4) + 0.1
+    for how in scoring.COMBINES:
+        want = scoring.combine_parts(parts, w, how)
+        got = scoring.combine_parts(torch.from_numpy(parts), torch.from_numpy(w), how)
+        assert isinstance(got, torch.Tensor) and got.shape == (40,)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12, err_msg=how)
+    # by hand: parts (1, -2, 3, 0.5), weights (1, 2, 1, 4)
+    p, w = np.array([[1.0, -2.0, 3.0, 0.5]]), np.array([1.0, 2.0, 1.0, 4.0])
+    for how, want in (("sum", 1 - 4 + 3 + 2), ("pos_mean", (1 + 3 + 2) / 8), ("max", 3.0)):
+        assert float(scoring.combine_parts(torch.from_numpy(p), torch.from_numpy(w), how)[0]) == pytest.approx(want)
+        assert float(scoring.combine_parts(p, w, how)[0]) == pytest.approx(want)
+    with pytest.raises(ValueError, match="combine"):
+        scoring.combine_parts(p, w, "median")
 
 
 def test_every_forward_op_has_its_reference_as_decomposition():
