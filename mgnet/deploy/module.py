@@ -7,7 +7,8 @@ Inputs (the model batch `mgnet score` builds per clip, mgnet.inference.clip_batc
 Outputs, each (B,), in the order ``outputs(components)`` gives (per export: the run's fused
 components, written into metadata.json and the ONNX metadata as "outputs"):
     score              the fused score, as mgnet.inference.fused_scores computes it
-    <k> per component  the component normalised with the run's score_stats.json (mo, app, mm[, pose])
+    <k> per component  the component normalised with the run's score_stats.json: mo, app, mm[, s_pose]
+                       (norm_output: S_pose is "s_pose", the input being "pose")
     nll                STG-NF's NLL (raw, as `mgnet score` reports it)
     raw_<k>            the raw components (eqs. 13-15, S_pose), float32 values
 
@@ -36,9 +37,15 @@ class NotAffineError(ValueError):
     """The library's normalisation of a component is not an affine map of its raw score."""
 
 
+def norm_output(component: str) -> str:
+    """The output name of a normalised component: its own name, or ``s_<name>`` where that is an
+    input's name (ONNX names are unique: the normalised S_pose is ``s_pose``, the input ``pose``)."""
+    return f"s_{component}" if component in INPUTS else component
+
+
 def outputs(components: Sequence[str]) -> tuple:
     """The output names of a ClipScorer fusing ``components``, in order."""
-    return ("score", *components, "nll", *(f"raw_{k}" for k in components))
+    return ("score", *map(norm_output, components), "nll", *(f"raw_{k}" for k in components))
 
 
 def model_components(model: nn.Module, stats: Mapping) -> tuple:

@@ -13,7 +13,7 @@ import torch
 
 from mgnet.cli import main as cli
 from mgnet import scoring
-from mgnet.deploy.module import NotAffineError, component_affine
+from mgnet.deploy.module import NotAffineError, component_affine, norm_output
 
 TOL = 1e-4
 
@@ -37,10 +37,10 @@ def _reference_scores(run):
         for lo in range(0, len(items), 128):
             parts.append(model.scores({k: v[lo:lo + 128] for k, v in inputs.items()}))
     raw = {k: torch.cat([p[k] for p in parts]).double().numpy() for k in parts[0]}
-    ref = fused_scores(raw, stats, lambdas)
+    ref = {norm_output(k): v for k, v in fused_scores(raw, stats, lambdas).items()}
     ref.update({f"raw_{k}": raw[k] for k in scoring.fused_components(raw, stats)})
     # a default run: z-scores against the training clips, pos_mean, and S_pose fused
-    assert stats["fusion"]["norm"] == "z" and stats["fusion"]["combine"] == "pos_mean" and "pose" in ref
+    assert stats["fusion"]["norm"] == "z" and stats["fusion"]["combine"] == "pos_mean" and "s_pose" in ref
     return inputs, ref, stats
 
 
@@ -63,7 +63,7 @@ def _check_against_reference(model, reference):
     for k in ref:
         np.testing.assert_allclose(np.concatenate(got[k]), ref[k], rtol=0, atol=TOL, err_msg=k)
     # the components differ between clips (the comparison is not between constants)
-    assert np.ptp(ref["score"]) > 1e-3 and np.ptp(ref["mo"]) > 1e-3 and np.ptp(ref["pose"]) > 1e-3
+    assert np.ptp(ref["score"]) > 1e-3 and np.ptp(ref["mo"]) > 1e-3 and np.ptp(ref["s_pose"]) > 1e-3
     assert sorted(model.outputs) == sorted(ref)
     return {k: float(np.max(np.abs(np.concatenate(got[k]) - ref[k]))) for k in ref}
 
@@ -80,7 +80,7 @@ def test_onnx_export_scores_every_test_clip_like_torch(onnx_export, reference):
     assert meta["clip"]["seg_len"] == 16 and meta["keypoints"]["layout"] == "openpose18"
     assert len(meta["keypoints"]["joints"]) == 18 and set(meta["lambdas"]) == {"app", "mm"}
     assert meta["fusion"]["norm"] == "z" and meta["fusion"]["combine"] == "pos_mean"
-    assert meta["outputs"] == ["score", "mo", "app", "mm", "pose", "nll", "raw_mo", "raw_app", "raw_mm", "raw_pose"]
+    assert meta["outputs"] == ["score", "mo", "app", "mm", "s_pose", "nll", "raw_mo", "raw_app", "raw_mm", "raw_pose"]
     proto = onnx.load(str(folder / "model.onnx"))
     props = {p.key: json.loads(p.value) for p in proto.metadata_props}
     for key in ("score_stats", "lambdas", "threshold", "clip", "keypoints", "outputs", "fusion"):
