@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Dict, List
 
-from mgnet import runs
+from mgnet import config_schema, runs
 
 TARGETS = [  # (description, component, column, threshold)
     ("fused micro AUC >= 0.90", "fused", "micro", 0.90),
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
                  f"seed={args.seed}", f"train.out={args.out}",
                  "train.resume=true" if args.resume else "train.overwrite=true", *args.overrides]
     try:
-        cfg = runs.compose_config(overrides)
+        cfg = config_schema.compose(overrides)  # checked before any data or folder
         print(f"mgnet demo: {args.size} synthetic benchmark in {cfg.data.root}, run folder {cfg.train.out}",
               file=sys.stderr)
         ctx = Dist(str(cfg.train.device))  # one process group (torchrun) for training and evaluation

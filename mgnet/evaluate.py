@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mgnet import runs, scoring
+from mgnet import config_schema, faults, runs, scoring
 from mgnet.runs import RunDir, RunError
 
 SCORE_KEYS = ("nll", "mo", "app", "mm")
@@ -56,6 +56,7 @@ def score_clips(model, store, batch_size: int, ctx=None, amp: bool = True, desc:
                 parts[k].append(out[k].float().cpu().numpy().astype(np.float64))
             for k in META_KEYS:
                 parts[k].append(batch[k].numpy())
+            faults.point("scores.batch")
     res = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
     for k in SCORE_KEYS + META_KEYS:
         res.setdefault(k, np.zeros(0))
@@ -75,7 +76,7 @@ def load_run(run_dir, device="cpu", stage: int = 4) -> Tuple[torch.nn.Module, An
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise RunError(f"run folder {run.root} does not exist")
-    cfg = runs.load_config(run.config)
+    cfg = config_schema.validate(runs.load_config(run.config))
     ckpt_path = run.stage(stage)
     if not ckpt_path.exists():
         have = sorted(p.name for p in run.ckpt_dir.glob("stage?.pt")) if run.ckpt_dir.is_dir() else []
@@ -241,7 +242,9 @@ def main(argv=None) -> int:
             raise ValueError("which run? `mgnet eval run=<run dir>`")
         cfg = runs.load_config(RunDir(run).config)
         if overrides:
+            config_schema.check_overrides(overrides)
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        cfg = config_schema.validate(cfg)  # checked before anything is scored or written
         metrics = evaluate(cfg, run)
     except (RunError, DataError, ValueError, FileNotFoundError) as exc:
         print(f"mgnet eval: error: {exc}", file=sys.stderr)

@@ -27,6 +27,8 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import numpy as np
 import torch
 
+from mgnet import faults
+
 
 class RunError(RuntimeError):
     """A problem with a run folder (missing/corrupt checkpoint, config mismatch, stage order)."""
@@ -41,6 +43,7 @@ def atomic_write(path: os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        faults.point(f"write {path.name}")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -44,7 +44,7 @@ from typing import Optional
 
 import numpy as np
 
-from mgnet import scoring
+from mgnet import faults, scoring
 from mgnet.data.pose_formats import FORMATS, check_frame_range, load_poses
 from mgnet.online import ClipSpec, OnlineScorer, clip_batch, fused_scores, load_score_stats, run_model
 
@@ -142,6 +142,7 @@ def score_offline(model, src, tracks, spec: ClipSpec, stats, lambdas, sigma: flo
             raw[k].append(v)
         pids.append(batch["person"].numpy())
         centre_frames.append(batch["frame"].numpy())
+        faults.point("score.batch")
     raw = {k: np.concatenate(v) if v else np.zeros(0) for k, v in raw.items()}
     pids = np.concatenate(pids) if pids else np.zeros(0, np.int64)
     centre_frames = np.concatenate(centre_frames) if centre_frames else np.zeros(0, np.int64)
@@ -363,17 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    from mgnet import config_schema
     from mgnet.data.errors import DataError
     from mgnet.data.video import open_frames
     from mgnet.evaluate import load_run
     from mgnet.report.events import resolve_threshold
     from mgnet.runs import RunError
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
     staged: list[Path] = []
     try:
+        config_schema.check_args(config_schema.Score, args)  # first: options, then the run's config
+        if args.threads:
+            import torch
+            torch.set_num_threads(args.threads)
         # everything is checked before any scoring or output
         if not (args.run / "config.yaml").is_file():
             raise RunError(f"{args.run}: not a run folder (no config.yaml)")
@@ -420,6 +423,7 @@ def main(argv=None) -> int:
             out = write_outputs(tmp, name, res, src, tracks, threshold, thr_source, fps, meta,
                                 {"merge_gap": args.merge_gap, "min_length": args.min_event},
                                 video=not args.no_video)
+            faults.point("score.publish")
             _publish(tmp, args.out / name)
             staged.remove(tmp)
             print(f"{name}: {len(src)} frames, {meta['frames_per_second']} frames/s ({meta['mode']}), "

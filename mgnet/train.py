@@ -43,7 +43,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from mgnet import runs
+from mgnet import config_schema, faults, runs
 from mgnet.runs import RunDir, RunError
 
 try:
@@ -407,6 +407,7 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
                 if stop and step < total:
                     bar.close()
                     raise Stopped(f"stage {stage} step {step}")
+                faults.point(f"stage{stage}.step")
                 if step >= total:
                     break
     bar.close()
@@ -438,6 +439,7 @@ def write_bsmm(model, store, cfg, run: RunDir, ctx: Dist, log) -> None:
                           file=sys.stderr):
             with _annotate("stage4/write", color="green"):
                 model.bsmm_write(to_device(batch, ctx.device))
+            faults.point("stage4.batch")
         with _annotate("stage4/finish", color="green"):
             info = model.bsmm_finish()     # pose mode: fit the pose memory, write the BSMM from all clips
     log.info(f"stage 4: BSMM written from {len(store)} clips in {time.perf_counter() - t0:.1f}s "
@@ -502,13 +504,14 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
         stages = sorted({int(s) for s in cfg.train.stages})
         if not stages or any(s not in STAGES for s in stages):
             raise ValueError(f"train.stages={list(cfg.train.stages)}: expected a subset of {list(STAGES)}")
+        # stage prerequisites before any data or training time is spent, and before the run folder is made
+        for s in stages:
+            if s > 1 and (s - 1) not in stages and not RunDir(cfg.train.out).stage(s - 1).exists():
+                raise RunError(f"stage {s} needs {RunDir(cfg.train.out).stage(s - 1)} (stage {s - 1}'s "
+                               f"checkpoint), which does not exist; run stage {s - 1} first "
+                               f"(train.stages=[{s - 1},{s}])")
         run = prepare_run_dir(cfg, ctx)
         log = runs.get_logger(run, ctx.rank)
-        # stage prerequisites before any data or training time is spent
-        for s in stages:
-            if s > 1 and (s - 1) not in stages and not run.stage(s - 1).exists():
-                raise RunError(f"stage {s} needs {run.stage(s - 1)} (stage {s - 1}'s checkpoint), which does "
-                               f"not exist; run stage {s - 1} first (train.stages=[{s - 1},{s}])")
         store = open_split(cfg.data, "train", ctx)
         log.info(f"run {run.root}: {len(store)} training clips, stages {stages}, world {ctx.world}, "
                  f"device {ctx.device}")
@@ -584,7 +587,7 @@ def main(argv=None) -> int:
         return 0
     from mgnet.data.errors import DataError
     try:
-        cfg = runs.compose_config(parse_argv(argv))
+        cfg = config_schema.compose(parse_argv(argv))  # checked before any data or folder
         result = train(cfg)
     except (RunError, DataError, ValueError, FileNotFoundError) as exc:
         print(f"mgnet train: error: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import faults
 from . import datasets
 from .cache import FORMAT_VERSION, ClipStore
 from .crops import crop_squares, person_boxes, scene_images
@@ -151,6 +152,7 @@ def build_shard(plan: _Plan, cfg: dict, shard_dir: str, chash: str, pbar=None) -
     os.makedirs(tmp)
     try:
         _write_shard(plan, cfg, tmp, chash, pbar)
+        faults.point("prepare.shard")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -309,6 +311,7 @@ def _finalize(cfg, split, chash, items, store_dir, decoded_frames, seconds):
         scenes[it.name] = info["scene"]
     index = np.concatenate(index) if index else np.zeros((0, 7), np.int64)
     _atomic_save(os.path.join(store_dir, "index.npy"), index)
+    faults.point("prepare.index")
     meta = dict(format=FORMAT_VERSION, hash=chash, split=split, config=cfg, seg_len=cfg["seg_len"],
                 stride=stride_for(cfg, split), videos=[it.name for it in items], num_frames=num_frames,
                 frame_size=frame_size, scenes=scenes,
@@ -320,20 +323,6 @@ def _finalize(cfg, split, chash, items, store_dir, decoded_frames, seconds):
     os.replace(tmp, os.path.join(store_dir, "store.json"))
 
 
-def compose_data_config(overrides: list[str]):
-    """The `data` node of mgnet/conf composed with hydra overrides (the data group alone if the
-    top-level config.yaml is absent)."""
-    from hydra import compose, initialize_config_dir
-    conf_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-    with initialize_config_dir(config_dir=conf_dir, version_base=None):
-        if os.path.isfile(os.path.join(conf_dir, "config.yaml")):
-            return compose(config_name="config", overrides=list(overrides)).data
-        ov = [("+" + o if o.startswith("data=") else o) for o in overrides]
-        if not any(o.startswith("+data=") for o in ov):
-            ov.insert(0, "+data=synthetic")
-        return compose(overrides=ov).data
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -342,8 +331,9 @@ def main(argv=None) -> int:
               "  mgnet prepare data=shanghaitech data.root=/data/shanghaitech\n"
               "  mgnet prepare data=ubnormal data.root=/data/UBnormal 'data.splits=[train,test]'")
         return 0
+    from mgnet import config_schema
     try:
-        dcfg = compose_data_config(argv)
+        dcfg = config_schema.compose(argv).data  # checked before any data is generated or prepared
         splits = list(dcfg.get("splits") or ["train", "test"])
         for split in splits:
             t = time.time()
@@ -351,9 +341,9 @@ def main(argv=None) -> int:
             b = store.meta.get("build", {})
             print(f"mgnet prepare: {split}: {len(store)} clips from {len(store.videos)} videos -> {store.path} "
                   f"({b.get('decoded_frames', 0)} frames decoded in {time.time() - t:.1f} s)")
-    except DataError as e:
-        print(f"mgnet prepare: {e}", file=sys.stderr)
-        return 1
+    except (DataError, config_schema.ConfigError) as e:
+        print(f"mgnet prepare: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -320,11 +320,13 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="processes (default: min(2, cores))")
     ap.add_argument("--force", action="store_true", help="replace an existing, different folder at --out")
     args = ap.parse_args(argv)
+    from mgnet import config_schema
     try:
+        config_schema.check_args(config_schema.SynthArgs, args)  # before anything is generated
         meta = generate(args.out, args.size, args.seed, args.workers, args.force)
-    except DataError as e:
-        print(f"mgnet synth: {e}", file=sys.stderr)
-        return 1
+    except (DataError, config_schema.ConfigError) as e:
+        print(f"mgnet synth: error: {e}", file=sys.stderr)
+        return 2
     vids = meta["videos"]
     n_train = sum(v["frames"] for v in vids.values() if v["split"] == "train")
     n_test = sum(v["frames"] for v in vids.values() if v["split"] == "test")

@@ -144,11 +144,11 @@ def test_store_labels_follow_gt(stores):
 def test_cli(tiny, capsys):
     root = tiny[0]
     assert synthetic.main(["--out", root, "--size", "tiny", "--seed", "3"]) == 0  # same: kept as is
-    assert synthetic.main(["--out", root, "--size", "tiny", "--seed", "4"]) == 1
+    assert synthetic.main(["--out", root, "--size", "tiny", "--seed", "4"]) == 2
     assert "pass --force" in capsys.readouterr().err
     assert prepare.main([f"data.root={root}", "data.synth.size=tiny", "data.synth.seed=3", "data.splits=[test]"]) == 0
     assert "mgnet prepare: test:" in capsys.readouterr().out
-    assert prepare.main(["data=shanghaitech", f"data.root={root}/nope"]) == 1
+    assert prepare.main(["data=shanghaitech", f"data.root={root}/nope"]) == 2
     assert "nope: dataset root folder not found" in capsys.readouterr().err
 
 
