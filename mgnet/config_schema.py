@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = ["ConfigError", "spec", "rule", "Root", "Data", "Synth", "Train", "Stage", "Stage4", "Eval",
-           "Score", "SynthArgs", "compose", "validate", "check_args", "check_overrides"]
+           "Score", "SynthArgs", "compose", "validate", "check_args", "check_overrides", "load_run_config"]
 
 REQUIRED = dataclasses.MISSING
 
@@ -399,6 +399,27 @@ def _one_line(exc) -> str:
 
 def _omegaconf_key(exc) -> str:
     return str(getattr(exc, "full_key", "") or "config")
+
+
+def load_run_config(path):
+    """A run's config.yaml, read and checked: ConfigError naming the file for YAML that does not
+    parse or a config the schema rejects; RunError (runs.load_config) when the file is missing."""
+    from mgnet import runs
+    path = Path(path)
+    try:
+        cfg = runs.load_config(path)
+    except runs.RunError:
+        raise
+    except Exception as exc:  # yaml.YAMLError, UnicodeDecodeError, OmegaConf's errors on odd keys
+        raise ConfigError.from_message(str(path), f"{path}: not a readable config "
+                                                  f"({type(exc).__name__}: {_one_line(exc)[:200]})") from None
+    from omegaconf import DictConfig
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError.from_message(str(path), f"{path}: expected a mapping of config groups")
+    try:
+        return validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError.from_message(str(path), f"{path}: {exc}") from None
 
 
 # ---------------------------------------------------------------- hydra jobs

@@ -76,7 +76,7 @@ def load_run(run_dir, device="cpu", stage: int = 4) -> Tuple[torch.nn.Module, An
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise RunError(f"run folder {run.root} does not exist")
-    cfg = config_schema.validate(runs.load_config(run.config))
+    cfg = config_schema.load_run_config(run.config)
     ckpt_path = run.stage(stage)
     if not ckpt_path.exists():
         have = sorted(p.name for p in run.ckpt_dir.glob("stage?.pt")) if run.ckpt_dir.is_dir() else []
@@ -188,16 +188,20 @@ def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
         if not ctx.main:
             return {}
         metrics, curves = compute_metrics(clip, store, cfg)
+        for d in (run.root / "eval", run.plots / "videos"):  # left by an evaluation killed mid-write
+            runs.remove_temporaries(d)
+        runs.remove_temporaries(run.root, recursive=False)
         arrays = {}
         for name, fused in curves["fused"].items():
             arrays[name] = fused.astype(np.float32)
             for key in SCORE_KEYS:
                 arrays[f"{key}/{name}"] = curves[key][name].astype(np.float32)
             arrays[f"gt/{name}"] = curves["gt"][name].astype(np.uint8)
-        runs.save_npz(run.frame_scores, arrays)
         if cfg.eval.plots:
             metrics["plots"] = plot_videos(run, curves, int(cfg.eval.max_plots))
-        runs.write_json(run.metrics, metrics)
+        # together: metrics.json never describes another evaluation's frame_scores.npz
+        runs.atomic_write_all([(run.frame_scores, runs.npz_writer(arrays)),
+                               (run.metrics, runs.json_writer(metrics))])
         log.info("evaluated %d test videos (%d frames, sigma %g): fused micro AUC %.4f -> %s",
                  metrics["num_videos"], metrics["num_frames"], metrics["sigma"],
                  metrics["auc"]["fused"]["micro"], run.metrics)
@@ -240,7 +244,7 @@ def main(argv=None) -> int:
         run, overrides = parse_argv(argv)
         if not run:
             raise ValueError("which run? `mgnet eval run=<run dir>`")
-        cfg = runs.load_config(RunDir(run).config)
+        cfg = config_schema.load_run_config(RunDir(run).config)
         if overrides:
             config_schema.check_overrides(overrides)
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))

@@ -416,8 +416,8 @@ def main(argv=None) -> int:
                                     args.batch_size, args.device, progress=True)
             meta["frames_per_second"] = round(len(src) / max(res.seconds, 1e-9), 2)
             tmp = args.out / f".{name}.partial{os.getpid()}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            for stale in (*args.out.glob(f".{name}.partial*"), *args.out.glob(f".{name}.old*")):
+                shutil.rmtree(stale, ignore_errors=True)  # left by a killed run for this video
             tmp.mkdir()
             staged.append(tmp)
             out = write_outputs(tmp, name, res, src, tracks, threshold, thr_source, fps, meta,

@@ -216,6 +216,7 @@ def prepare_run_dir(cfg, ctx: Dist) -> RunDir:
                                f"(train.resume=true) to continue it, train.overwrite=true to start over, "
                                f"or choose another train.out")
         run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        runs.remove_temporaries(run.root)  # left by a run killed mid-write (never read: hidden names)
         if not (cfg.train.resume and run.config.exists()):
             runs.save_config(run.config, cfg)
     ctx.barrier()
@@ -524,6 +525,8 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
                 done = run.stage(s)
                 if cfg.train.resume and done.exists():
                     log.info(f"stage {s}: finished earlier ({done}), skipped")
+                    if ctx.main and run.snapshot(s).exists():  # killed between the checkpoint and this unlink
+                        run.snapshot(s).unlink()
                     continue
                 if s > 1 and loaded != s - 1:
                     prev = run.stage(s - 1)
