@@ -40,6 +40,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mgnet: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, read-only folder, no permission: one line, status 2
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mgnet {cmd}: error: cannot write or read {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

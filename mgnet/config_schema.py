@@ -327,6 +327,9 @@ def _check_group(prefix: str, node: Any, schema, fill_defaults: bool = True) -> 
                 raise ConfigError(key, REQUIRED, f"required, no value given (pass {key}=...)")
             if not fill_defaults:
                 continue
+            if dataclasses.is_dataclass(hints[name]):  # a missing group: its own required keys say what
+                out[name] = _check_group(key, {}, hints[name])
+                continue
             default = f.default if f.default is not REQUIRED else f.default_factory()
             out[name] = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default
             continue
