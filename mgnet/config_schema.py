@@ -343,9 +343,9 @@ def _check_model(node: Any) -> Dict[str, Any]:
     if not isinstance(node, dict):
         raise ConfigError("model", node, "expected a group of keys (the fields of ModelConfig)")
     node = dict(node)
-    preset = node.pop("preset", None)
-    if preset is not None and preset not in ("small", "paper"):
-        raise ConfigError("model.preset", preset, "expected one of small, paper")
+    preset = node.pop("preset", None)  # checked by ModelConfig.from_dict
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError("model.preset", preset, "expected a preset name")
     fields, hints = _fields(schema)
     unknown = [k for k in node if k not in fields]
     if unknown:

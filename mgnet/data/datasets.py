@@ -212,7 +212,10 @@ def _load_array(path):
         a = np.load(path, allow_pickle=False)
     except Exception:
         try:  # a plain-text array also passes
-            a = np.loadtxt(path)
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "input contained no data": an empty array, checked below
+                a = np.loadtxt(path)
         except Exception:
             raise DataError(path, "not a numpy array file (np.save) or a text array") from None
     a = np.asarray(a)

@@ -133,10 +133,10 @@ def _tmp():
 
 
 # ---------------------------------------------------------------- pose readers
+@pytest.mark.parametrize("fmt", ["alphapose-tracked", "alphapose-results", "mmpose", "mmpose-wrapped"])
 @FUZZ
-@given(data=st.data(), dets=detections(), fmt=st.sampled_from(["alphapose-tracked", "alphapose-results",
-                                                                "mmpose", "mmpose-wrapped"]), name=NAME)
-def test_json_pose_readers(data, dets, fmt, name):
+@given(data=st.data(), dets=detections(), name=NAME)
+def test_json_pose_readers(fmt, data, dets, name):
     doc = {"alphapose-tracked": _alphapose_tracked, "alphapose-results": _alphapose_results,
            "mmpose": lambda d: _mmpose(d, False), "mmpose-wrapped": lambda d: _mmpose(d, True)}[fmt](dets)
     with _tmp() as d:
