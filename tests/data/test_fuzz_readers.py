@@ -223,9 +223,10 @@ def _array_bytes(data, a) -> bytes:
     return raw
 
 
+@pytest.mark.parametrize("ubnormal", [False, True], ids=["shanghaitech-npy", "ubnormal-tracks-txt"])
 @FUZZ
-@given(data=st.data(), arr=ARRAYS, n=st.integers(0, 40), ubnormal=st.booleans(), name=NAME)
-def test_ground_truth_readers(data, arr, n, ubnormal, name):
+@given(data=st.data(), arr=ARRAYS, n=st.integers(0, 40), name=NAME)
+def test_ground_truth_readers(ubnormal, data, arr, n, name):
     """ShanghaiTech test_frame_mask/<vid>.npy and UBnormal gt/<vid>_tracks.txt (1 = normal)."""
     with _tmp() as d:
         path = Path(d) / (f"{name}_tracks.txt" if ubnormal else f"{name}.npy")
