@@ -460,7 +460,8 @@ def check_overrides(overrides) -> None:
             fields, hints = _fields(schema)
             if part not in fields:
                 where = f" of {prefix}" if prefix else ""
-                raise ConfigError(key, REQUIRED, f"unknown key; known keys{where}: {', '.join(fields)}")
+                also = "" if prefix else f"; config groups (group=option): {', '.join(groups)}"
+                raise ConfigError(key, REQUIRED, f"unknown key; known keys{where}: {', '.join(fields)}{also}")
             t = hints[part]
             if typing.get_origin(t) is typing.Union:
                 t = [a for a in typing.get_args(t) if a is not type(None)][0]
