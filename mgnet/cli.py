@@ -35,8 +35,12 @@ def main(argv=None) -> int:
         print(f"mgnet: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[cmd][0])
+    from mgnet.config_schema import ConfigError
     try:
         return int(module.main(rest) or 0)
+    except ConfigError as exc:  # a bad option (argparse) or config value outside a job's own handler
+        print(f"mgnet {cmd}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mgnet: interrupted", file=sys.stderr)
         return 130

@@ -30,6 +30,7 @@ written before a key existed) are filled with the field's default.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = ["ConfigError", "spec", "rule", "Root", "Data", "Synth", "Train", "Stage", "Stage4", "Eval",
-           "Score", "SynthArgs", "compose", "validate", "check_args", "check_overrides", "load_run_config"]
+           "Score", "SynthArgs", "ArgumentParser", "compose", "validate", "check_args", "check_overrides", "load_run_config"]
 
 REQUIRED = dataclasses.MISSING
 
@@ -492,6 +493,14 @@ def compose(overrides=()):
 
 
 # ---------------------------------------------------------------- argparse jobs
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (a wrong type, a missing option) are a one-line ConfigError, printed
+    by the job as ``mgnet <job>: error: ...`` with status 2, instead of usage text and SystemExit."""
+
+    def error(self, message):
+        raise ConfigError.from_message(self.prog, f"{message} (see `{self.prog} --help`)")
+
+
 def check_args(schema, args) -> None:
     """Check an argparse namespace's options that ``schema`` (a dataclass) lists."""
     fields, hints = _fields(schema)

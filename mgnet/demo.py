@@ -48,7 +48,7 @@ def check_targets(metrics: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def parse(argv: List[str]):
-    p = argparse.ArgumentParser(prog="mgnet demo", description=__doc__.split("\n\n")[0],
+    p = config_schema.ArgumentParser(prog="mgnet demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="small", choices=("tiny", "small", "full"), help="synthetic benchmark size")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")

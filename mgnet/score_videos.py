@@ -341,7 +341,8 @@ def best_f1_on_test_split(model, cfg, stats, lambdas, device, batch_size) -> tup
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mgnet score", description="Score your own videos with a trained run.",
+    from mgnet.config_schema import ArgumentParser
+    p = ArgumentParser(prog="mgnet score", description="Score your own videos with a trained run.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", required=True, type=Path, help="a video file, a folder of frame images, or a folder of videos")
     p.add_argument("--poses", required=True, type=Path, help="the pose file/folder (or a folder of them, one per video)")

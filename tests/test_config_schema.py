@@ -63,6 +63,8 @@ BAD = [
     (["demo", "--seed", "-2"], ["seed", "-2", ">= 0"]),
     (["synth", "--out", "s", "--seed", "-3"], ["--seed", "-3", ">= 0"]),
     (["synth", "--out", "s", "--workers", "0"], ["--workers", "=0", ">= 1"]),
+    (["synth", "--out", "s", "--seed", "x"], ["--seed", "invalid int value: 'x'", "mgnet synth --help"]),
+    (["demo", "--size", "huge"], ["--size", "invalid choice: 'huge'"]),
     # eval: overrides of a run's config.yaml ({run} is a valid run folder)
     (["eval", "run={run}", "eval.sigma=-1"], ["eval.sigma", "-1", ">= 0"]),
     (["eval", "run={run}", "eval.batch_size=0"], ["eval.batch_size", "=0", ">= 1"]),
@@ -85,6 +87,9 @@ BAD = [
     (["score", "--video", "v.mp4", "--poses", "p.json", "--run", "{run}", "--device", "tpu"],
      ["--device", "'tpu'", "cuda:<index>"]),
     (["score", "--video", "v.mp4", "--poses", "p.json", "--run", "{badrun}"], ["model.embed_dim", "'wide'", "an integer"]),
+    (["score", "--video", "v.mp4", "--poses", "p.json", "--run", "{run}", "--batch-size", "many"],
+     ["--batch-size", "invalid int value: 'many'"]),
+    (["score", "--video", "v.mp4", "--run", "{run}"], ["required", "--poses"]),
     (["eval", "run={badrun}"], ["model.embed_dim", "'wide'", "an integer"]),
 ]
 

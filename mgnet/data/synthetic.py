@@ -313,7 +313,8 @@ def generate(out, size: str = "small", seed: int = 0, workers: int | None = None
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="mgnet synth", description=__doc__.split("\n")[0])
+    from mgnet.config_schema import ArgumentParser
+    ap = ArgumentParser(prog="mgnet synth", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output folder (ShanghaiTech layout)")
     ap.add_argument("--size", default="small", choices=sorted(SIZES), help="tiny (tests), small (demo), full")
     ap.add_argument("--seed", type=int, default=0)
