@@ -1,6 +1,5 @@
 """Typed configuration (mgnet.config_schema): every bad value of every job stops with exit status 2
 and one line naming the key, the value and what is allowed, before anything is written."""
-import itertools
 import os
 import subprocess
 import sys

@@ -323,29 +323,15 @@ def _finalize(cfg, split, chash, items, store_dir, decoded_frames, seconds):
     os.replace(tmp, os.path.join(store_dir, "store.json"))
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print("usage: mgnet prepare [hydra overrides...]\n\n" + __doc__.split("\n\n")[1] + "\n\n"
-              "examples:\n  mgnet prepare                               # the synthetic benchmark (small)\n"
-              "  mgnet prepare data=shanghaitech data.root=/data/shanghaitech\n"
-              "  mgnet prepare data=ubnormal data.root=/data/UBnormal 'data.splits=[train,test]'")
-        return 0
-    from mgnet import config_schema
-    try:
-        dcfg = config_schema.compose(argv).data  # checked before any data is generated or prepared
-        splits = list(dcfg.get("splits") or ["train", "test"])
-        for split in splits:
-            t = time.time()
-            store = prepare_split(dcfg, split, progress=True)
-            b = store.meta.get("build", {})
-            print(f"mgnet prepare: {split}: {len(store)} clips from {len(store.videos)} videos -> {store.path} "
-                  f"({b.get('decoded_frames', 0)} frames decoded in {time.time() - t:.1f} s)")
-    except (DataError, config_schema.ConfigError) as e:
-        print(f"mgnet prepare: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def compose_data_config(overrides: list[str]):
+    """The `data` node of mgnet/conf composed with hydra overrides (the data group alone if the
+    top-level config.yaml is absent)."""
+    from hydra import compose, initialize_config_dir
+    conf_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    with initialize_config_dir(config_dir=conf_dir, version_base=None):
+        if os.path.isfile(os.path.join(conf_dir, "config.yaml")):
+            return compose(config_name="config", overrides=list(overrides)).data
+        ov = [("+" + o if o.startswith("data=") else o) for o in overrides]
+        if not any(o.startswith("+data=") for o in ov):
+            ov.insert(0, "+data=synthetic")
+        return compose(overrides=ov).data

@@ -23,7 +23,7 @@ from mgnet.data import datasets
 from mgnet.data.errors import DataError
 from mgnet.data.pose_formats import load_poses
 from mgnet.data.poses import read_pose_json
-from mgnet.online import load_score_stats
+from mgnet.inference import load_score_stats
 
 EXAMPLES = int(os.environ.get("MGNET_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,

@@ -1,4 +1,9 @@
-"""Online scoring: frame scores emitted as soon as every window centred on the frame is complete.
+"""Scoring videos with a trained run: online (frame by frame) and offline (every window in batches).
+
+Library code behind `mgnet score` and the Python API; both paths cut clips as mgnet.data.prepare does
+and score them with mgnet.engine.score_batch, the one per-batch scoring function.
+
+Online scoring: frame scores emitted as soon as every window centred on the frame is complete.
 
 Offline evaluation min-max normalises each score component over the evaluated set, which needs
 the whole video. Online, each component is normalised with the minimum and maximum recorded on
@@ -20,7 +25,7 @@ smoothing is applied (a centred Gaussian would need future frames).
 
 Python API::
 
-    from mgnet.online import iter_scores
+    from mgnet.inference import iter_scores
     for fs in iter_scores("video.mp4", "poses.json", "runs/demo"):
         print(fs.frame, fs.score, fs.persons)     # FrameScore, in frame order
 
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,15 +45,23 @@ from typing import Iterator, Mapping, Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from mgnet import scoring
+from mgnet import faults, scoring
 from mgnet.data.crops import crop_squares, person_boxes, scene_images
-from mgnet.data.poses import coco17_to_openpose18, normalize_pose
+from mgnet.data.pose_formats import check_frame_range, load_poses
+from mgnet.data.poses import Track, coco17_to_openpose18, normalize_pose
+from mgnet.data.video import IMAGE_EXTS, VIDEO_EXTS, open_frames
+from mgnet.data.windows import split_track, window_starts
+from mgnet.engine import Dist, load_run, open_split, score_batch, score_clips
+from mgnet.report.events import best_f1_threshold, resolve_threshold
+from mgnet.scoring import SCORE_KEYS
 
 __all__ = ["ClipSpec", "FrameScore", "OnlineScorer", "clip_batch", "fused_scores", "load_score_stats",
-           "iter_scores"]
+           "iter_scores", "VideoScores", "offline_batches", "score_offline", "score_online", "find_pose_file",
+           "video_inputs", "open_video_inputs", "choose_threshold", "best_f1_on_test_split"]
 
-RAW_KEYS = ("mo", "app", "mm", "nll")
+POSE_PATTERNS = ("{}.json", "{}_alphapose_tracked_person.json", "{}_alphapose-results.json", "results_{}.json", "{}")
 
 
 @dataclass(frozen=True)
@@ -105,13 +120,14 @@ def load_score_stats(run_dir) -> dict:
         raise DataError(path, "not a UTF-8 JSON text") from None
     if not isinstance(stats, dict):
         raise DataError(path, f"expected a JSON object of statistics, got {type(stats).__name__}")
-    missing = [k for k in ("mo", "app", "mm", "fused") if not isinstance(stats.get(k), dict) or "min" not in stats[k]]
+    names = scoring.COMPONENTS + ("fused",)
+    missing = [k for k in names if not isinstance(stats.get(k), dict) or "min" not in stats[k]]
     if missing:
         raise DataError(path, f"lacks statistics for {missing}")
 
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    for k in ("mo", "app", "mm", "fused"):
+    for k in names:
         st = stats[k]
         bad = [f for f in ("min", "max") if not number(st.get(f))]
         bad += [f for f in st if f.startswith("p") and not number(st[f])]
@@ -155,13 +171,6 @@ def clip_batch(kps17: np.ndarray, crops: np.ndarray, scenes: np.ndarray, frame_s
         "frame": torch.from_numpy(starts + spec.centre),
         "label": torch.full((b,), -1, dtype=torch.int64),
     }
-
-
-def run_model(model, batch: dict, device="cpu") -> dict:
-    """Raw per-clip scores {mo, app, mm, nll} as float64 numpy arrays."""
-    with torch.inference_mode():
-        out = model.scores({k: v.to(device) for k, v in batch.items()})
-    return {k: out[k].float().cpu().numpy().astype(np.float64) for k in RAW_KEYS}
 
 
 class _Track:
@@ -255,9 +264,9 @@ class OnlineScorer:
             scenes = scene_images(np.stack([self._images[w[3] + c] for w in chunk]), self.spec.scene_size)
             batch = clip_batch(np.stack([w[1] for w in chunk]), np.stack([w[2] for w in chunk]), scenes,
                                self.frame_size, [w[0] for w in chunk], [w[3] for w in chunk], self.spec)
-            fused = fused_scores(run_model(self.model, batch, self.device), self.stats, self.lambdas)
+            fused = fused_scores(score_batch(self.model, batch, self.device), self.stats, self.lambdas)
             for j, (pid, _, _, start) in enumerate(chunk):
-                comps = {k: float(fused[k][j]) for k in ("mo", "app", "mm", "nll")}
+                comps = {k: float(fused[k][j]) for k in SCORE_KEYS}
                 self._pending.setdefault(start + c, {})[pid] = (float(fused["score"][j]), comps)
 
     def _emit(self, upto: int) -> list[FrameScore]:
@@ -283,14 +292,28 @@ def _lerp(k0: np.ndarray, k1: np.ndarray, f0: int, f1: int, f: int) -> np.ndarra
     return out.reshape(k0.shape)
 
 
+def _poses_by_frame(tracks) -> dict:
+    """``{frame: {track id: (17, 3) keypoints}}`` from load_poses' ``{track id: (frames, keypoints)}``."""
+    by_frame: dict[int, dict] = {}
+    for pid, (fr, kp) in tracks.items():
+        for f, k in zip(fr.tolist(), kp):
+            by_frame.setdefault(f, {})[pid] = k
+    return by_frame
+
+
+def _replay(scorer: OnlineScorer, src, tracks) -> Iterator[FrameScore]:
+    """Push every frame of ``src`` with its poses through ``scorer``; the FrameScores as they become final."""
+    by_frame = _poses_by_frame(tracks)
+    for start, chunk in src.iter_chunks(16):
+        for i, image in enumerate(chunk):
+            yield from scorer.push(start + i, image, by_frame.get(start + i, {}))
+    yield from scorer.flush()
+
+
 def iter_scores(video, poses, run_dir, pose_format: str = "auto", device="cpu",
                 batch_size: int = 64) -> Iterator[FrameScore]:
     """Score a video file (or frame folder) with its pose file online, yielding FrameScores in frame
     order as they become final (``latency`` frames after each frame is read)."""
-    from mgnet.data.pose_formats import check_frame_range, load_poses
-    from mgnet.data.video import open_frames
-    from mgnet.evaluate import load_run
-
     stats = load_score_stats(run_dir)
     model, cfg = load_run(run_dir, device=device)
     spec = ClipSpec.from_config(cfg)
@@ -298,12 +321,207 @@ def iter_scores(video, poses, run_dir, pose_format: str = "auto", device="cpu",
     src = open_frames(video)
     tracks = load_poses(poses, pose_format)
     check_frame_range(tracks, len(src), poses, video)
-    by_frame: dict[int, dict] = {}
+    yield from _replay(OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size), src, tracks)
+
+
+# ----------------------------------------------------------------------------- offline
+@dataclass
+class VideoScores:
+    """Per-frame results of one video. Arrays are (num_frames,), NaN where nobody is scored."""
+    score: np.ndarray
+    components: dict  # name -> (N,): mo/app/mm training-normalised, nll raw, of the top person
+    persons: dict  # track id -> (N,) fused score of that person's clip centred at the frame
+    person_components: dict  # track id -> {name: (N,)}
+    score_minmax: Optional[np.ndarray] = None  # offline only: the eval protocol's curve
+    seconds: float = 0.0  # wall time of scoring (decode + crops + model)
+
+
+def _per_frame(n: int, centres, pids, fused: dict) -> VideoScores:
+    """Max over persons per centre frame (ties: lowest id, as OnlineScorer), NaN elsewhere."""
+    score = np.full(n, np.nan)
+    top = np.full(n, -1, np.int64)
+    comps = {k: np.full(n, np.nan) for k in SCORE_KEYS}
+    persons, pcomps = {}, {}
+    for j in range(len(centres)):
+        c, p, s = int(centres[j]), int(pids[j]), float(fused["score"][j])
+        persons.setdefault(p, np.full(n, np.nan))[c] = s
+        pc = pcomps.setdefault(p, {k: np.full(n, np.nan) for k in comps})
+        for k in comps:
+            pc[k][c] = fused[k][j]
+        if math.isnan(score[c]) or s > score[c] or (s == score[c] and p < top[c]):
+            score[c], top[c] = s, p
+            for k in comps:
+                comps[k][c] = fused[k][j]
+    return VideoScores(score, comps, dict(sorted(persons.items())), dict(sorted(pcomps.items())))
+
+
+def offline_batches(src, tracks, spec: ClipSpec, batch_size: int = 64, progress: bool = False):
+    """Every window of every track (stride 1, gaps <= max_gap interpolated, as mgnet.data.prepare
+    cuts them) as model batches in the ClipStore layout; the video is decoded once."""
+
+    T, c = spec.seg_len, spec.centre
+    segs = []
     for pid, (fr, kp) in tracks.items():
-        for f, k in zip(fr.tolist(), kp):
-            by_frame.setdefault(f, {})[pid] = k
-    scorer = OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size)
-    for start, chunk in src.iter_chunks(16):
+        segs += [s for s in split_track(Track(pid, fr, kp, kp[:, :, 2].mean(1)), spec.max_gap) if len(s) >= T]
+    # which (segment, row) needs a crop at each frame, and which frames are window centres
+    need: dict[int, list] = {}
+    centres = set()
+    for si, s in enumerate(segs):
+        for r, f in enumerate(s.frames.tolist()):
+            need.setdefault(f, []).append((si, r))
+        centres.update((s.frames[window_starts(len(s), T, 1)] + c).tolist())
+    crops = [np.zeros((len(s), 3, spec.crop_size, spec.crop_size), np.uint8) for s in segs]
+    scenes = {}
+    for start, chunk in src.iter_chunks(64):
         for i, image in enumerate(chunk):
-            yield from scorer.push(start + i, image, by_frame.get(start + i, {}))
-    yield from scorer.flush()
+            f = start + i
+            if f in need:
+                rows = need[f]
+                # boxes from the 18 OpenPose joints, as mgnet.data.prepare computes them for training
+                boxes = person_boxes(coco17_to_openpose18(np.stack([segs[si].kps[r] for si, r in rows])),
+                                     spec.box_expand, spec.box_min_conf)
+                for (si, r), crop in zip(rows, crop_squares(image, boxes, spec.crop_size)):
+                    crops[si][r] = crop
+            if f in centres:
+                scenes[f] = scene_images(image[None], spec.scene_size)[0]
+    wins = [(si, int(st)) for si, s in enumerate(segs) for st in window_starts(len(s), T, 1)]
+    it = range(0, len(wins), batch_size)
+    if progress:
+        it = tqdm(it, desc="scoring clips", unit="batch", file=sys.stderr, dynamic_ncols=True)
+    for b in it:
+        chunk = wins[b:b + batch_size]
+        yield clip_batch(np.stack([segs[si].kps[st:st + T] for si, st in chunk]),
+                         np.stack([crops[si][st:st + T] for si, st in chunk]),
+                         np.stack([scenes[int(segs[si].frames[st]) + c] for si, st in chunk]),
+                         src.size, [segs[si].person for si, _ in chunk],
+                         [int(segs[si].frames[st]) for si, st in chunk], spec)
+
+
+def score_offline(model, src, tracks, spec: ClipSpec, stats, lambdas, sigma: float = 0.0,
+                  batch_size: int = 64, device="cpu", progress: bool = False) -> VideoScores:
+    """Every window scored in batches; per-frame curves (training-normalised, and the eval
+    protocol's per-video min-max curve smoothed by ``sigma``)."""
+    t0 = time.perf_counter()
+    n = len(src)
+    raw = {k: [] for k in SCORE_KEYS}
+    pids, centre_frames = [], []
+    for batch in offline_batches(src, tracks, spec, batch_size, progress):
+        for k, v in score_batch(model, batch, device).items():
+            raw[k].append(v)
+        pids.append(batch["person"].numpy())
+        centre_frames.append(batch["frame"].numpy())
+        faults.point("score.batch")
+    raw = {k: np.concatenate(v) if v else np.zeros(0) for k, v in raw.items()}
+    pids = np.concatenate(pids) if pids else np.zeros(0, np.int64)
+    centre_frames = np.concatenate(centre_frames) if centre_frames else np.zeros(0, np.int64)
+    out = _per_frame(n, centre_frames, pids, fused_scores(raw, stats, lambdas))
+    if len(pids):
+        out.score_minmax = scoring.frame_scores(scoring.fuse(raw, lambdas), np.zeros(len(pids), np.int64),
+                                                centre_frames, pids, {"v": n}, sigma, names=["v"])["v"]
+    else:
+        out.score_minmax = np.full(n, np.nan)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def score_online(model, src, tracks, spec: ClipSpec, stats, lambdas, batch_size: int = 64, device="cpu",
+                 on_frame=None) -> VideoScores:
+    """The video replayed frame by frame through OnlineScorer; ``on_frame(FrameScore)`` is called as
+    each frame becomes final."""
+    t0 = time.perf_counter()
+    n = len(src)
+    results = []
+    for fs in _replay(OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size), src, tracks):
+        results.append(fs)
+        if on_frame is not None:
+            on_frame(fs)
+    secs = time.perf_counter() - t0
+    score = np.full(n, np.nan)
+    comps = {k: np.full(n, np.nan) for k in SCORE_KEYS}
+    persons: dict = {}
+    for fs in results:
+        score[fs.frame] = fs.score
+        for k, v in fs.components.items():
+            comps[k][fs.frame] = v
+        for p, v in fs.persons.items():
+            persons.setdefault(p, np.full(n, np.nan))[fs.frame] = v
+    out = VideoScores(score, comps, dict(sorted(persons.items())), {}, None, secs)
+    return out
+
+
+# ----------------------------------------------------------------------------- inputs
+def find_pose_file(poses_dir: Path, name: str) -> Path:
+    found = [poses_dir / p.format(name) for p in POSE_PATTERNS if (poses_dir / p.format(name)).exists()]
+    if not found:
+        raise ValueError(f"{poses_dir}: no poses for video {name!r} (looked for "
+                         + ", ".join(p.format(name) for p in POSE_PATTERNS) + ")")
+    if len(found) > 1:
+        raise ValueError(f"{poses_dir}: several pose files for video {name!r}: {', '.join(p.name for p in found)}")
+    return found[0]
+
+
+def video_inputs(video: Path, poses: Path) -> list[tuple[Path, Path]]:
+    """(video, pose file) pairs: the one given, or every video of a folder with its pose file."""
+    if not video.exists():
+        raise ValueError(f"{video}: video file or folder does not exist")
+    if not poses.exists():
+        raise ValueError(f"{poses}: pose file or folder does not exist")
+    if video.is_dir() and not any(p.suffix.lower() in IMAGE_EXTS for p in video.iterdir()):
+        vids = sorted(p for p in video.iterdir() if p.suffix.lower() in VIDEO_EXTS)
+        if not vids:
+            raise ValueError(f"{video}: folder holds neither videos ({', '.join(VIDEO_EXTS)}) nor frame images")
+        if not poses.is_dir():
+            raise ValueError(f"{poses}: with a folder of videos, --poses must be a folder of pose files")
+        return [(v, find_pose_file(poses, v.stem)) for v in vids]
+    return [(video, poses)]
+
+
+def open_video_inputs(video: Path, poses: Path, pose_format: str = "auto") -> list:
+    """Every input of `mgnet score`, opened and checked before anything is scored:
+    ``[(video path, pose path, frame source, tracks, output name)]``."""
+    inputs = []
+    for vpath, ppath in video_inputs(video, poses):
+        src = open_frames(vpath)
+        tracks = load_poses(ppath, pose_format)
+        check_frame_range(tracks, len(src), ppath, vpath)
+        inputs.append((vpath, ppath, src, tracks, vpath.stem if vpath.is_file() else vpath.name))
+    names = [i[-1] for i in inputs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{video}: two inputs share the output name (video names must differ)")
+    return inputs
+
+
+def choose_threshold(spec: str, model, cfg, stats, lambdas, device, batch_size: int) -> tuple[float, str]:
+    """The event threshold of `mgnet score --threshold` and where it came from: ``best-f1`` (on the
+    run's labelled test split), a percentile of the training-set fused scores (``p99``) or a number."""
+    if str(spec).lower() == "best-f1":
+        threshold, f1 = best_f1_on_test_split(model, cfg, stats, lambdas, device, batch_size)
+        return threshold, f"best F1 {f1:.3f} on the run's test split"
+    threshold = resolve_threshold(spec, stats)
+    return threshold, (f"{spec} of training-set fused scores" if str(spec).lower().startswith("p") else "given")
+
+
+def best_f1_on_test_split(model, cfg, stats, lambdas, device, batch_size) -> tuple[float, float]:
+    """Best-F1 threshold of the training-normalised fused frame score on the run's labelled test split
+    (frames nobody is scored at count as below any threshold)."""
+    ctx = Dist(str(device))
+    try:
+        store = open_split(cfg.data, "test", ctx)
+        clip = score_clips(model, store, batch_size, ctx, amp=False, desc="test split (best-F1)")
+    finally:
+        ctx.close()
+    fused = fused_scores(clip, stats, lambdas)["score"]
+    ys, ss = [], []
+    for vi, name in enumerate(store.videos):
+        gt = store.gt(name)
+        if gt is None:
+            continue
+        sel = np.asarray(clip["video"]) == vi
+        curve = np.full(len(gt), -np.inf)
+        np.maximum.at(curve, np.asarray(clip["frame"][sel], np.int64), fused[sel])
+        ys.append(np.asarray(gt))
+        ss.append(curve)
+    if not ys:
+        raise ValueError("--threshold best-f1: the run's test split has no ground truth")
+    thr, f1 = best_f1_threshold(np.concatenate(ss), np.concatenate(ys))
+    return thr, f1
