@@ -107,6 +107,10 @@ class Data:
     box_min_conf: float = spec(0.1, ge=0.0, le=1.0)
     decode_chunk: int = spec(64, ge=1)
     synth: Optional[Synth] = None
+    pose_estimator: str = spec("files", choices=("files", "builtin", "onnx"))
+    pose_model: Optional[str] = None
+    det_model: Optional[str] = None
+    pose_options: Dict[str, Any] = spec({})
 
 
 @dataclass
@@ -127,7 +131,7 @@ class Train:
     out: str = spec(REQUIRED, nonempty=True)
     resume: bool = False
     overwrite: bool = False
-    stages: List[int] = spec([1, 2, 3, 4], choices=(1, 2, 3, 4), nonempty=True)
+    stages: List[int] = spec([1, 2, 3, 4], choices=(0, 1, 2, 3, 4), nonempty=True)
     device: str = spec("auto", choices=DEVICES)
     amp: bool = True
     threads: Optional[int] = spec(None, ge=1)
@@ -135,9 +139,11 @@ class Train:
     batch_size: int = spec(32, ge=1)
     grad_clip: Optional[float] = spec(1.0, ge=0.0)
     log_every: int = spec(10, ge=1)
+    logger: str = spec("none", choices=("none", "tensorboard"))
     ckpt_every: int = spec(100, ge=1)
     stop_after_steps: Optional[int] = spec(None, ge=1)
     score_stats: bool = True
+    stage0: Stage = field(default_factory=Stage)
     stage1: Stage = field(default_factory=Stage)
     stage2: Stage = field(default_factory=Stage)
     stage3: Stage = field(default_factory=Stage)
@@ -292,6 +298,10 @@ def _check(key: str, v: Any, t, meta) -> Any:
         return _check(key, v, args[0], meta)
     if v is None:
         raise ConfigError(key, None, f"expected {_allowed(t if origin is None else list, meta)}, not null")
+    if origin is dict:  # free-form options (e.g. data.pose_options): a mapping, checked by its user
+        if not isinstance(v, dict):
+            raise ConfigError(key, v, "expected a mapping of options")
+        return v
     if origin in (list, List, tuple):
         (et,) = typing.get_args(t)[:1]
         if not isinstance(v, (list, tuple)):

@@ -29,8 +29,6 @@ from tqdm import tqdm
 
 from mgnet import config_schema, faults, runs
 from mgnet.data.prepare import prepare_split
-from mgnet.models.config import ModelConfig
-from mgnet.models.mgnet import MGNet
 from mgnet.runs import RunDir, RunError
 from mgnet.scoring import SCORE_KEYS
 
@@ -118,6 +116,9 @@ def to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------- model and data
 def build_model(model_cfg) -> torch.nn.Module:
+    # imported here, not at the top: `mgnet score --engine onnx` uses this module without the model code
+    from mgnet.models.config import ModelConfig
+    from mgnet.models.mgnet import MGNet
     return MGNet(ModelConfig.from_dict(runs.to_container(model_cfg)))
 
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from mgnet import engine, runs, scoring
+from mgnet import engine, runs, scoring, tracking
 from mgnet.engine import Dist
 from mgnet.runs import RunDir, RunError
 from mgnet.scoring import SCORE_KEYS
@@ -140,6 +140,7 @@ def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
         # together: metrics.json never describes another evaluation's frame_scores.npz
         runs.atomic_write_all([(run.frame_scores, runs.npz_writer(arrays)),
                                (run.metrics, runs.json_writer(metrics))])
+        tracking.log_eval(run.root, cfg, metrics)
         log.info("evaluated %d test videos (%d frames, sigma %g): fused micro AUC %.4f -> %s",
                  metrics["num_videos"], metrics["num_frames"], metrics["sigma"],
                  metrics["auc"]["fused"]["micro"], run.metrics)

@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=4 -m mgnet.cli train train.out=runs/x   # DDP, one process per GPU
 
 Stages (paper sec. 3, eq. 12 split as docs/architecture.md says):
+  0  (model.rgb_pretrain=mae only) masked cube reconstruction pre-training of the RGB features
   1  STG-NF on poses (NLL)
   2  RGB encoder + H_B + behavior/scene memories (L_mo + beta * separateness)
   3  mask encoder + heads (alpha * L_app), RGB encoder frozen
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from mgnet import engine, faults, runs, scoring
+from mgnet import engine, faults, runs, scoring, tracking
 from mgnet.engine import Dist, autocast, load_model_state, model_identity, score_clips, to_device
 from mgnet.runs import RunDir, RunError
 from mgnet.scoring import SCORE_KEYS
@@ -53,10 +54,10 @@ except ImportError:  # pragma: no cover - nvtx is a dependency; keep training us
     def _annotate(*a, **k):
         return contextlib.nullcontext()
 
-STAGES = (1, 2, 3, 4)
+STAGES = (0, 1, 2, 3, 4)
 # train.* keys that may change between an interrupted run and its resumption
 VOLATILE_TRAIN_KEYS = ("resume", "overwrite", "stop_after_steps", "num_workers", "threads", "stages",
-                       "out", "log_every", "ckpt_every", "score_stats", "device")
+                       "out", "log_every", "ckpt_every", "score_stats", "device", "logger")
 
 
 class Stopped(Exception):
@@ -97,6 +98,7 @@ def prepare_run_dir(cfg, ctx: Dist) -> RunDir:
                 for p in (run.metrics, run.score_stats, run.frame_scores, run.log):
                     if p.exists():
                         p.unlink()
+                tracking.reset(run.root)
             else:
                 raise RunError(f"run folder {run.root} already holds checkpoints; pass --resume "
                                f"(train.resume=true) to continue it, train.overwrite=true to start over, "
@@ -236,6 +238,8 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
         runs.set_rng_state(st["rng"])
         model.set_stage(stage)
         log.info(f"stage {stage}: resuming at step {step}/{total} from {snap}")
+    slog = tracking.StageLog(run.root, stage, cfg.train.get("logger"), step,
+                             tracking.stage_hparams(cfg, stage, ctx.world), enabled=ctx.main)
 
     def snapshot(at_step):
         losslog.flush(stage)
@@ -254,6 +258,7 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
     bar = tqdm(total=total, initial=step, desc=f"stage {stage}", disable=not ctx.main, dynamic_ncols=True,
                file=sys.stderr)
     t0, clips = time.perf_counter(), 0
+    t_point, clips_point = t0, 0  # metrics.jsonl's clips/s: since the previous line
     with _annotate(f"stage{stage}", color="blue"):
         while step < total:
             epoch, skip = divmod(step, steps_per_epoch)
@@ -284,6 +289,9 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
                     history.append(point)
                     rate = clips / max(1e-9, time.perf_counter() - t0)
                     bar.set_postfix(loss=f"{point['loss']:.4f}", clips_s=f"{rate:.0f}")
+                    now = time.perf_counter()
+                    slog.step(step, point, opt.param_groups[0]["lr"], (clips - clips_point) / max(1e-9, now - t_point))
+                    t_point, clips_point = now, clips
                 bar.update(1)
                 budget["steps"] += 1
                 stop = budget["stop_after"] is not None and budget["steps"] >= budget["stop_after"]
@@ -301,6 +309,7 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
     log.info(f"stage {stage}: {total} steps in {dt:.1f}s ({clips / max(dt, 1e-9):.0f} clips/s); final "
              + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "step"))
     save_stage(run, stage, model, cfg, ctx, history, steps=total)
+    slog.close()
     if ctx.main and snap.exists():
         snap.unlink()
     ctx.barrier()
@@ -353,7 +362,7 @@ def plot_losses(run: RunDir) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     hist = {}
-    for k in (1, 2, 3):
+    for k in (0, 1, 2, 3):
         if run.stage(k).exists():
             hist[k] = runs.load_checkpoint(run.stage(k)).get("history", [])
     hist = {k: h for k, h in hist.items() if h}
@@ -384,14 +393,21 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
         if cfg.train.threads and ctx.device.type == "cpu":
             torch.set_num_threads(int(cfg.train.threads))
         stages = sorted({int(s) for s in cfg.train.stages})
+        tracking.check_logger(cfg.train.get("logger"))
         if not stages or any(s not in STAGES for s in stages):
             raise ValueError(f"train.stages={list(cfg.train.stages)}: expected a subset of {list(STAGES)}")
+        from mgnet.models.config import ModelConfig
+        ModelConfig.from_dict(runs.to_container(cfg.model))    # bad model keys fail before anything is written
+        mae = str(cfg.model.get("rgb_pretrain", "none")) == "mae"
+        if 0 in stages and not mae:
+            raise ValueError(f"train.stages={stages} includes 0, which pre-trains the RGB features of "
+                             f"model.rgb_pretrain=mae; model.rgb_pretrain is {cfg.model.get('rgb_pretrain')!r}")
+        prev_stage = {s: (s - 1 if s > 1 or (s == 1 and mae) else None) for s in stages}
         # stage prerequisites before any data or training time is spent, and before the run folder is made
-        for s in stages:
-            if s > 1 and (s - 1) not in stages and not RunDir(cfg.train.out).stage(s - 1).exists():
-                raise RunError(f"stage {s} needs {RunDir(cfg.train.out).stage(s - 1)} (stage {s - 1}'s "
-                               f"checkpoint), which does not exist; run stage {s - 1} first "
-                               f"(train.stages=[{s - 1},{s}])")
+        for s, p in prev_stage.items():
+            if p is not None and p not in stages and not RunDir(cfg.train.out).stage(p).exists():
+                raise RunError(f"stage {s} needs {RunDir(cfg.train.out).stage(p)} (stage {p}'s checkpoint), "
+                               f"which does not exist; run stage {p} first (train.stages=[{p},{s}])")
         run = prepare_run_dir(cfg, ctx)
         log = runs.get_logger(run, ctx.rank)
         store = engine.open_split(cfg.data, "train", ctx)
@@ -409,8 +425,8 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
                     if ctx.main and run.snapshot(s).exists():  # killed between the checkpoint and this unlink
                         run.snapshot(s).unlink()
                     continue
-                if s > 1 and loaded != s - 1:
-                    prev = run.stage(s - 1)
+                if prev_stage[s] is not None and loaded != prev_stage[s]:
+                    prev = run.stage(prev_stage[s])
                     load_model_state(model, runs.load_checkpoint(prev, ctx.device), prev, cfg)
                 if s < 4 and not model.stage_parameters(s):
                     # model.app_target=cubes: stage 3 has nothing to train (S_app reads the

@@ -35,7 +35,7 @@ BAD = [
     (["train", "data.max_gap=-3"], ["data.max_gap", "-3", ">= 0"]),
     (["train", "data.seg_len=0"], ["data.seg_len", "=0", ">= 2"]),
     # train: unknown choices and keys
-    (["train", "train.stages=[1,5]"], ["train.stages[1]", "5", "one of 1, 2, 3, 4"]),
+    (["train", "train.stages=[1,5]"], ["train.stages[1]", "5", "one of 0, 1, 2, 3, 4"]),
     (["train", "train.device=tpu"], ["train.device", "'tpu'", "auto, cpu, cuda"]),
     (["train", "data.kind=bogus"], ["data.kind", "'bogus'", "synthetic"]),
     (["train", "data.synth.size=huge"], ["data.synth.size", "'huge'", "tiny, small, full"]),

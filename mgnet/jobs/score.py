@@ -2,6 +2,11 @@
 
     mgnet score --video V.mp4 --poses V.json --run runs/demo [--out scores] [--online]
     mgnet score --video videos/ --poses poses/ --run runs/demo      # every video of a folder
+    mgnet score --video V.mp4 --run runs/demo                       # poses estimated from the video
+    mgnet score --video V.mp4 --poses V.json --engine onnx --model deploy/demo   # `mgnet export` output
+
+Without --poses the poses are estimated (mgnet.data.pose_estimation: --pose-estimator builtin|onnx,
+default the run's own), tracked and cached as ``<out>/<video name>/poses.json``.
 
 For each video, ``<out>/<video name>/`` receives:
 
@@ -38,6 +43,7 @@ from pathlib import Path
 import torch
 
 from mgnet import config_schema, faults
+from mgnet.data.pose_estimation.jobs import add_pose_estimator_args, extracted_poses, keep_cached_poses
 from mgnet.data.pose_formats import FORMATS
 from mgnet.engine import load_run
 from mgnet.inference import (ClipSpec, choose_threshold, load_score_stats, open_video_inputs, score_offline,
@@ -50,8 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = config_schema.ArgumentParser(prog="mgnet score", description="Score your own videos with a trained run.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", required=True, type=Path, help="a video file, a folder of frame images, or a folder of videos")
-    p.add_argument("--poses", required=True, type=Path, help="the pose file/folder (or a folder of them, one per video)")
-    p.add_argument("--run", required=True, type=Path, help="a finished training run folder")
+    p.add_argument("--poses", type=Path, default=None,
+                   help="the pose file/folder (or a folder of them, one per video); without it poses are extracted "
+                        "from the video (--pose-estimator) and cached as <out>/<video>/poses.json")
+    add_pose_estimator_args(p)
+    p.add_argument("--run", type=Path, help="a finished training run folder (--engine torch)")
+    p.add_argument("--engine", default="torch", choices=("torch", "onnx"),
+                   help="torch: the run's checkpoint; onnx: an `mgnet export --format onnx` folder (--model), "
+                        "through onnxruntime without training code")
+    p.add_argument("--model", type=Path, help="the exported folder (--engine onnx)")
     p.add_argument("--out", type=Path, default=Path("scores"), help="output folder (default: ./scores)")
     p.add_argument("--online", action="store_true", help="score frame by frame, printing frame,score lines as they become final")
     p.add_argument("--threshold", default="p99", help="p50|p90|p95|p99 of training scores, a number, or best-f1 (default p99)")
@@ -71,6 +84,25 @@ def usage() -> str:
     return build_parser().format_help()
 
 
+def _load_engine(args):
+    """(model, cfg or None, stats, spec, lambdas, sigma, source) of --engine torch (the run folder) or
+    --engine onnx (an exported folder; mgnet.deploy.runtime, no model or training code imported)."""
+    if args.engine == "onnx":
+        if args.model is None:
+            raise ValueError("--engine onnx needs --model (an `mgnet export --format onnx` folder)")
+        from mgnet.deploy.runtime import load_exported
+        m = load_exported(args.model, args.threads, expect_format="onnx")
+        return m, None, m.stats, m.spec, m.lambdas, m.sigma, args.model
+    if args.run is None:
+        raise ValueError("--run is required with --engine torch (or give --engine onnx --model DIR)")
+    if not (args.run / "config.yaml").is_file():
+        raise RunError(f"{args.run}: not a run folder (no config.yaml)")
+    model, cfg = load_run(args.run, device=args.device)
+    stats = load_score_stats(args.run)
+    lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    return model, cfg, stats, ClipSpec.from_config(cfg), lambdas, float(cfg.eval.sigma), args.run
+
+
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
     config_schema.check_args(config_schema.Score, args)  # first: the options, then the run's config
@@ -79,19 +111,19 @@ def main(argv) -> int:
     staged: list[Path] = []
     try:
         # everything is checked before any scoring or output
-        if not (args.run / "config.yaml").is_file():
-            raise RunError(f"{args.run}: not a run folder (no config.yaml)")
-        model, cfg = load_run(args.run, device=args.device)
-        stats = load_score_stats(args.run)
-        spec = ClipSpec.from_config(cfg)
-        lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
-        inputs = open_video_inputs(args.video, args.poses, args.pose_format)
+        model, cfg, stats, spec, lambdas, sigma, source = _load_engine(args)
+        if cfg is None and str(args.threshold).lower() == "best-f1":
+            raise ValueError("--threshold best-f1 scores the run's labelled test split with the torch model; "
+                             "with --engine onnx give p50|p90|p95|p99 or a number")
+        extract = extracted_poses(args, cfg) if args.poses is None else None  # poses from the video itself
+        inputs = open_video_inputs(args.video, args.poses, args.pose_format,
+                                   extract and (lambda v, name, src: extract(v, args.out / name, src)))
         threshold, thr_source = choose_threshold(args.threshold, model, cfg, stats, lambdas, args.device,
                                                  args.batch_size)
         args.out.mkdir(parents=True, exist_ok=True)
         for vpath, ppath, src, tracks, name in inputs:
             fps = src.fps or args.fps  # JPEG folders state no frame rate
-            meta = {"video": str(vpath), "poses": str(ppath), "run": str(args.run),
+            meta = {"video": str(vpath), "poses": str(ppath), "run": str(source),
                     "mode": "online" if args.online else "offline",
                     "normalisation": "per component min-max of the training set (score_stats.json), eq. 16",
                     "seg_len": spec.seg_len, "latency_frames": spec.latency if args.online else None}
@@ -100,7 +132,7 @@ def main(argv) -> int:
                 res = score_online(model, src, tracks, spec, stats, lambdas, args.batch_size, args.device,
                                    on_frame=lambda fs: print(f"{fs.frame},{format_score(fs.score)}", flush=True))
             else:
-                res = score_offline(model, src, tracks, spec, stats, lambdas, float(cfg.eval.sigma),
+                res = score_offline(model, src, tracks, spec, stats, lambdas, sigma,
                                     args.batch_size, args.device, progress=True)
             meta["frames_per_second"] = round(len(src) / max(res.seconds, 1e-9), 2)
             tmp = args.out / f".{name}.partial{os.getpid()}"
@@ -111,6 +143,7 @@ def main(argv) -> int:
             out = write_outputs(tmp, name, res, src, tracks, threshold, thr_source, fps, meta,
                                 {"merge_gap": args.merge_gap, "min_length": args.min_event},
                                 video=not args.no_video)
+            keep_cached_poses(ppath, args.out / name, tmp)
             faults.point("score.publish")
             publish(tmp, args.out / name)
             staged.remove(tmp)
