@@ -88,7 +88,7 @@ BAD = [
     (["score", "--video", "v.mp4", "--poses", "p.json", "--run", "{badrun}"], ["model.embed_dim", "'wide'", "an integer"]),
     (["score", "--video", "v.mp4", "--poses", "p.json", "--run", "{run}", "--batch-size", "many"],
      ["--batch-size", "invalid int value: 'many'"]),
-    (["score", "--video", "v.mp4", "--run", "{run}"], ["required", "--poses"]),
+    (["score", "--poses", "p.json", "--run", "{run}"], ["required", "--video"]),
     (["eval", "run={badrun}"], ["model.embed_dim", "'wide'", "an integer"]),
 ]
 
