@@ -179,52 +179,40 @@ inline vdouble vlog(vdouble x) {
   return x;
 }
 
-// sum_c x[c]^2, sum_c x[c] y[c] and sum_c x[c] over n elements: two vector accumulators, then the
-// scalar tail. The order of the additions depends only on n (never on threads).
-template <typename T>
-inline T sqnorm(const T* x, int64_t n) {
+// sum over c < n of term(c): vterm(c) gives the terms c .. c + L - 1 as a vector, sterm(c) one term.
+// Two vector accumulators, then the scalar tail: the order of the additions depends only on n
+// (never on threads).
+template <typename T, typename VTerm, typename STerm>
+inline T accumulate(int64_t n, VTerm vterm, STerm sterm) {
   constexpr int L = lanes<T>();
   Vec<T> a0 = vzero<T>(), a1 = vzero<T>();
   int64_t c = 0;
   for (; c + 2 * L <= n; c += 2 * L) {
-    Vec<T> x0 = vloadf(x + c), x1 = vloadf(x + c + L);
-    a0 += x0 * x0;
-    a1 += x1 * x1;
+    a0 += vterm(c);
+    a1 += vterm(c + L);
   }
-  for (; c + L <= n; c += L) { Vec<T> x0 = vloadf(x + c); a0 += x0 * x0; }
+  for (; c + L <= n; c += L) a0 += vterm(c);
   T s = hsum<T>(a0 + a1);
-  for (; c < n; ++c) s += x[c] * x[c];
+  for (; c < n; ++c) s += sterm(c);
   return s;
+}
+
+// sum_c x[c]^2, sum_c x[c] y[c] and sum_c x[c] over n elements
+template <typename T>
+inline T sqnorm(const T* x, int64_t n) {
+  return accumulate<T>(
+      n, [&](int64_t c) { const Vec<T> v = vloadf(x + c); return v * v; }, [&](int64_t c) { return x[c] * x[c]; });
 }
 
 template <typename T>
 inline T dot(const T* x, const T* y, int64_t n) {
-  constexpr int L = lanes<T>();
-  Vec<T> a0 = vzero<T>(), a1 = vzero<T>();
-  int64_t c = 0;
-  for (; c + 2 * L <= n; c += 2 * L) {
-    a0 += vloadf(x + c) * vloadf(y + c);
-    a1 += vloadf(x + c + L) * vloadf(y + c + L);
-  }
-  for (; c + L <= n; c += L) a0 += vloadf(x + c) * vloadf(y + c);
-  T s = hsum<T>(a0 + a1);
-  for (; c < n; ++c) s += x[c] * y[c];
-  return s;
+  return accumulate<T>(
+      n, [&](int64_t c) { return vloadf(x + c) * vloadf(y + c); }, [&](int64_t c) { return x[c] * y[c]; });
 }
 
 template <typename T>
 inline T sum(const T* x, int64_t n) {
-  constexpr int L = lanes<T>();
-  Vec<T> a0 = vzero<T>(), a1 = vzero<T>();
-  int64_t c = 0;
-  for (; c + 2 * L <= n; c += 2 * L) {
-    a0 += vloadf(x + c);
-    a1 += vloadf(x + c + L);
-  }
-  for (; c + L <= n; c += L) a0 += vloadf(x + c);
-  T s = hsum<T>(a0 + a1);
-  for (; c < n; ++c) s += x[c];
-  return s;
+  return accumulate<T>(n, [&](int64_t c) { return vloadf(x + c); }, [&](int64_t c) { return x[c]; });
 }
 
 }  // namespace vec
