@@ -197,7 +197,7 @@ inline T accumulate(int64_t n, VTerm vterm, STerm sterm) {
   return s;
 }
 
-// sum_c x[c]^2, sum_c x[c] y[c] and sum_c x[c] over n elements
+// sum_c x[c]^2 and sum_c x[c] y[c] over n elements
 template <typename T>
 inline T sqnorm(const T* x, int64_t n) {
   return accumulate<T>(
@@ -208,11 +208,6 @@ template <typename T>
 inline T dot(const T* x, const T* y, int64_t n) {
   return accumulate<T>(
       n, [&](int64_t c) { return vloadf(x + c) * vloadf(y + c); }, [&](int64_t c) { return x[c] * y[c]; });
-}
-
-template <typename T>
-inline T sum(const T* x, int64_t n) {
-  return accumulate<T>(n, [&](int64_t c) { return vloadf(x + c); }, [&](int64_t c) { return x[c]; });
 }
 
 }  // namespace vec

@@ -35,7 +35,6 @@
 #include <vector>
 
 #include "../common/static_switch.h"
-#include "../common/vec.h"
 #include "lka3d_args.h"
 
 namespace mgnet_lka3d {
@@ -167,6 +166,36 @@ void corr(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k_rt, int64_t dil, T*
       }
     }
   }
+}
+
+// Sums over the long rows of a channel volume: 64 lane-wise partial sums (8 independent vector chains
+// on AVX2, enough to hide the FMA latency; common/vec.h's dot keeps 2 chains, for short rows).
+template <typename T>
+T vsum(const T* a, int64_t n) {
+  constexpr int L = 64;
+  T part[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+#pragma omp simd
+    for (int j = 0; j < L; ++j) part[j] += a[i + j];
+  T s = 0;
+  for (; i < n; ++i) s += a[i];
+  for (int j = 0; j < L; ++j) s += part[j];
+  return s;
+}
+
+template <typename T>
+T vdot(const T* a, const T* b, int64_t n) {
+  constexpr int L = 64;
+  T part[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+#pragma omp simd
+    for (int j = 0; j < L; ++j) part[j] += a[i + j] * b[i + j];
+  T s = 0;
+  for (; i < n; ++i) s += a[i] * b[i];
+  for (int j = 0; j < L; ++j) s += part[j];
+  return s;
 }
 
 // row width -> SIMD block width BW: the narrowest of 8, 16, 32 lanes that covers a row (wider rows
@@ -334,8 +363,8 @@ void lka3d_backward_impl(const Geo& g, const T* grad, const T* x, const T* w0, c
       for (int64_t idx = s; idx < e; ++idx) {
         const int64_t b = idx / C, co = idx % C;
         const T* gr = gb + idx * N;
-        pbp[(b0 + b) * C + co] = mgnet::vec::sum(gr, N);
-        for (int64_t ci = 0; ci < C; ++ci) pwp[((b0 + b) * C + co) * C + ci] = mgnet::vec::dot(gr, A2.data() + (b * C + ci) * N, N);
+        pbp[(b0 + b) * C + co] = vsum(gr, N);
+        for (int64_t ci = 0; ci < C; ++ci) pwp[((b0 + b) * C + co) * C + ci] = vdot(gr, A2.data() + (b * C + ci) * N, N);
       }
     });
     pointwise<T>(gb, wpt.data(), zero_bias.data(), G2.data(), nb, C, N);  // G2 = wp^T g
@@ -349,12 +378,12 @@ void lka3d_backward_impl(const Geo& g, const T* grad, const T* x, const T* w0, c
         const int64_t b = idx / C, c = idx % C, bi = (b0 + b) * C + c;
         g2.load(G2.data() + idx * N);
         a1.load(A1.data() + idx * N);
-        pb1[bi] = mgnet::vec::sum(G2.data() + idx * N, N);
+        pb1[bi] = vsum(G2.data() + idx * N, N);
         corr_any<T>(g2, a1, g.k1, g.dil, pw1.data() + bi * kk1);
         dwconv_any<T>(g2, w1f.data() + c * kk1, T(0), g.k1, g.dil, g1.data_row(0, 0), g1.Wp);
         T s0 = 0;
         for (int64_t z = 0; z < g.D; ++z)
-          for (int64_t y = 0; y < g.H; ++y) s0 += mgnet::vec::sum(g1.data_row(z, y), g.W);
+          for (int64_t y = 0; y < g.H; ++y) s0 += vsum(g1.data_row(z, y), g.W);
         pb0[bi] = s0;
         xin.load(x + bi * N);
         corr_any<T>(g1, xin, g.k0, 1, pw0.data() + bi * kk0);
