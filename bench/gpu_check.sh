@@ -143,7 +143,7 @@ import importlib, torch, mgnet.ops as ops, mgnet.kernels
 from mgnet.ops import _dispatch, backends
 print("mgnet.ops from", ops.__file__)
 print("mgnet._C:", _dispatch.extension_error() or "loaded", "| cuda kernels built:", _dispatch.cuda_built())
-print("backend modules that failed to load:", backends.load_errors or "none")
+print("kernel rows not registered (mgnet.ops.backends.KERNELS):", backends.load_errors or "none")
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 for op in ("lka3d", "lsta", "memory_address", "masked_cube_embed"):
     auto = ops.resolve(op, dev, "auto")

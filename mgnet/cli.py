@@ -1,26 +1,35 @@
-"""`mgnet` command line: one entry point, one subcommand per job.
+"""`mgnet` command line: one entry point, one subcommand per job (mgnet/jobs/<job>.py).
 
-Each subcommand lives in its own module as ``main(argv: list[str]) -> int``; this file only routes.
-Subcommands that take a config accept hydra overrides (``key=value``, ``group=option``).
+A job module holds ``usage() -> str`` and ``main(argv: list[str]) -> int``; this file routes to it,
+answers ``--help`` with the job's usage, and turns the project's errors (a bad run folder, bad
+input data, a bad config or argument) into one line ``mgnet <command>: error: ...`` on stderr and
+the command's error status (2; `synth` and `prepare` have always used 1). Subcommands that take a
+config accept hydra overrides (``key=value``, ``group=option``).
 """
 from __future__ import annotations
 
 import importlib
 import sys
 
+from mgnet.data.errors import DataError
+from mgnet.runs import RunError
+
+# command -> (job module, summary, exit status on a project error)
 COMMANDS = {
-    "synth": ("mgnet.data.synthetic", "write the built-in synthetic benchmark (ShanghaiTech layout)"),
-    "prepare": ("mgnet.data.prepare", "decode videos once into the prepared-clip store"),
-    "train": ("mgnet.train", "train the four stages (resumable)"),
-    "eval": ("mgnet.evaluate", "score the test split and report frame AUCs"),
-    "demo": ("mgnet.demo", "synthesise, prepare, train and evaluate the small benchmark"),
-    "score": ("mgnet.score_videos", "score your own videos with a trained run"),
+    "synth": ("mgnet.jobs.synth", "write the built-in synthetic benchmark (ShanghaiTech layout)", 1),
+    "prepare": ("mgnet.jobs.prepare", "decode videos once into the prepared-clip store", 1),
+    "train": ("mgnet.jobs.train", "train the four stages (resumable)", 2),
+    "eval": ("mgnet.jobs.evaluate", "score the test split and report frame AUCs", 2),
+    "demo": ("mgnet.jobs.demo", "synthesise, prepare, train and evaluate the small benchmark", 2),
+    "score": ("mgnet.jobs.score", "score your own videos with a trained run", 2),
 }
+# the project's errors: run folders, input data, configs and arguments (compose_config raises ValueError)
+PROJECT_ERRORS = (RunError, DataError, ValueError, FileNotFoundError)
 
 
 def _usage() -> str:
     lines = ["usage: mgnet <command> [args...]", "", "commands:"]
-    lines += [f"  {name:<8} {doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += [f"  {name:<8} {doc}" for name, (_, doc, _) in COMMANDS.items()]
     lines += ["", "`mgnet <command> --help` for a command's options."]
     return "\n".join(lines)
 
@@ -34,9 +43,16 @@ def main(argv=None) -> int:
     if cmd not in COMMANDS:
         print(f"mgnet: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[cmd][0])
+    path, _, error_status = COMMANDS[cmd]
+    job = importlib.import_module(path)
+    if any(a in ("-h", "--help") for a in rest):
+        print(job.usage().rstrip("\n"))
+        return 0
     try:
-        return int(module.main(rest) or 0)
+        return int(job.main(rest) or 0)
+    except PROJECT_ERRORS as exc:
+        print(f"mgnet {cmd}: error: {exc}", file=sys.stderr)
+        return error_status
     except KeyboardInterrupt:
         print("mgnet: interrupted", file=sys.stderr)
         return 130

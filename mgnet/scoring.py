@@ -25,6 +25,7 @@ from scipy.ndimage import gaussian_filter1d
 from sklearn.metrics import roc_auc_score
 
 COMPONENTS = ("mo", "app", "mm")  # the three terms of eq. 16, in order
+SCORE_KEYS = COMPONENTS + ("nll",)  # a model's raw clip scores (MGNet.scores): eq. 16's terms and STG-NF's NLL
 STAT_PERCENTILES = (50, 90, 95, 99)
 
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mgnet import runs, train as T
+from mgnet import engine, evaluation as E, runs, training as T
 from mgnet.runs import RunDir
-from tests.test_train import FakeModel, FakeStore, fake_cfg
+from tests.test_training import FakeModel, FakeStore, fake_cfg
 
 
 def _free_port() -> int:
@@ -36,11 +36,10 @@ def _worker(rank, world, port, out, conf_dir):
     as_rank(rank, world, port)
     torch.set_num_threads(1)
     runs.CONF_DIR = conf_dir
-    T.build_model = lambda model_cfg: FakeModel()
-    T.open_split = lambda data_cfg, split, ctx: FakeStore(split)
-    from mgnet import evaluate as E
+    engine.build_model = lambda model_cfg: FakeModel()
+    engine.open_split = lambda data_cfg, split, ctx: FakeStore(split)
     cfg = fake_cfg(out)
-    ctx = T.Dist("cpu")  # one process group for training and evaluation, as `mgnet demo` does
+    ctx = engine.Dist("cpu")  # one process group for training and evaluation, as `mgnet demo` does
     try:
         T.train(cfg, ctx)
         E.evaluate(cfg, out, ctx=ctx)
@@ -50,7 +49,7 @@ def _worker(rank, world, port, out, conf_dir):
 
 def _gather_worker(rank, world, port, out):
     as_rank(rank, world, port)
-    ctx = T.Dist("cpu")
+    ctx = engine.Dist("cpu")
     try:
         # unequal payload sizes (rank 1 sends 40x more), numpy arrays inside, and an empty object
         mine = {"rank": rank, "a": np.arange(10 + 400 * rank, dtype=np.float64) * (rank + 1)}
@@ -73,14 +72,13 @@ def test_all_gather_object_two_process(tmp_path):
 
 
 def test_all_gather_object_one_process():
-    assert T.Dist("cpu").all_gather_object({"x": 1}) == [{"x": 1}]
+    assert engine.Dist("cpu").all_gather_object({"x": 1}) == [{"x": 1}]
 
 
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "build_model", lambda model_cfg: FakeModel())
-    monkeypatch.setattr(T, "open_split", lambda data_cfg, split, ctx: FakeStore(split))
-    from mgnet import evaluate as E
+    monkeypatch.setattr(engine, "build_model", lambda model_cfg: FakeModel())
+    monkeypatch.setattr(engine, "open_split", lambda data_cfg, split, ctx: FakeStore(split))
     cfg1 = fake_cfg(tmp_path / "one")
     T.train(cfg1)
     m1 = E.evaluate(cfg1, tmp_path / "one")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mgnet import cli, runs
-from mgnet.evaluate import load_run
+from mgnet.engine import load_run
 from mgnet.runs import RunDir
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """Dataset layouts on disk -> the list of videos of a split (`VideoItem`s), with their ground truth.
 
-Three kinds (see ARCHITECTURE.md, "Data on disk"):
+Three kinds (see docs/architecture.md, "Data on disk"):
 
 * ``shanghaitech`` (also what `mgnet synth` writes; kind ``synthetic`` reads the same layout)::
 

@@ -332,30 +332,3 @@ def compose_data_config(overrides: list[str]):
         if not any(o.startswith("+data=") for o in ov):
             ov.insert(0, "+data=synthetic")
         return compose(overrides=ov).data
-
-
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print("usage: mgnet prepare [hydra overrides...]\n\n" + __doc__.split("\n\n")[1] + "\n\n"
-              "examples:\n  mgnet prepare                               # the synthetic benchmark (small)\n"
-              "  mgnet prepare data=shanghaitech data.root=/data/shanghaitech\n"
-              "  mgnet prepare data=ubnormal data.root=/data/UBnormal 'data.splits=[train,test]'")
-        return 0
-    try:
-        dcfg = compose_data_config(argv)
-        splits = list(dcfg.get("splits") or ["train", "test"])
-        for split in splits:
-            t = time.time()
-            store = prepare_split(dcfg, split, progress=True)
-            b = store.meta.get("build", {})
-            print(f"mgnet prepare: {split}: {len(store)} clips from {len(store.videos)} videos -> {store.path} "
-                  f"({b.get('decoded_frames', 0)} frames decoded in {time.time() - t:.1f} s)")
-    except DataError as e:
-        print(f"mgnet prepare: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,11 +24,9 @@ Sizes (frames W x H; videos x frames per video): see SIZES; `tiny` takes a few s
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -310,29 +308,3 @@ def generate(out, size: str = "small", seed: int = 0, workers: int | None = None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="mgnet synth", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="output folder (ShanghaiTech layout)")
-    ap.add_argument("--size", default="small", choices=sorted(SIZES), help="tiny (tests), small (demo), full")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=None, help="processes (default: min(2, cores))")
-    ap.add_argument("--force", action="store_true", help="replace an existing, different folder at --out")
-    args = ap.parse_args(argv)
-    try:
-        meta = generate(args.out, args.size, args.seed, args.workers, args.force)
-    except DataError as e:
-        print(f"mgnet synth: {e}", file=sys.stderr)
-        return 1
-    vids = meta["videos"]
-    n_train = sum(v["frames"] for v in vids.values() if v["split"] == "train")
-    n_test = sum(v["frames"] for v in vids.values() if v["split"] == "test")
-    ab = sum(v["abnormal_frames"] for v in vids.values())
-    print(f"mgnet synth: {args.out}: {meta['size']} seed {meta['seed']}, {len(meta['scenes'])} scenes, "
-          f"{n_train} train frames, {n_test} test frames ({ab} abnormal), {meta['generation_seconds']} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

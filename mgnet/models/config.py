@@ -4,7 +4,7 @@
 the paper. ``ModelConfig.from_dict(d)`` (or ``ModelConfig(**d)``) builds one from the hydra
 ``model`` node; unknown keys are an error that names them.
 
-Numbers the paper does not give are the defaults of ARCHITECTURE.md (T=16, 64x64 crops,
+Numbers the paper does not give are the defaults of docs/architecture.md (T=16, 64x64 crops,
 C_mo = 2*18, C_app = 128, N_b = N_s = 10, N_r = 50, K = 8 flow steps, R = 3, margin 1.0).
 """
 from __future__ import annotations

@@ -10,11 +10,10 @@ lsta(e, w0, b0, w1, b1, wp, bp, dilation) with e (B, t, c, h, w) (eqs. 2-3):
     out = e + e * sigmoid(f_o)   (broadcast over c)
 
 The reference functions below are the definition; backends register kernels with the same
-signatures (forward -> output, backward(grad, *inputs) -> grads of every tensor input).
+signatures (forward -> output, backward(grad, *inputs) -> grads of every tensor input), in the
+table of mgnet/ops/backends.py.
 """
 from __future__ import annotations
-
-from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -40,98 +39,55 @@ def lsta_reference(e, w0, b0, w1, b1, wp, bp, dilation: int = 3):
     return e + e * gate
 
 
-# ------------------------------------------------------------------ eager backend
-def _lka3d_eager_fwd(x, w0, b0, w1, b1, wp, bp, dilation):
-    return lka3d_reference(x, w0, b0, w1, b1, wp, bp, dilation)
+# ------------------------------------------------------------------ custom ops (one factory for both)
+_WEIGHTS = "Tensor w0, Tensor b0, Tensor w1, Tensor b1, Tensor wp, Tensor bp, SymInt dilation, str backend"
 
 
-def _lka3d_eager_bwd(grad, x, w0, b0, w1, b1, wp, bp, dilation):
-    return autograd_backward(lka3d_reference, (x, w0, b0, w1, b1, wp, bp), (grad,),
-                             (True,) * 7, dilation=dilation)
+def _lka_custom_op(name: str, first: str, reference):
+    """Register ``mgnet::<name>`` (forward) and ``mgnet::<name>_backward`` for an op of the lka3d
+    signature ``(<first>, w0, b0, w1, b1, wp, bp, dilation, backend)``: the eager kernel (the
+    reference and autograd through it), fake (meta) functions and the autograd formula. Returns
+    the forward custom op; the kernel that runs is the registered one of ``backend``."""
+    def eager_backward(grad, x, w0, b0, w1, b1, wp, bp, dilation):
+        return autograd_backward(reference, (x, w0, b0, w1, b1, wp, bp), (grad,), (True,) * 7, dilation=dilation)
+
+    _dispatch.register_kernel(name, "eager", reference, eager_backward)
+
+    def forward(x, w0, b0, w1, b1, wp, bp, dilation, backend):
+        return _dispatch.get_kernel(name, backend).forward(x, w0, b0, w1, b1, wp, bp, dilation)
+
+    def backward(grad, x, w0, b0, w1, b1, wp, bp, dilation, backend):
+        gs = _dispatch.get_kernel(name, backend).backward(grad.contiguous(), x, w0, b0, w1, b1, wp, bp, dilation)
+        return [g.contiguous() for g in gs]
+
+    op = torch.library.custom_op(f"mgnet::{name}", forward, mutates_args=(),
+                                 schema=f"(Tensor {first}, {_WEIGHTS}) -> Tensor")
+    bwd_op = torch.library.custom_op(f"mgnet::{name}_backward", backward, mutates_args=(),
+                                     schema=f"(Tensor grad, Tensor {first}, {_WEIGHTS}) -> Tensor[]")
+
+    @op.register_fake
+    def _(x, w0, b0, w1, b1, wp, bp, dilation, backend):
+        return torch.empty_like(x)
+
+    @bwd_op.register_fake
+    def _(grad, x, w0, b0, w1, b1, wp, bp, dilation, backend):
+        return [torch.empty_like(t) for t in (x, w0, b0, w1, b1, wp, bp)]
+
+    def setup_context(ctx, inputs, output):
+        *tensors, dilation, backend = inputs
+        ctx.save_for_backward(*tensors)
+        ctx.dilation, ctx.backend = dilation, backend
+
+    def autograd(ctx, grad):
+        gs = bwd_op(grad, *ctx.saved_tensors, ctx.dilation, ctx.backend)
+        return (*gs, None, None)
+
+    op.register_autograd(autograd, setup_context=setup_context)
+    return op
 
 
-def _lsta_eager_fwd(e, w0, b0, w1, b1, wp, bp, dilation):
-    return lsta_reference(e, w0, b0, w1, b1, wp, bp, dilation)
-
-
-def _lsta_eager_bwd(grad, e, w0, b0, w1, b1, wp, bp, dilation):
-    return autograd_backward(lsta_reference, (e, w0, b0, w1, b1, wp, bp), (grad,),
-                             (True,) * 7, dilation=dilation)
-
-
-_dispatch.register_kernel("lka3d", "eager", _lka3d_eager_fwd, _lka3d_eager_bwd)
-_dispatch.register_kernel("lsta", "eager", _lsta_eager_fwd, _lsta_eager_bwd)
-
-
-# ------------------------------------------------------------------ custom ops
-@torch.library.custom_op("mgnet::lka3d", mutates_args=())
-def _lka3d_op(x: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
-              wp: torch.Tensor, bp: torch.Tensor, dilation: int, backend: str) -> torch.Tensor:
-    return _dispatch.get_kernel("lka3d", backend).forward(x, w0, b0, w1, b1, wp, bp, dilation)
-
-
-@_lka3d_op.register_fake
-def _(x, w0, b0, w1, b1, wp, bp, dilation, backend):
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("mgnet::lka3d_backward", mutates_args=())
-def _lka3d_bwd_op(grad: torch.Tensor, x: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor,
-                  w1: torch.Tensor, b1: torch.Tensor, wp: torch.Tensor, bp: torch.Tensor,
-                  dilation: int, backend: str) -> List[torch.Tensor]:
-    gs = _dispatch.get_kernel("lka3d", backend).backward(grad.contiguous(), x, w0, b0, w1, b1, wp, bp, dilation)
-    return [g.contiguous() for g in gs]
-
-
-@_lka3d_bwd_op.register_fake
-def _(grad, x, w0, b0, w1, b1, wp, bp, dilation, backend):
-    return [torch.empty_like(t) for t in (x, w0, b0, w1, b1, wp, bp)]
-
-
-def _lka3d_setup(ctx, inputs, output):
-    *tensors, dilation, backend = inputs
-    ctx.save_for_backward(*tensors)
-    ctx.dilation, ctx.backend = dilation, backend
-
-
-def _lka3d_backward(ctx, grad):
-    gs = _lka3d_bwd_op(grad, *ctx.saved_tensors, ctx.dilation, ctx.backend)
-    return (*gs, None, None)
-
-
-_lka3d_op.register_autograd(_lka3d_backward, setup_context=_lka3d_setup)
-
-
-@torch.library.custom_op("mgnet::lsta", mutates_args=())
-def _lsta_op(e: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
-             wp: torch.Tensor, bp: torch.Tensor, dilation: int, backend: str) -> torch.Tensor:
-    return _dispatch.get_kernel("lsta", backend).forward(e, w0, b0, w1, b1, wp, bp, dilation)
-
-
-@_lsta_op.register_fake
-def _(e, w0, b0, w1, b1, wp, bp, dilation, backend):
-    return torch.empty_like(e)
-
-
-@torch.library.custom_op("mgnet::lsta_backward", mutates_args=())
-def _lsta_bwd_op(grad: torch.Tensor, e: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor,
-                 w1: torch.Tensor, b1: torch.Tensor, wp: torch.Tensor, bp: torch.Tensor,
-                 dilation: int, backend: str) -> List[torch.Tensor]:
-    gs = _dispatch.get_kernel("lsta", backend).backward(grad.contiguous(), e, w0, b0, w1, b1, wp, bp, dilation)
-    return [g.contiguous() for g in gs]
-
-
-@_lsta_bwd_op.register_fake
-def _(grad, e, w0, b0, w1, b1, wp, bp, dilation, backend):
-    return [torch.empty_like(t) for t in (e, w0, b0, w1, b1, wp, bp)]
-
-
-def _lsta_backward(ctx, grad):
-    gs = _lsta_bwd_op(grad, *ctx.saved_tensors, ctx.dilation, ctx.backend)
-    return (*gs, None, None)
-
-
-_lsta_op.register_autograd(_lsta_backward, setup_context=_lka3d_setup)
+_lka3d_op = _lka_custom_op("lka3d", "x", lka3d_reference)
+_lsta_op = _lka_custom_op("lsta", "e", lsta_reference)
 
 
 # ------------------------------------------------------------------ public functions

@@ -8,7 +8,7 @@ memory_address(q (N, C), mem (S, C)) -> (weights (N, S), read (N, C), top2 (N, 2
               with S == 1 both columns are 0.
 top2 carries no gradient. The reference below is the definition.
 
-Fused backends (registered in memory_backends.py): cpu (csrc/memory/memory_cpu.cpp: float32 and
+Fused backends (rows of the table in backends.py): cpu (csrc/memory/memory_cpu.cpp: float32 and
 float64; float16 / bfloat16 are computed in float32), cuda (csrc/memory/memory_kernels.cu: all four
 dtypes, float accumulation) and triton (kernels/memory.py: float32 arithmetic). Each does the
 forward in one pass over q (slot norms once, query norms on the fly, safe softmax, read, top-2 with

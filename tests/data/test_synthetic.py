@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from mgnet import cli
 from mgnet.data import datasets, prepare, synthetic
 from mgnet.data.errors import DataError
 
@@ -143,12 +144,12 @@ def test_store_labels_follow_gt(stores):
 
 def test_cli(tiny, capsys):
     root = tiny[0]
-    assert synthetic.main(["--out", root, "--size", "tiny", "--seed", "3"]) == 0  # same: kept as is
-    assert synthetic.main(["--out", root, "--size", "tiny", "--seed", "4"]) == 1
+    assert cli.main(["synth", "--out", root, "--size", "tiny", "--seed", "3"]) == 0  # same: kept as is
+    assert cli.main(["synth", "--out", root, "--size", "tiny", "--seed", "4"]) == 1
     assert "pass --force" in capsys.readouterr().err
-    assert prepare.main([f"data.root={root}", "data.synth.size=tiny", "data.synth.seed=3", "data.splits=[test]"]) == 0
+    assert cli.main(["prepare", f"data.root={root}", "data.synth.size=tiny", "data.synth.seed=3", "data.splits=[test]"]) == 0
     assert "mgnet prepare: test:" in capsys.readouterr().out
-    assert prepare.main(["data=shanghaitech", f"data.root={root}/nope"]) == 1
+    assert cli.main(["prepare", "data=shanghaitech", f"data.root={root}/nope"]) == 1
     assert "nope: dataset root folder not found" in capsys.readouterr().err
 
 

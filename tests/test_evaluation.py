@@ -1,12 +1,12 @@
-"""mgnet.evaluate on the stand-in model/store of test_train: the AUC table, the files it writes,
+"""mgnet.evaluation on the stand-in model/store of test_training: the AUC table, the files it writes,
 load_run's errors. Metric values are checked against scores constructed to have known AUCs."""
 import numpy as np
 import pytest
 import torch
 
-from mgnet import evaluate as E, runs, train as T
+from mgnet import cli, engine, evaluation as E, runs, training as T
 from mgnet.runs import RunDir, RunError
-from tests.test_train import FakeModel, FakeStore, fake_cfg, fakes  # noqa: F401  (fixture)
+from tests.test_training import FakeModel, FakeStore, fake_cfg, fakes  # noqa: F401  (fixture)
 
 
 def test_compute_metrics_known_values(tmp_path):
@@ -44,16 +44,16 @@ def test_evaluate_writes_metrics_scores_plots(tmp_path, fakes):  # noqa: F811
     assert {"v0", "v1", "mo/v1", "app/v2", "mm/v0", "nll/v1", "gt/v1"} <= set(z.files)
     assert z["v1"].shape == (24,) and z["gt/v1"].sum() == 8
     assert len(list((run.plots / "videos").glob("*.png"))) == 2  # eval.max_plots=2
-    model, cfg2 = E.load_run(run.root)
+    model, cfg2 = engine.load_run(run.root)
     assert cfg2.train.stage1.steps == 7 and not model.training
 
 
 def test_load_run_errors(tmp_path, fakes):  # noqa: F811
     with pytest.raises(RunError, match="does not exist"):
-        E.load_run(tmp_path / "nope")
+        engine.load_run(tmp_path / "nope")
     cfg = fake_cfg(tmp_path / "run", "train.stages=[1,2]")
     T.train(cfg)
     with pytest.raises(RunError, match="no stage-4 checkpoint"):
-        E.load_run(tmp_path / "run")
-    assert E.main([f"run={tmp_path}/run"]) == 2
-    assert E.main([]) == 2
+        engine.load_run(tmp_path / "run")
+    assert cli.main(["eval", f"run={tmp_path}/run"]) == 2
+    assert cli.main(["eval"]) == 2

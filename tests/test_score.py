@@ -11,9 +11,8 @@ import pytest
 from mgnet.cli import main as cli
 from mgnet.data.pose_formats import load_poses, save_poses
 from mgnet.data.video import open_frames
-from mgnet.online import ClipSpec
-from mgnet.score_videos import _pairs, find_pose_file, score_offline
-from tests.test_online import LAMBDAS, STATS, clip_tracks, tiny_model, write_clip_video
+from mgnet.inference import ClipSpec, find_pose_file, score_offline, video_inputs
+from tests.test_inference import LAMBDAS, STATS, clip_tracks, tiny_model, write_clip_video
 from tests.test_report import dump_dom
 
 VARIANTS = [("alphapose-tracked", {}), ("alphapose-results", {"with_ids": False}),
@@ -51,7 +50,7 @@ def test_pose_files_are_found_by_video_name(tmp_path):
         (tmp_path / "v" / f"{n}.mp4").write_bytes(b"")
     (tmp_path / "p" / "a_alphapose_tracked_person.json").write_text("{}")
     (tmp_path / "p" / "b").mkdir()  # an OpenPose folder
-    assert [(v.name, p.name) for v, p in _pairs(tmp_path / "v", tmp_path / "p")] == [
+    assert [(v.name, p.name) for v, p in video_inputs(tmp_path / "v", tmp_path / "p")] == [
         ("a.mp4", "a_alphapose_tracked_person.json"), ("b.mp4", "b")]
     (tmp_path / "p" / "b.json").write_text("{}")
     with pytest.raises(ValueError, match="several pose files for video 'b'"):
@@ -59,7 +58,7 @@ def test_pose_files_are_found_by_video_name(tmp_path):
     with pytest.raises(ValueError, match="no poses for video 'c'"):
         find_pose_file(tmp_path / "p", "c")
     with pytest.raises(ValueError, match="--poses must be a folder"):
-        _pairs(tmp_path / "v", tmp_path / "p" / "b.json")
+        video_inputs(tmp_path / "v", tmp_path / "p" / "b.json")
 
 
 # ----------------------------------------------------------------------------- on a trained run
@@ -156,7 +155,7 @@ def test_online_cli_prints_final_frames_in_order_and_equals_offline(run, scored,
         assert e["peak_score"] == pytest.approx(f["peak_score"], rel=1e-5)
     assert on["frames_per_second"] > 0
     # the Python iterator API yields the same frames, in order
-    from mgnet.online import iter_scores
+    from mgnet.inference import iter_scores
     it = list(iter_scores(video, poses, run / "run"))
     assert [fs.frame for fs in it] == list(range(n))
     np.testing.assert_allclose([fs.score for fs in it], a, rtol=1e-5, atol=1e-6, equal_nan=True)

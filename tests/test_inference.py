@@ -9,8 +9,7 @@ from PIL import Image, ImageDraw
 
 from mgnet.data.pose_formats import save_poses
 from mgnet.data.video import open_frames
-from mgnet.online import ClipSpec, OnlineScorer, fused_scores, load_score_stats
-from mgnet.score_videos import offline_batches, score_offline, score_online
+from mgnet.inference import ClipSpec, OnlineScorer, fused_scores, load_score_stats, offline_batches, score_offline, score_online
 
 W, H = 128, 96
 # a COCO-17 standing skeleton ~50 px tall around (0, 0)

@@ -1,4 +1,4 @@
-"""`mgnet eval run=<dir>`: score the test split of a finished run and report frame-level AUCs.
+"""Evaluation of a finished run (`mgnet eval run=<dir>`): score the test split, report frame-level AUCs.
 
     mgnet eval run=runs/demo                 # the run's own data config
     mgnet eval run=runs/demo eval.sigma=3    # any override of the run's config.yaml
@@ -13,78 +13,18 @@ frames by STG-NF's protocol (mgnet.scoring.frame_scores). Writes ``<run>/metrics
 """
 from __future__ import annotations
 
-import sys
-from collections import defaultdict
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Subset
 
-from mgnet import runs, scoring
+from mgnet import engine, runs, scoring
+from mgnet.engine import Dist
 from mgnet.runs import RunDir, RunError
+from mgnet.scoring import SCORE_KEYS
 
-SCORE_KEYS = ("nll", "mo", "app", "mm")
 ROWS = (("nll", "STG-NF alone (NLL)"), ("mo", "S_mo"), ("app", "S_app"), ("mm", "S_mm"),
         ("fused", "MGNet fused"))
-META_KEYS = ("video", "person", "frame", "label")
-
-
-def score_clips(model, store, batch_size: int, ctx=None, amp: bool = True, desc: str = "scoring",
-                num_workers: int = 0) -> Dict[str, np.ndarray]:
-    """Raw per-clip scores of every clip of ``store`` (batched, under inference_mode).
-
-    With a distributed context each rank scores a contiguous shard and the shards are gathered
-    (all ranks get the full result, in store order). Returns arrays "nll", "mo", "app", "mm" and
-    the clips' "video", "person", "frame", "label".
-    """
-    from tqdm import tqdm
-    from mgnet.train import autocast, to_device
-    rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
-    device = ctx.device if ctx is not None else next(model.parameters()).device
-    n = len(store)
-    per = -(-n // world)
-    shard = Subset(store, range(min(n, rank * per), min(n, (rank + 1) * per)))
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    model.eval()
-    parts: Dict[str, List[np.ndarray]] = defaultdict(list)
-    with torch.inference_mode(), autocast(device, amp):
-        for batch in tqdm(loader, desc=desc, disable=rank != 0, dynamic_ncols=True, file=sys.stderr):
-            out = model.scores(to_device(batch, device))
-            for k in SCORE_KEYS:
-                parts[k].append(out[k].float().cpu().numpy().astype(np.float64))
-            for k in META_KEYS:
-                parts[k].append(batch[k].numpy())
-    res = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
-    for k in SCORE_KEYS + META_KEYS:
-        res.setdefault(k, np.zeros(0))
-    if world > 1:
-        gathered = ctx.all_gather_object(res)
-        res = {k: np.concatenate([g[k] for g in gathered]) for k in res}
-    return res
-
-
-def load_run(run_dir, device="cpu", stage: int = 4) -> Tuple[torch.nn.Module, Any]:
-    """The model of a finished run (its stage-4 checkpoint) and the run's config, in eval mode.
-
-    Raises RunError when the folder is not a run, has no stage-4 checkpoint, or the checkpoint
-    was made with another model config.
-    """
-    from mgnet.train import build_model, load_model_state
-    run = RunDir(run_dir)
-    if not run.root.is_dir():
-        raise RunError(f"run folder {run.root} does not exist")
-    cfg = runs.load_config(run.config)
-    ckpt_path = run.stage(stage)
-    if not ckpt_path.exists():
-        have = sorted(p.name for p in run.ckpt_dir.glob("stage?.pt")) if run.ckpt_dir.is_dir() else []
-        raise RunError(f"run {run.root} has no stage-{stage} checkpoint ({ckpt_path}); finished stages: "
-                       f"{have or 'none'} - finish training with `mgnet train train.out={run.root} --resume`")
-    model = build_model(cfg.model)
-    load_model_state(model, runs.load_checkpoint(ckpt_path), ckpt_path, cfg)
-    model.to(device).eval()
-    return model, cfg
+ROW_KEYS = tuple(k for k, _ in ROWS if k in SCORE_KEYS)  # the raw components, in the table's order
 
 
 def compute_metrics(clip: Dict[str, np.ndarray], store, cfg) -> Tuple[Dict[str, Any], Dict[str, Dict[str, np.ndarray]]]:
@@ -173,16 +113,15 @@ def plot_videos(run: RunDir, curves, max_plots: int) -> int:
 
 def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
     """Score the test split with the run's model; write metrics.json, frame_scores.npz, plots."""
-    from mgnet.train import Dist, open_split
     run = RunDir(run_dir)
     own_ctx = ctx is None
     ctx = ctx or Dist(str(cfg.train.device))
     try:
         log = log or runs.get_logger(None, ctx.rank)
         if model is None:
-            model, _ = load_run(run.root, device=ctx.device)
-        store = open_split(cfg.data, "test", ctx)
-        clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp),
+            model, _ = engine.load_run(run.root, device=ctx.device)
+        store = engine.open_split(cfg.data, "test", ctx)
+        clip = engine.score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp),
                            desc="test scores")
         if not ctx.main:
             return {}
@@ -190,7 +129,7 @@ def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
         arrays = {}
         for name, fused in curves["fused"].items():
             arrays[name] = fused.astype(np.float32)
-            for key in SCORE_KEYS:
+            for key in ROW_KEYS:
                 arrays[f"{key}/{name}"] = curves[key][name].astype(np.float32)
             arrays[f"gt/{name}"] = curves["gt"][name].astype(np.uint8)
         runs.save_npz(run.frame_scores, arrays)
@@ -204,52 +143,3 @@ def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
     finally:
         if own_ctx:
             ctx.close()
-
-
-def parse_argv(argv: List[str]) -> Tuple[Optional[str], List[str]]:
-    run, overrides = None, []
-    it = iter(argv)
-    for a in it:
-        if a.startswith("run="):
-            run = a[4:]
-        elif a == "--run":
-            run = next(it, None)
-        elif a.startswith("-"):
-            raise ValueError(f"unknown option {a!r}; `mgnet eval run=<dir> [key=value ...]`")
-        else:
-            overrides.append(a)
-    return run, overrides
-
-
-USAGE = """usage: mgnet eval run=<run dir> [key=value ...]
-
-Scores the test split of a finished run; overrides apply to the run's config.yaml, e.g.
-  mgnet eval run=runs/demo eval.sigma=3 eval.plots=false
-"""
-
-
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
-        return 0
-    from omegaconf import OmegaConf
-    from mgnet.data.errors import DataError
-    try:
-        run, overrides = parse_argv(argv)
-        if not run:
-            raise ValueError("which run? `mgnet eval run=<run dir>`")
-        cfg = runs.load_config(RunDir(run).config)
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-        metrics = evaluate(cfg, run)
-    except (RunError, DataError, ValueError, FileNotFoundError) as exc:
-        print(f"mgnet eval: error: {exc}", file=sys.stderr)
-        return 2
-    if metrics:
-        print(format_table(metrics))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

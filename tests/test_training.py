@@ -1,4 +1,4 @@
-"""The training loop (mgnet.train) on a tiny stand-in model and store: stage order, checkpoints that
+"""The training loop (mgnet.training) on a tiny stand-in model and store: stage order, checkpoints that
 load with weights_only=True, resume == uninterrupted, bad-input errors.
 
 The stand-ins honour the model and data interfaces (MGNet.set_stage/stage_parameters/losses/
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from mgnet import runs, train as T
+from mgnet import cli, engine, runs, training as T
 from mgnet.runs import RunDir, RunError
 
 T_LEN, J = 4, 18
@@ -127,8 +127,8 @@ def fake_cfg(out, *extra):
 
 @pytest.fixture
 def fakes(monkeypatch):
-    monkeypatch.setattr(T, "build_model", lambda model_cfg: FakeModel())
-    monkeypatch.setattr(T, "open_split", lambda data_cfg, split, ctx: FakeStore(split))
+    monkeypatch.setattr(engine, "build_model", lambda model_cfg: FakeModel())
+    monkeypatch.setattr(engine, "open_split", lambda data_cfg, split, ctx: FakeStore(split))
 
 
 def _weights(path):
@@ -216,10 +216,10 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert T.main([f"train.out={tmp_path}/r", "train.stages=[2]", "data=synthetic"]) == 2
+    assert cli.main(["train", f"train.out={tmp_path}/r", "train.stages=[2]", "data=synthetic"]) == 2
     assert "stage1.pt" in capsys.readouterr().err
-    assert T.main(["--bogus"]) == 2
-    assert T.main(["nosuchgroup=1"]) == 2
+    assert cli.main(["train", "--bogus"]) == 2
+    assert cli.main(["train", "nosuchgroup=1"]) == 2
     assert "bad config override" in capsys.readouterr().err
 
 

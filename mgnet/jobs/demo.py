@@ -17,6 +17,9 @@ import time
 from typing import Any, Dict, List
 
 from mgnet import runs
+from mgnet.engine import Dist
+from mgnet.evaluation import evaluate, format_table
+from mgnet.training import train
 
 TARGETS = [  # (description, component, column, threshold)
     ("fused micro AUC >= 0.90", "fused", "micro", 0.90),
@@ -47,7 +50,7 @@ def check_targets(metrics: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
-def parse(argv: List[str]):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mgnet demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="small", choices=("tiny", "small", "full"), help="synthetic benchmark size")
@@ -56,38 +59,34 @@ def parse(argv: List[str]):
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo run instead of starting over")
     p.add_argument("--strict", action="store_true", help="exit 1 when a quality target is missed")
     p.add_argument("overrides", nargs="*", help="hydra overrides (key=value)")
-    return p.parse_args(argv)
+    return p
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse(argv)
-    from mgnet.data.errors import DataError
-    from mgnet.evaluate import evaluate, format_table
-    from mgnet.train import Dist, train
+def usage() -> str:
+    return build_parser().format_help()
+
+
+def main(argv) -> int:
+    args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     overrides = ["experiment=demo", f"data.synth.size={args.size}", f"data.synth.seed={args.seed}",
                  f"seed={args.seed}", f"train.out={args.out}",
                  "train.resume=true" if args.resume else "train.overwrite=true", *args.overrides]
+    cfg = runs.compose_config(overrides)
+    print(f"mgnet demo: {args.size} synthetic benchmark in {cfg.data.root}, run folder {cfg.train.out}",
+          file=sys.stderr)
+    ctx = Dist(str(cfg.train.device))  # one process group (torchrun) for training and evaluation
     try:
-        cfg = runs.compose_config(overrides)
-        print(f"mgnet demo: {args.size} synthetic benchmark in {cfg.data.root}, run folder {cfg.train.out}",
-              file=sys.stderr)
-        ctx = Dist(str(cfg.train.device))  # one process group (torchrun) for training and evaluation
-        try:
-            result = train(cfg, ctx)
-            if result["stopped"]:
-                print("mgnet demo: training stopped early (train.stop_after_steps); rerun with --resume",
-                      file=sys.stderr)
-                return 1
-            metrics = evaluate(cfg, cfg.train.out, model=result.get("model"), ctx=ctx)
-        finally:
-            ctx.close()
-        if not ctx.main:
-            return 0
-    except (runs.RunError, DataError, ValueError, FileNotFoundError) as exc:
-        print(f"mgnet demo: error: {exc}", file=sys.stderr)
-        return 2
+        result = train(cfg, ctx)
+        if result["stopped"]:
+            print("mgnet demo: training stopped early (train.stop_after_steps); rerun with --resume",
+                  file=sys.stderr)
+            return 1
+        metrics = evaluate(cfg, cfg.train.out, model=result.get("model"), ctx=ctx)
+    finally:
+        ctx.close()
+    if not ctx.main:
+        return 0
     wall = time.perf_counter() - t0
     checks = check_targets(metrics)
     runs.write_json(runs.RunDir(cfg.train.out).root / "demo.json",
@@ -105,6 +104,3 @@ def main(argv=None) -> int:
     missed = [c for c in checks if not c["ok"]]
     return 1 if (missed and args.strict) else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

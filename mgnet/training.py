@@ -1,10 +1,10 @@
-"""`mgnet train`: the four training stages of MGNet, resumable, single process or torchrun.
+"""The four training stages of MGNet, resumable, single process or torchrun (`mgnet train`).
 
     mgnet train data=synthetic model=small train.out=runs/x        # hydra overrides
     mgnet train train.out=runs/x --resume                          # continue after an interruption
     torchrun --nproc_per_node=4 -m mgnet.cli train train.out=runs/x   # DDP, one process per GPU
 
-Stages (paper sec. 3, eq. 12 split as ARCHITECTURE.md says):
+Stages (paper sec. 3, eq. 12 split as docs/architecture.md says):
   1  STG-NF on poses (NLL)
   2  RGB encoder + H_B + behavior/scene memories (L_mo + beta * separateness)
   3  mask encoder + heads (alpha * L_app), RGB encoder frozen
@@ -28,23 +28,23 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import pickle
 import shutil
 import sys
 import time
-import weakref
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
 
-from mgnet import runs
+from mgnet import engine, runs, scoring
+from mgnet.engine import Dist, autocast, load_model_state, model_identity, score_clips, to_device
 from mgnet.runs import RunDir, RunError
+from mgnet.scoring import SCORE_KEYS
 
 try:
     import nvtx
@@ -63,126 +63,12 @@ class Stopped(Exception):
     """Raised internally when train.stop_after_steps is reached (a snapshot has been written)."""
 
 
-# ---------------------------------------------------------------- distributed context
-class Dist:
-    """Rank/world/device of this process; set up from torchrun's environment variables."""
-
-    def __init__(self, device_pref: str = "auto"):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        want_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
-        if device_pref == "cuda" and not torch.cuda.is_available():
-            raise ValueError("train.device=cuda but torch sees no CUDA device")
-        if device_pref not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"train.device={device_pref!r}: expected auto, cpu or cuda")
-        self.device = torch.device(f"cuda:{self.local_rank}" if want_cuda else "cpu")
-        if want_cuda:
-            torch.cuda.set_device(self.device)
-        self.owns_group = False
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if want_cuda else "gloo")
-            self.owns_group = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self):
-        if self.world > 1:
-            dist.barrier()
-
-    def all_gather_object(self, obj: Any) -> List[Any]:
-        """``obj`` of every rank, in rank order (picklable objects of any size).
-
-        dist.all_gather_object has a race that aborted 2-rank gloo runs at exit (one in about six):
-        its gloo work object holds Python-visible tensors, and a gloo worker thread may drop the last
-        reference to it after the call has returned. Dropping a tensor's Python object needs the GIL;
-        once the interpreter is finalizing, that thread is killed inside take_gil and libstdc++
-        calls std::terminate (SIGABRT, 'terminate called without an active exception'; native
-        stack: ~AsyncAllgatherWork <- ProcessGroupGloo::runLoop <- PyEval_AcquireThread). Here the
-        tensors are ours, so we wait (GIL released) until their Python objects are freed, i.e.
-        until no gloo thread holds them, before returning.
-        """
-        if self.world == 1:
-            return [obj]
-        dev = self.device  # NCCL gathers CUDA tensors, gloo CPU ones
-        payload = torch.frombuffer(bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)),
-                                   dtype=torch.uint8)
-        size = torch.tensor([payload.numel()], dtype=torch.int64, device=dev)
-        sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(self.world)]
-        dist.all_gather(sizes, size)
-        lengths = [int(n) for n in sizes]
-        padded = torch.zeros(max(lengths), dtype=torch.uint8, device=dev)
-        padded[:payload.numel()] = payload.to(dev)
-        outs = [torch.empty(max(lengths), dtype=torch.uint8, device=dev) for _ in range(self.world)]
-        dist.all_gather(outs, padded)
-        result = [pickle.loads(o[:n].cpu().numpy().tobytes()) for o, n in zip(outs, lengths)]
-        if dev.type == "cpu":  # the race is gloo's worker threads'; NCCL's watchdog may keep works longer
-            held = [weakref.ref(t) for t in (size, padded, *sizes, *outs)]
-            del size, padded, sizes, outs
-            deadline = time.monotonic() + 60.0
-            while any(r() is not None for r in held) and time.monotonic() < deadline:
-                time.sleep(1e-4)
-        return result
-
-    def close(self):
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA; a no-op context on CPU."""
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
-# ---------------------------------------------------------------- model and data factories
-def build_model(model_cfg) -> torch.nn.Module:
-    from mgnet.models.config import ModelConfig
-    from mgnet.models.mgnet import MGNet
-    return MGNet(ModelConfig.from_dict(runs.to_container(model_cfg)))
-
-
-def open_split(data_cfg, split: str, ctx: Dist):
-    """prepare_split on rank 0 first (it may build the store), then on the other ranks."""
-    from mgnet.data.prepare import prepare_split
-    store = prepare_split(data_cfg, split, progress=ctx.main) if ctx.main else None
-    ctx.barrier()
-    if not ctx.main:
-        store = prepare_split(data_cfg, split, progress=False)
-    return store
-
-
-def model_identity(cfg) -> Dict[str, Any]:
-    model = runs.to_container(cfg.model)
-    return {"model_config": model, "model_config_hash": runs.config_hash(model)}
-
-
+# ---------------------------------------------------------------- checkpoints
 def save_stage(run: RunDir, stage: int, model, cfg, ctx: Dist, history=(), **extra) -> None:
     """Rank 0 writes stage `stage`'s final checkpoint (weights, loss history, model identity)."""
     if ctx.main:
         runs.save_checkpoint(run.stage(stage), {"model": model.state_dict(), "stage": stage,
                                                 "history": list(history), **extra, **model_identity(cfg)})
-
-
-def load_model_state(model: torch.nn.Module, ckpt: Dict[str, Any], path: Path, cfg) -> None:
-    """Load a checkpoint's weights after checking it was made with this model config."""
-    want = model_identity(cfg)
-    if ckpt.get("model_config_hash") != want["model_config_hash"]:
-        diff = runs.config_diff(ckpt.get("model_config") or {}, want["model_config"])
-        raise RunError(f"checkpoint {path} was made with a different model config "
-                       f"(differs in: {', '.join('model.' + d for d in diff) or 'unknown keys'}); "
-                       f"use the run's own config.yaml or start a new run")
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise RunError(f"checkpoint {path} does not fit the model: {exc}") from exc
 
 
 # ---------------------------------------------------------------- run folder checks
@@ -362,10 +248,8 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
     if ctx.world > 1 and step == 0:
         _data_dependent_init(model, store, cfg, stage, gbs, ctx)
     if ctx.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
         fwd = DDP(fwd, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                   find_unused_parameters=True)
-    from tqdm import tqdm
     bar = tqdm(total=total, initial=step, desc=f"stage {stage}", disable=not ctx.main, dynamic_ncols=True,
                file=sys.stderr)
     t0, clips = time.perf_counter(), 0
@@ -424,7 +308,6 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
 
 def write_bsmm(model, store, cfg, run: RunDir, ctx: Dist, log) -> None:
     """Stage 4: one pass over the whole training set (same shuffled order on every rank) writing the BSMM."""
-    from tqdm import tqdm
     runs.seed_everything(_stage_seed(cfg, 4))
     model.set_stage(4)
     # a seeded permutation, the same on every rank: the first writes seed the memory's slots, so
@@ -448,12 +331,10 @@ def write_bsmm(model, store, cfg, run: RunDir, ctx: Dist, log) -> None:
 
 def write_score_stats(model, store, cfg, run: RunDir, ctx: Dist, log) -> Optional[Dict[str, Any]]:
     """Score the training set once; per-component and fused statistics to score_stats.json."""
-    from mgnet import scoring
-    from mgnet.evaluate import score_clips
     clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp), desc="train scores")
     if not ctx.main:
         return None
-    stats: Dict[str, Any] = {name: scoring.summary_stats(clip[name]) for name in ("mo", "app", "mm", "nll")}
+    stats: Dict[str, Any] = {name: scoring.summary_stats(clip[name]) for name in SCORE_KEYS}
     lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
     stats["fused"] = scoring.summary_stats(scoring.fuse(clip, lambdas, stats=stats))
     stats["lambdas"] = lambdas
@@ -510,11 +391,11 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
             if s > 1 and (s - 1) not in stages and not run.stage(s - 1).exists():
                 raise RunError(f"stage {s} needs {run.stage(s - 1)} (stage {s - 1}'s checkpoint), which does "
                                f"not exist; run stage {s - 1} first (train.stages=[{s - 1},{s}])")
-        store = open_split(cfg.data, "train", ctx)
+        store = engine.open_split(cfg.data, "train", ctx)
         log.info(f"run {run.root}: {len(store)} training clips, stages {stages}, world {ctx.world}, "
                  f"device {ctx.device}")
         torch.manual_seed(int(cfg.seed))
-        model = build_model(cfg.model).to(ctx.device)
+        model = engine.build_model(cfg.model).to(ctx.device)
         if cfg.train.get("deterministic", False):
             from mgnet import determinism
             restore_torch = determinism.enable(model, ctx.device)
@@ -558,47 +439,3 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
             restore_torch()
         if own_ctx:
             ctx.close()
-
-
-def parse_argv(argv: List[str]) -> List[str]:
-    """Hydra overrides from the command line; ``--resume`` -> ``train.resume=true``."""
-    overrides = []
-    for a in argv:
-        if a == "--resume":
-            overrides.append("train.resume=true")
-        elif a.startswith("-"):
-            raise ValueError(f"unknown option {a!r}; `mgnet train` takes hydra overrides (key=value) and --resume")
-        else:
-            overrides.append(a)
-    return overrides
-
-
-USAGE = """usage: mgnet train [--resume] [key=value ...]
-
-Hydra overrides of mgnet/conf/config.yaml, e.g.
-  mgnet train data=synthetic data.synth.size=tiny model=small train.out=runs/x
-  mgnet train experiment=demo train.stage2.steps=500
-  mgnet train train.out=runs/x --resume
-Multi-GPU: torchrun --nproc_per_node=N -m mgnet.cli train ...
-"""
-
-
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
-        return 0
-    from mgnet.data.errors import DataError
-    try:
-        cfg = runs.compose_config(parse_argv(argv))
-        result = train(cfg)
-    except (RunError, DataError, ValueError, FileNotFoundError) as exc:
-        print(f"mgnet train: error: {exc}", file=sys.stderr)
-        return 2
-    if result["stopped"]:
-        print(f"mgnet train: stopped early in {result['run'].root}; continue with --resume", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

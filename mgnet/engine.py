@@ -1,0 +1,210 @@
+"""What every job shares at run time: device and precision, the process group, building and
+loading a model, opening a prepared split, and the one per-batch scoring function.
+
+``score_batch`` is the only place a model's raw clip scores are computed: evaluation and the
+training-set statistics (``score_clips``), ``mgnet score`` offline and the online scorer
+(mgnet.inference) all call it, so they score a clip identically. ``amp`` (bf16 autocast) only
+acts on CUDA; the online scorer and ``mgnet score`` run without it, as before.
+
+Layers (docs/architecture.md): jobs -> engine and the library modules -> models, data, ops.
+Nothing here imports a job.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import sys
+import time
+import weakref
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from mgnet import runs
+from mgnet.data.prepare import prepare_split
+from mgnet.models.config import ModelConfig
+from mgnet.models.mgnet import MGNet
+from mgnet.runs import RunDir, RunError
+from mgnet.scoring import SCORE_KEYS
+
+META_KEYS = ("video", "person", "frame", "label")
+
+
+# ---------------------------------------------------------------- process group, device, precision
+class Dist:
+    """Rank/world/device of this process; set up from torchrun's environment variables."""
+
+    def __init__(self, device_pref: str = "auto"):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        want_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+        if device_pref == "cuda" and not torch.cuda.is_available():
+            raise ValueError("train.device=cuda but torch sees no CUDA device")
+        if device_pref not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"train.device={device_pref!r}: expected auto, cpu or cuda")
+        self.device = torch.device(f"cuda:{self.local_rank}" if want_cuda else "cpu")
+        if want_cuda:
+            torch.cuda.set_device(self.device)
+        self.owns_group = False
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if want_cuda else "gloo")
+            self.owns_group = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def all_gather_object(self, obj: Any) -> List[Any]:
+        """``obj`` of every rank, in rank order (picklable objects of any size).
+
+        dist.all_gather_object has a race that aborted 2-rank gloo runs at exit (one in about six):
+        its gloo work object holds Python-visible tensors, and a gloo worker thread may drop the last
+        reference to it after the call has returned. Dropping a tensor's Python object needs the GIL;
+        once the interpreter is finalizing, that thread is killed inside take_gil and libstdc++
+        calls std::terminate (SIGABRT, 'terminate called without an active exception'; native
+        stack: ~AsyncAllgatherWork <- ProcessGroupGloo::runLoop <- PyEval_AcquireThread). Here the
+        tensors are ours, so we wait (GIL released) until their Python objects are freed, i.e.
+        until no gloo thread holds them, before returning.
+        """
+        if self.world == 1:
+            return [obj]
+        dev = self.device  # NCCL gathers CUDA tensors, gloo CPU ones
+        payload = torch.frombuffer(bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)),
+                                   dtype=torch.uint8)
+        size = torch.tensor([payload.numel()], dtype=torch.int64, device=dev)
+        sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(self.world)]
+        dist.all_gather(sizes, size)
+        lengths = [int(n) for n in sizes]
+        padded = torch.zeros(max(lengths), dtype=torch.uint8, device=dev)
+        padded[:payload.numel()] = payload.to(dev)
+        outs = [torch.empty(max(lengths), dtype=torch.uint8, device=dev) for _ in range(self.world)]
+        dist.all_gather(outs, padded)
+        result = [pickle.loads(o[:n].cpu().numpy().tobytes()) for o, n in zip(outs, lengths)]
+        if dev.type == "cpu":  # the race is gloo's worker threads'; NCCL's watchdog may keep works longer
+            held = [weakref.ref(t) for t in (size, padded, *sizes, *outs)]
+            del size, padded, sizes, outs
+            deadline = time.monotonic() + 60.0
+            while any(r() is not None for r in held) and time.monotonic() < deadline:
+                time.sleep(1e-4)
+        return result
+
+    def close(self):
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA; a no-op context on CPU."""
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------- model and data
+def build_model(model_cfg) -> torch.nn.Module:
+    return MGNet(ModelConfig.from_dict(runs.to_container(model_cfg)))
+
+
+def model_identity(cfg) -> Dict[str, Any]:
+    model = runs.to_container(cfg.model)
+    return {"model_config": model, "model_config_hash": runs.config_hash(model)}
+
+
+def load_model_state(model: torch.nn.Module, ckpt: Dict[str, Any], path: Path, cfg) -> None:
+    """Load a checkpoint's weights after checking it was made with this model config."""
+    want = model_identity(cfg)
+    if ckpt.get("model_config_hash") != want["model_config_hash"]:
+        diff = runs.config_diff(ckpt.get("model_config") or {}, want["model_config"])
+        raise RunError(f"checkpoint {path} was made with a different model config "
+                       f"(differs in: {', '.join('model.' + d for d in diff) or 'unknown keys'}); "
+                       f"use the run's own config.yaml or start a new run")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise RunError(f"checkpoint {path} does not fit the model: {exc}") from exc
+
+
+def load_run(run_dir, device="cpu", stage: int = 4) -> Tuple[torch.nn.Module, Any]:
+    """The model of a finished run (its stage-4 checkpoint) and the run's config, in eval mode.
+
+    Raises RunError when the folder is not a run, has no stage-4 checkpoint, or the checkpoint
+    was made with another model config.
+    """
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise RunError(f"run folder {run.root} does not exist")
+    cfg = runs.load_config(run.config)
+    ckpt_path = run.stage(stage)
+    if not ckpt_path.exists():
+        have = sorted(p.name for p in run.ckpt_dir.glob("stage?.pt")) if run.ckpt_dir.is_dir() else []
+        raise RunError(f"run {run.root} has no stage-{stage} checkpoint ({ckpt_path}); finished stages: "
+                       f"{have or 'none'} - finish training with `mgnet train train.out={run.root} --resume`")
+    model = build_model(cfg.model)
+    load_model_state(model, runs.load_checkpoint(ckpt_path), ckpt_path, cfg)
+    model.to(device).eval()
+    return model, cfg
+
+
+def open_split(data_cfg, split: str, ctx: Dist):
+    """prepare_split on rank 0 first (it may build the store), then on the other ranks."""
+    store = prepare_split(data_cfg, split, progress=ctx.main) if ctx.main else None
+    ctx.barrier()
+    if not ctx.main:
+        store = prepare_split(data_cfg, split, progress=False)
+    return store
+
+
+# ---------------------------------------------------------------- scoring
+def score_batch(model, batch: Dict[str, Any], device, amp: bool = False) -> Dict[str, np.ndarray]:
+    """Raw per-clip scores ``{"mo", "app", "mm", "nll"}`` (scoring.SCORE_KEYS) of one batch in the
+    ClipStore layout, as float64 numpy arrays; under inference_mode, bf16 autocast when ``amp`` on CUDA."""
+    device = torch.device(device)
+    with torch.inference_mode(), autocast(device, amp):
+        out = model.scores(to_device(batch, device))
+    return {k: out[k].float().cpu().numpy().astype(np.float64) for k in SCORE_KEYS}
+
+
+def score_clips(model, store, batch_size: int, ctx=None, amp: bool = True, desc: str = "scoring",
+                num_workers: int = 0) -> Dict[str, np.ndarray]:
+    """Raw per-clip scores of every clip of ``store`` (batched, under inference_mode).
+
+    With a distributed context each rank scores a contiguous shard and the shards are gathered
+    (all ranks get the full result, in store order). Returns arrays "nll", "mo", "app", "mm" and
+    the clips' "video", "person", "frame", "label".
+    """
+    rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
+    device = ctx.device if ctx is not None else next(model.parameters()).device
+    n = len(store)
+    per = -(-n // world)
+    shard = Subset(store, range(min(n, rank * per), min(n, (rank + 1) * per)))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    model.eval()
+    parts: Dict[str, List[np.ndarray]] = defaultdict(list)
+    for batch in tqdm(loader, desc=desc, disable=rank != 0, dynamic_ncols=True, file=sys.stderr):
+        for k, v in score_batch(model, batch, device, amp).items():
+            parts[k].append(v)
+        for k in META_KEYS:
+            parts[k].append(batch[k].numpy())
+    res = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
+    for k in SCORE_KEYS + META_KEYS:
+        res.setdefault(k, np.zeros(0))
+    if world > 1:
+        gathered = ctx.all_gather_object(res)
+        res = {k: np.concatenate([g[k] for g in gathered]) for k in res}
+    return res
