@@ -104,9 +104,9 @@ std::vector<at::Tensor> lka3d_backward_cuda(const at::Tensor& grad_, const at::T
   mgnet::check_launch(err, op);
   const at::Tensor ga = grad.to(acc).view({g.B, g.C, N});
   const at::Tensor gwp = at::matmul(ga, a2.transpose(1, 2)).sum(0);  // sum_b g_b a2_b^T (C, C)
-  const at::Tensor gbp = ga.sum({0, 2});
-  const at::Tensor gb1 = g2.sum({0, 2});
-  const at::Tensor gb0 = g1.sum({0, 2});
+  const at::Tensor gbp = ga.sum(at::IntArrayRef{0, 2});
+  const at::Tensor gb1 = g2.sum(at::IntArrayRef{0, 2});
+  const at::Tensor gb0 = g1.sum(at::IntArrayRef{0, 2});
   return {gx,
           pw0.sum(0).view(w0.sizes()).to(w0.scalar_type()),
           gb0.to(b0.scalar_type()),
