@@ -407,6 +407,7 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
     """Run the requested stages of one run. Returns ``{"run": RunDir, "stopped": bool, ...}``."""
     own_ctx = ctx is None
     ctx = ctx or Dist(str(cfg.train.device))
+    restore_torch = None
     try:
         if cfg.train.threads and ctx.device.type == "cpu":
             torch.set_num_threads(int(cfg.train.threads))
@@ -433,6 +434,9 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
                  f"device {ctx.device}")
         torch.manual_seed(int(cfg.seed))
         model = engine.build_model(cfg.model).to(ctx.device)
+        if cfg.train.get("deterministic", False):
+            from mgnet import determinism
+            restore_torch = determinism.enable(model, ctx.device)
         budget = {"steps": 0, "stop_after": cfg.train.stop_after_steps}
         loaded = None
         try:
@@ -471,5 +475,7 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
         ctx.barrier()
         return {"run": run, "stopped": False, "steps": budget["steps"], "model": model}
     finally:
+        if restore_torch is not None:
+            restore_torch()
         if own_ctx:
             ctx.close()
