@@ -141,6 +141,7 @@ class Train:
     device: str = spec("auto", choices=DEVICES)
     amp: bool = True
     threads: Optional[int] = spec(None, ge=1)
+    deterministic: bool = False   # bit-identical runs at any thread count (mgnet/determinism.py)
     num_workers: int = spec(0, ge=0)
     batch_size: int = spec(32, ge=1)
     grad_clip: Optional[float] = spec(1.0, ge=0.0)
