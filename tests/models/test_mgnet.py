@@ -113,7 +113,7 @@ def test_default_scores_match_equations(tiny_default):
         q = torch.nn.functional.normalize(b["pose"].permute(0, 2, 1, 3).flatten(2) - model.pose_mem.mean, dim=-1)
         cos_p = q @ torch.nn.functional.normalize(model.pose_mem.slots, dim=1).T
         w_b = torch.softmax(cos_p / 0.05, -1).mean(1)
-        w_s = model.mem_s(model.scene(b["scene"]))[0]
+        w_s = _addressing(model.scene(b["scene"]), model.mem_s)[0]
         m = model.bsmm.slots
         nrm = torch.nn.functional.normalize
         c_b = torch.softmax(nrm(w_b, dim=1) @ nrm(m[:, :cfg.n_p], dim=1).T / 0.05, 1)
@@ -159,6 +159,14 @@ def test_stage2_loss_terms(tiny):
     torch.testing.assert_close(out["mo"], ((f_sk - f_rgb) ** 2).mean())             # eq. (4)
 
 
+def _addressing(q, memory):
+    """eq. (7) written out: w = softmax over slots of cos(q, slot) / tau, read = w @ slots."""
+    slots = memory.slots.detach()
+    cos = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(slots, dim=-1).T
+    w = torch.softmax(cos / memory.temperature, dim=-1)
+    return w, w @ slots
+
+
 def test_scores_match_equations(tiny):
     model, cfg = tiny
     model.set_stage(4)
@@ -179,12 +187,12 @@ def test_scores_match_equations(tiny):
         z, nll = model.stgnf.nll(b["pose"])
         e_b = model.rgb_encoder(b["rgb"])
         mo = (STGNF.features(z) - model.head_b(e_b)).flatten(1).norm(dim=1)         # eq. (13)
-        w_b, f_b, _ = model._behavior_memory(e_b)
+        w_b, f_b = _addressing(e_b, model.mem_b)                                      # eq. (7)
         f_u = model.head_u(f_b)
         m = model.score_mask.expand(4, -1, -1)
         app = sum(0.5 * cosine_dissimilarity(f_u, model._f_m(b["rgb"], model._visible(mm, "cpu")))
                   for mm in (m, ~m))                                                   # eq. (14)
-        w_s = model.mem_s(model.scene(b["scene"]))[0]
+        w_s = _addressing(model.scene(b["scene"]), model.mem_s)[0]
         c_b, c_s = model.bsmm.read(w_b, w_s)
         mm_ = (c_b - c_s).norm(dim=1)                                                  # eq. (15)
     torch.testing.assert_close(s["mo"], mo)
