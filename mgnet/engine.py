@@ -114,6 +114,76 @@ def to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+# ---------------------------------------------------------------- torch.compile (the fast path)
+COMPILE_FALLBACK = "torch.compile is not available here ({why}); running the model eager (same results, slower)"
+
+
+def compile_unavailable(device) -> str | None:
+    """Why inductor cannot compile for ``device`` here (None when it can): CPU code needs a C++ compiler."""
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile"
+    if torch.device(device).type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+            get_cpp_compiler()
+        except Exception as exc:  # noqa: BLE001  (any failure to find one means no CPU compile)
+            return f"no C++ compiler for inductor's CPU code: {exc}"
+    return None
+
+
+def _mark_batch_dynamic(args) -> None:
+    """Batch dimension of every tensor of a batch dict dynamic, so that a new batch size reuses the
+    compiled graph instead of compiling another one (maybe_: a size 1 may still specialise)."""
+    for a in args:
+        if isinstance(a, dict):
+            for v in a.values():
+                if torch.is_tensor(v) and v.dim() >= 1:
+                    torch._dynamo.maybe_mark_dynamic(v, 0)
+
+
+class _CompiledMethod:
+    """A model method run through torch.compile; on a compile failure it warns once (to stderr,
+    COMPILE_FALLBACK) and runs the eager method from then on. Errors of the model itself (raised
+    eagerly too) are re-raised unchanged by the eager rerun."""
+
+    def __init__(self, fn, backend, mode):
+        self.eager = fn
+        self.compiled = torch.compile(fn, backend=backend, mode=mode)
+        self.failed: str | None = None
+
+    def __call__(self, *args, **kwargs):
+        if self.failed is None:
+            _mark_batch_dynamic(args)
+            try:
+                return self.compiled(*args, **kwargs)
+            except torch._dynamo.exc.TorchDynamoException as exc:
+                inner = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
+                text = str(inner).strip()
+                self.failed = f"{type(inner).__name__}: {text.splitlines()[0] if text else ''}"
+                print("warning: " + COMPILE_FALLBACK.format(why=self.failed), file=sys.stderr, flush=True)
+        return self.eager(*args, **kwargs)
+
+
+def compile_model(model: torch.nn.Module, backend="inductor", mode: str | None = None) -> torch.nn.Module:
+    """Compile ``model.scores`` and ``model.losses`` in place (the module, its weights and its
+    state_dict are unchanged) and return the model. The ``mgnet::`` custom ops stay in the graph as
+    opaque calls (no graph break, tests/test_compile.py), so inductor fuses the ViT, norms and MLPs
+    around the project's kernels. Batch sizes share one graph (dynamic batch dimension). Where
+    compile is unavailable (no C++ compiler for CPU code, or the compile fails) it prints
+    COMPILE_FALLBACK once and the model runs eager."""
+    if isinstance(getattr(model, "scores", None), _CompiledMethod):
+        return model
+    if backend == "inductor":
+        why = compile_unavailable(next(model.parameters()).device)
+        if why is not None:
+            print("warning: " + COMPILE_FALLBACK.format(why=why), file=sys.stderr, flush=True)
+            return model
+    for name in ("scores", "losses"):
+        if hasattr(model, name):
+            setattr(model, name, _CompiledMethod(getattr(model, name), backend, mode))
+    return model
+
+
 # ---------------------------------------------------------------- model and data
 def build_model(model_cfg) -> torch.nn.Module:
     # imported here, not at the top: `mgnet score --engine onnx` uses this module without the model code

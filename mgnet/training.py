@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
+from omegaconf import OmegaConf
 
 from mgnet import engine, runs, scoring, tracking
 from mgnet.engine import Dist, autocast, load_model_state, model_identity, score_clips, to_device
@@ -404,6 +405,8 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
                  f"device {ctx.device}")
         torch.manual_seed(int(cfg.seed))
         model = engine.build_model(cfg.model).to(ctx.device)
+        if OmegaConf.select(cfg, "train.compile", default=False):
+            engine.compile_model(model)
         budget = {"steps": 0, "stop_after": cfg.train.stop_after_steps}
         loaded = None
         try:
