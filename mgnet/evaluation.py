@@ -124,7 +124,7 @@ def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
         if OmegaConf.select(cfg, "eval.compile", default=False):
             engine.compile_model(model)
         store = engine.open_split(cfg.data, "test", ctx)
-        clip = engine.score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp),
+        clip = engine.score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=engine.precision(cfg),
                            desc="test scores")
         if not ctx.main:
             return {}

@@ -153,7 +153,7 @@ def _data_dependent_init(model, store, cfg, stage: int, gbs: int, ctx: Dist) -> 
     batch = to_device(next(iter(DataLoader(store, batch_size=gbs, sampler=first,
                                            generator=torch.Generator().manual_seed(0)))), ctx.device)
     state = runs.rng_state()
-    with autocast(ctx.device, bool(cfg.train.amp)):
+    with autocast(ctx.device, engine.precision(cfg)):
         model.losses(batch, stage)
     runs.set_rng_state(state)
 
@@ -271,7 +271,7 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
                     batch = to_device(batch, ctx.device)
                     for g in opt.param_groups:
                         g["lr"] = _lr(step, total, float(scfg.lr), int(scfg.warmup))
-                    with autocast(ctx.device, bool(cfg.train.amp)):
+                    with autocast(ctx.device, engine.precision(cfg)):
                         out = fwd(batch)
                     loss = out["loss"]
                     opt.zero_grad(set_to_none=True)
@@ -340,7 +340,7 @@ def write_bsmm(model, store, cfg, run: RunDir, ctx: Dist, log) -> None:
 
 def write_score_stats(model, store, cfg, run: RunDir, ctx: Dist, log) -> Optional[Dict[str, Any]]:
     """Score the training set once; per-component and fused statistics to score_stats.json."""
-    clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp), desc="train scores")
+    clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=engine.precision(cfg), desc="train scores")
     if not ctx.main:
         return None
     stats: Dict[str, Any] = {name: scoring.summary_stats(clip[name]) for name in SCORE_KEYS}
