@@ -98,3 +98,12 @@ def test_no_cpp_compiler_keeps_the_model_eager(monkeypatch, capsys):
     assert model.scores == scores and not isinstance(model.scores, engine._CompiledMethod)
     err = capsys.readouterr().err
     assert "no C++ compiler" in err and "no g++ on PATH" in err
+
+
+def test_cli_compile_switches():
+    from mgnet.jobs import evaluate, score
+    assert evaluate.parse_argv(["run=r", "--compile", "eval.sigma=3"]) == ("r", ["eval.compile=true", "eval.sigma=3"])
+    args = score.build_parser().parse_args(["--video", "v", "--poses", "p", "--engine", "onnx", "--model", "m",
+                                            "--compile"])
+    with pytest.raises(ValueError, match="--compile applies to --engine torch"):
+        score._load_engine(args)
