@@ -8,6 +8,9 @@ TORCH_CPU_VERSION ?= 2.13.0
 TRITON_VERSION    ?= 3.6.0
 SOURCES := pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
 PYTEST_ARGS ?=
+# The pose extra (mediapipe 0.10.21) pins numpy<2 and protobuf<5, so the test venv runs on
+# numpy 1.26 like a user's `pip install -e ".[pose]"`; EXTRAS=test keeps numpy 2 (pose tests skip).
+EXTRAS ?= test,pose,deploy,tensorboard
 
 .PHONY: install demo test bench gpu-check clean
 
@@ -17,7 +20,7 @@ $(STAMP): $(SOURCES)
 	@# A CUDA torch already in the venv is kept; otherwise the CPU build (local wheel, fast).
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==$(TORCH_CPU_VERSION)
 	@if [ "$$(uname -s)" = Linux ]; then $(PY) -c "import triton" 2>/dev/null || $(PIP) install -q triton==$(TRITON_VERSION); fi
-	$(PIP) install -q --no-build-isolation -e ".[test,deploy,tensorboard]"
+	$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]"
 	$(PY) -c "import mgnet, mgnet.ops, mgnet.kernels; from mgnet.ops import _dispatch as d; d.load_extension(); print('mgnet installed; mgnet._C:', d.extension_error() or 'built')"
 	@touch $@
 

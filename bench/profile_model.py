@@ -201,7 +201,7 @@ def amdahl(e, f_res):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", choices=("small", "paper"), default="small")
+    ap.add_argument("--config", choices=("small", "vits"), default="small")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--what", choices=("train-s2", "train-s3", "infer"), default="train-s2")

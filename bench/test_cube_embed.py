@@ -2,7 +2,7 @@
 op on the auto backend) vs torch.compile of the reference.
 
 Shapes: batch 64, T=16 frames of 64x64 (P = 8*8*8 = 512 cubes), uint8 frames with per-channel
-mean/std, pos embedding; D=64 (small config) and D=384 (paper config); 50% and 0% of the cubes
+mean/std, pos embedding; D=64 (small config) and D=384 (vits config); 50% and 0% of the cubes
 masked. FLOPs = 2 * B * Pv * 384 * D (the GEMM on the visible cubes; eager does P/Pv times more).
 Forward for every case, forward+backward (grad of weight, bias, pos) at 50% masking.
 """
@@ -20,7 +20,7 @@ ROUNDS = {"cpu": 3, "cuda": 20}
 
 CASES = []
 for dev in ("cpu", "cuda"):
-    for D, cfg in ((64, "small"), (384, "paper")):
+    for D, cfg in ((64, "small"), (384, "vits")):
         for masked in (0.5, 0.0):
             for pass_ in ("fwd", "fwd+bwd"):
                 if pass_ == "fwd+bwd" and masked == 0.0:

@@ -5,7 +5,7 @@ Cases (one pytest-benchmark group each, the summary table reports clips/s per im
   train-s3  the same for the stage-3 loss (alpha * L_app; RGB encoder frozen; model.app_target=memory,
             the paper's S_app: with the default appearance memory stage 3 trains nothing)
   infer     model.scores(batch) under torch.inference_mode (all four raw scores)
-Configs: `small` on CPU (batch 16), `paper` on CUDA (batch 64) when a GPU is present.
+Configs: `small` on CPU (batch 16), `vits` (the paper's ViT-S width) on CUDA (batch 64) when a GPU is present.
 Impls:    eager   every mgnet op on its reference (`mgnet.ops.backend("eager")`)
           fused   `auto`: the compiled C++ / CUDA / Triton kernels
           compile torch.compile of the eager model (the step's loss / the scores function), with the
@@ -32,7 +32,7 @@ import mgnet.ops as ops  # noqa: E402
 HAS_CUDA = torch.cuda.is_available()
 # (config name, device, batch); CUDA cases carry "cuda" in their id (MGNET_BENCH_DEVICE filter)
 CASES = [pytest.param("small", "cpu", 16, id="small-cpu-b16"),
-         pytest.param("paper", "cuda", 64, id="paper-cuda-b64",
+         pytest.param("vits", "cuda", 64, id="vits-cuda-b64",
                       marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device"))]
 ROUNDS = {"cpu": 3, "cuda": 10}
 

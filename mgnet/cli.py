@@ -22,6 +22,7 @@ COMMANDS = {
     "eval": ("mgnet.jobs.evaluate", "score the test split and report frame AUCs", 2),
     "demo": ("mgnet.jobs.demo", "synthesise, prepare, train and evaluate the small benchmark", 2),
     "score": ("mgnet.jobs.score", "score your own videos with a trained run", 2),
+    "protocol": ("mgnet.jobs.protocol", "train and evaluate on benchmark variants x seeds: mean/min AUC table", 2),
     "export": ("mgnet.jobs.export", "export a trained run as ONNX / torch.export for deployment", 2),
 }
 # the project's errors: run folders, input data, configs and arguments (compose_config raises ValueError)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from mgnet import runs
 from mgnet.data.prepare import prepare_split
 from mgnet.runs import RunDir, RunError
-from mgnet.scoring import SCORE_KEYS
+from mgnet.scoring import OPTIONAL_COMPONENTS, SCORE_KEYS
 
 META_KEYS = ("video", "person", "frame", "label")
 
@@ -281,12 +281,13 @@ def open_split(data_cfg, split: str, ctx: Dist):
 
 # ---------------------------------------------------------------- scoring
 def score_batch(model, batch: Dict[str, Any], device, amp: bool | str = False) -> Dict[str, np.ndarray]:
-    """Raw per-clip scores ``{"mo", "app", "mm", "nll"}`` (scoring.SCORE_KEYS) of one batch in the
+    """Raw per-clip scores ``{"mo", "app", "mm", "nll"[, "pose"]}`` (scoring.SCORE_KEYS) of one batch in the
     ClipStore layout, as float64 numpy arrays; under inference_mode and autocast(device, amp)."""
     device = torch.device(device)
     with torch.inference_mode(), autocast(device, amp):
         out = model.scores(to_device(batch, device))
-    return {k: out[k].float().cpu().numpy().astype(np.float64) for k in SCORE_KEYS}
+    keys = SCORE_KEYS + tuple(k for k in OPTIONAL_COMPONENTS if k in out)   # S_pose when the model has one
+    return {k: out[k].float().cpu().numpy().astype(np.float64) for k in keys}
 
 
 def score_clips(model, store, batch_size: int, ctx=None, amp: bool | str = True, desc: str = "scoring",

@@ -13,7 +13,7 @@ frames by STG-NF's protocol (mgnet.scoring.frame_scores). Writes ``<run>/metrics
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -23,19 +23,29 @@ from mgnet.engine import Dist
 from mgnet.runs import RunDir, RunError
 from mgnet.scoring import SCORE_KEYS
 
+OPTIONAL_KEYS = scoring.OPTIONAL_COMPONENTS   # S_pose, when the model has a segment memory (model.n_seg > 0)
 ROWS = (("nll", "STG-NF alone (NLL)"), ("mo", "S_mo"), ("app", "S_app"), ("mm", "S_mm"),
-        ("fused", "MGNet fused"))
+        ("pose", "S_pose (seg. kNN)"), ("fused_minmax", "fused, eq.16 minmax"), ("fused", "MGNet fused"))
 ROW_KEYS = tuple(k for k, _ in ROWS if k in SCORE_KEYS)  # the raw components, in the table's order
 
 
-def compute_metrics(clip: Dict[str, np.ndarray], store, cfg) -> Tuple[Dict[str, Any], Dict[str, Dict[str, np.ndarray]]]:
+def compute_metrics(clip: Dict[str, np.ndarray], store, cfg, stats: Optional[Dict[str, Any]] = None
+                    ) -> Tuple[Dict[str, Any], Dict[str, Dict[str, np.ndarray]]]:
     """AUC table from raw clip scores: per component and fused, micro/macro/per type.
 
+    stats: the run's training-score statistics (score_stats.json) for z-score fusion. Two fused
+    rows: "fused" (``eval.fusion``/``eval.combine``, default z-scores against the training
+    clips) and "fused_minmax" (eq. 16 with test-set min-max, the paper's protocol).
     Returns (metrics, frame curves ``{component: {video: (F,)}}``).
     """
     lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
-    comps = {k: clip[k] for k in SCORE_KEYS}
-    comps["fused"] = scoring.fuse(clip, lambdas)
+    keys = SCORE_KEYS + tuple(k for k in OPTIONAL_KEYS if k in clip)
+    comps = {k: clip[k] for k in keys}
+    spec = scoring.fusion_spec(cfg, stats)
+    comps["fused"] = scoring.fuse(comps, lambdas, stats=stats if spec["norm"] == "z" else None,
+                                  norm=spec["norm"], combine=spec["combine"])
+    comps["fused_minmax"] = scoring.fuse({k: clip[k] for k in scoring.COMPONENTS}, lambdas, norm="minmax",
+                                         combine="sum")
     labels = {}
     for name in store.videos:
         gt = store.gt(name)
@@ -52,7 +62,7 @@ def compute_metrics(clip: Dict[str, np.ndarray], store, cfg) -> Tuple[Dict[str, 
     sigma = float(cfg.eval.sigma)
     keep = np.isin(np.asarray([store.videos[int(v)] for v in clip["video"]], dtype=object), list(labels))
     curves, table = {}, {}
-    for key, _ in ROWS:
+    for key in (k for k, _ in ROWS if k in comps):
         curves[key] = scoring.frame_scores(comps[key][keep], clip["video"][keep], clip["frame"][keep],
                                            clip["person"][keep], num_frames, sigma, names=store.videos)
         row = scoring.frame_auc(curves[key], labels)
@@ -60,7 +70,7 @@ def compute_metrics(clip: Dict[str, np.ndarray], store, cfg) -> Tuple[Dict[str, 
             row["types"] = {tname: scoring.type_auc(curves[key], labels, types, tid)
                             for tid, tname in sorted(store.type_names.items()) if tid != 0}
         table[key] = row
-    metrics = {"auc": table, "lambdas": lambdas, "sigma": sigma, "num_clips": int(len(clip["mo"])),
+    metrics = {"auc": table, "lambdas": lambdas, "fusion": spec, "sigma": sigma, "num_clips": int(len(clip["mo"])),
                "num_videos": len(labels), "num_frames": int(sum(num_frames.values())),
                "abnormal_frames": int(sum(int(v.sum()) for v in labels.values()))}
     curves["gt"] = labels
@@ -76,7 +86,7 @@ def format_table(metrics: Dict[str, Any]) -> str:
     cols = ["micro", "macro"] + tnames
     head = f"{'score':<20}" + "".join(f"{c:>12}" for c in cols)
     lines = [head, "-" * len(head)]
-    for key, label in ROWS:
+    for key, label in ((k, lab) for k, lab in ROWS if k in table):
         row = table[key]
         vals = [row["micro"], row["macro"]] + [row["types"][t] for t in tnames]
         lines.append(f"{label:<20}" + "".join(f"{v:>12.4f}" if v == v else f"{'n/a':>12}" for v in vals))
@@ -94,7 +104,7 @@ def plot_videos(run: RunDir, curves, max_plots: int) -> int:
         gt = curves["gt"][name]
         fig, ax = plt.subplots(figsize=(8, 2.6))
         x = np.arange(len(gt))
-        for key, label in ROWS:
+        for key, label in ((k, lab) for k, lab in ROWS if k in curves and k != "fused_minmax"):
             y = scoring.minmax(curves[key][name])
             ax.plot(x, y, lw=2.0 if key == "fused" else 0.9, label=label, alpha=1.0 if key == "fused" else 0.7)
         ab = np.flatnonzero(np.diff(np.concatenate([[0], gt, [0]])))
@@ -128,11 +138,12 @@ def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
                            desc="test scores")
         if not ctx.main:
             return {}
-        metrics, curves = compute_metrics(clip, store, cfg)
+        stats = runs.read_json(run.score_stats) if run.score_stats.exists() else None
+        metrics, curves = compute_metrics(clip, store, cfg, stats)
         arrays = {}
         for name, fused in curves["fused"].items():
             arrays[name] = fused.astype(np.float32)
-            for key in ROW_KEYS:
+            for key in ROW_KEYS + tuple(k for k in OPTIONAL_KEYS + ("fused_minmax",) if k in curves):
                 arrays[f"{key}/{name}"] = curves[key][name].astype(np.float32)
             arrays[f"gt/{name}"] = curves["gt"][name].astype(np.uint8)
         runs.save_npz(run.frame_scores, arrays)

@@ -121,11 +121,13 @@ def load_score_stats(run_dir) -> dict:
 
 
 def fused_scores(raw: Mapping[str, np.ndarray], stats: Mapping, lambdas: Mapping) -> dict:
-    """Training-normalised components and their eq. 16 fusion, per clip:
-    ``{"score", "mo", "app", "mm", "nll"}`` (nll stays raw)."""
+    """Training-normalised components and their fusion (the run's ``stats["fusion"]``: z-scores
+    against the training clips by default, eq. 16 by the training min/max in runs without it), per
+    clip: ``{"score", "mo", "app", "mm"[, "pose"], "nll"}`` (nll stays raw)."""
     out = {"score": scoring.fuse(raw, lambdas, stats=stats)}
-    for k in scoring.COMPONENTS:
-        out[k] = scoring.minmax(raw[k], stats[k]["min"], stats[k]["max"])
+    norm = stats.get("fusion", {}).get("norm", "minmax")
+    for k in scoring.fused_components(raw, stats):
+        out[k] = scoring.normalize(raw[k], k, norm, stats)
     out["nll"] = np.asarray(raw["nll"], dtype=np.float64)
     return out
 
@@ -389,7 +391,7 @@ def score_offline(model, src, tracks, spec: ClipSpec, stats, lambdas, sigma: flo
     pids, centre_frames = [], []
     for batch in offline_batches(src, tracks, spec, batch_size, progress):
         for k, v in score_batch(model, batch, device).items():
-            raw[k].append(v)
+            raw.setdefault(k, []).append(v)
         pids.append(batch["person"].numpy())
         centre_frames.append(batch["frame"].numpy())
     raw = {k: np.concatenate(v) if v else np.zeros(0) for k, v in raw.items()}
@@ -441,28 +443,33 @@ def find_pose_file(poses_dir: Path, name: str) -> Path:
     return found[0]
 
 
-def video_inputs(video: Path, poses: Path) -> list[tuple[Path, Path]]:
-    """(video, pose file) pairs: the one given, or every video of a folder with its pose file."""
+def video_inputs(video: Path, poses: Path | None) -> list[tuple[Path, Path | None]]:
+    """(video, pose file) pairs: the one given, or every video of a folder with its pose file
+    (None for every video when ``poses`` is None: they are estimated from the video)."""
     if not video.exists():
         raise ValueError(f"{video}: video file or folder does not exist")
-    if not poses.exists():
+    if poses is not None and not poses.exists():
         raise ValueError(f"{poses}: pose file or folder does not exist")
     if video.is_dir() and not any(p.suffix.lower() in IMAGE_EXTS for p in video.iterdir()):
         vids = sorted(p for p in video.iterdir() if p.suffix.lower() in VIDEO_EXTS)
         if not vids:
             raise ValueError(f"{video}: folder holds neither videos ({', '.join(VIDEO_EXTS)}) nor frame images")
-        if not poses.is_dir():
+        if poses is not None and not poses.is_dir():
             raise ValueError(f"{poses}: with a folder of videos, --poses must be a folder of pose files")
-        return [(v, find_pose_file(poses, v.stem)) for v in vids]
+        return [(v, find_pose_file(poses, v.stem) if poses is not None else None) for v in vids]
     return [(video, poses)]
 
 
-def open_video_inputs(video: Path, poses: Path, pose_format: str = "auto") -> list:
+def open_video_inputs(video: Path, poses: Path | None, pose_format: str = "auto", extract=None) -> list:
     """Every input of `mgnet score`, opened and checked before anything is scored:
-    ``[(video path, pose path, frame source, tracks, output name)]``."""
+    ``[(video path, pose path, frame source, tracks, output name)]``. Without ``poses``,
+    ``extract(video path, output name, frame source) -> pose path`` estimates them
+    (mgnet.data.pose_estimation.jobs.extracted_poses)."""
     inputs = []
     for vpath, ppath in video_inputs(video, poses):
         src = open_frames(vpath)
+        if ppath is None:
+            ppath = extract(vpath, vpath.stem if vpath.is_file() else vpath.name, src)
         tracks = load_poses(ppath, pose_format)
         check_frame_range(tracks, len(src), ppath, vpath)
         inputs.append((vpath, ppath, src, tracks, vpath.stem if vpath.is_file() else vpath.name))

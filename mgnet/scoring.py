@@ -2,9 +2,14 @@
 
 The evaluation protocol is STG-NF's (Hirschorn & Avidan, ICCV 2023), which MGNet reports with:
 
-1. each score component is min-max normalised over the evaluated set (``minmax``), or, for online
-   use, with the minimum/maximum recorded on the training set (``stats``), then fused by eq. 16,
-   ``S = S_mo + lambda_app * S_app + lambda_mm * S_mm`` (``fuse``);
+1. each score component is normalised, then the components are combined (``fuse``). The paper's
+   protocol (``norm="minmax"``, ``combine="sum"``): min-max over the evaluated set, eq. 16,
+   ``S = S_mo + lambda_app * S_app + lambda_mm * S_mm``. The default (``norm="z"``): each
+   component as a z-score against the NORMAL TRAINING clips' scores (mean and std in the run's
+   ``score_stats.json``), so a component is measured in units of its own normal spread, not by
+   the extremes of the test set, and one clip's score does not depend on the other test clips
+   (offline == online). ``combine`` then takes the weighted sum, the weighted mean of the
+   positive parts, or the maximum of the z-scores (``COMBINES``);
 2. a clip's score goes to its centre frame, a frame takes the maximum over the persons present,
    frames with nobody take the video's minimum, and the per-video curve is smoothed with a
    Gaussian of width ``sigma`` frames (``frame_scores``);
@@ -25,7 +30,10 @@ from scipy.ndimage import gaussian_filter1d
 from sklearn.metrics import roc_auc_score
 
 COMPONENTS = ("mo", "app", "mm")  # the three terms of eq. 16, in order
+OPTIONAL_COMPONENTS = ("pose",)   # fused as well when present (model.n_seg > 0: SegmentMemory)
 SCORE_KEYS = COMPONENTS + ("nll",)  # a model's raw clip scores (MGNet.scores): eq. 16's terms and STG-NF's NLL
+NORMS = ("z", "minmax")           # eval.fusion: z against training scores, or min-max (eq. 16's protocol)
+COMBINES = ("sum", "pos_mean", "max")
 STAT_PERCENTILES = (50, 90, 95, 99)
 
 
@@ -53,34 +61,86 @@ def minmax(x, lo: Optional[float] = None, hi: Optional[float] = None) -> np.ndar
     return (x - lo) / span
 
 
-def fuse(components: Mapping[str, object], lambdas: Mapping[str, float] | Sequence[float] = (1.0, 1.0),
-         stats: Optional[Mapping[str, Mapping[str, float]]] = None) -> np.ndarray:
-    """Eq. 16: ``minmax(S_mo) + lambda_app * minmax(S_app) + lambda_mm * minmax(S_mm)``.
+def zscore(x, mean: float, std: float) -> np.ndarray:
+    """``(x - mean) / std``: a score in units of the normal training clips' spread. A component
+    whose training scores are constant (std 0, e.g. a memory that was never written) maps to zeros."""
+    x = _np(x)
+    std = float(std)
+    if not np.isfinite(std) or std <= 0:
+        return np.zeros_like(x)
+    return (x - float(mean)) / std
 
-    components: ``{"mo": (N,), "app": (N,), "mm": (N,)}`` raw clip scores (other keys ignored).
-    lambdas: ``{"app": .., "mm": ..}`` (``"mo"`` defaults to 1) or the pair ``(lambda_app, lambda_mm)``.
-    stats: ``None`` normalises each component over the given set (offline evaluation); otherwise
-    ``stats[name]["min"]`` / ``["max"]`` (e.g. from a run's ``score_stats.json``) are used, so one
-    clip's fused score does not depend on the other clips (online scoring).
+
+def fused_components(components: Mapping[str, object], stats: Optional[Mapping] = None) -> tuple:
+    """The names fuse() combines: eq. 16's three, and every optional one present in the components
+    (and in ``stats`` when given: a run whose statistics predate a component fuses without it)."""
+    missing = [k for k in COMPONENTS if k not in components]
+    if missing:
+        raise KeyError(f"fuse: components lack {missing} (got {sorted(components)})")
+    return COMPONENTS + tuple(k for k in OPTIONAL_COMPONENTS
+                              if k in components and (stats is None or k in stats))
+
+
+def normalize(x, name: str, norm: str = "z", stats: Optional[Mapping[str, Mapping[str, float]]] = None) -> np.ndarray:
+    """One component normalised: ``norm="z"`` against ``stats[name]`` (mean, std of the training
+    scores; required), ``"minmax"`` by ``stats[name]`` min/max, or over ``x`` itself without stats."""
+    if norm not in NORMS:
+        raise ValueError(f"fusion normalisation must be one of {NORMS}, got {norm!r}")
+    if stats is not None and name not in stats:
+        raise KeyError(f"fuse: stats lack component {name!r} (got {sorted(stats)})")
+    if norm == "z":
+        if stats is None:
+            raise ValueError("z-score fusion needs the training-score statistics (score_stats.json)")
+        return zscore(x, stats[name]["mean"], stats[name]["std"])
+    if stats is None:
+        return minmax(x)
+    return minmax(x, stats[name]["min"], stats[name]["max"])
+
+
+def fuse(components: Mapping[str, object], lambdas: Mapping[str, float] | Sequence[float] = (1.0, 1.0),
+         stats: Optional[Mapping[str, Mapping[str, float]]] = None, norm: Optional[str] = None,
+         combine: Optional[str] = None) -> np.ndarray:
+    """Fused clip scores from raw components.
+
+    components: ``{"mo": (N,), "app": (N,), "mm": (N,)[, "pose": (N,)]}`` raw clip scores (other
+    keys ignored; "pose" is fused when present).
+    lambdas: ``{"app": .., "mm": ..[, "pose": ..]}`` (missing weights are 1) or the pair
+    ``(lambda_app, lambda_mm)``.
+    stats: per-component training statistics (``score_stats.json``); ``stats["fusion"]``, when
+    present, gives the default ``norm`` and ``combine`` (what the run was trained with).
+    norm: ``"z"`` (needs stats) or ``"minmax"`` (over the given set without stats: eq. 16's
+    protocol; by the training min/max with stats). Default: ``stats["fusion"]["norm"]``, else
+    ``"minmax"``.
+    combine: ``"sum"`` (sum_k lambda_k n_k, eq. 16's form), ``"pos_mean"`` (sum_k lambda_k
+    max(n_k, 0) / sum_k lambda_k: a component below its normal mean neither helps nor hurts),
+    ``"max"`` (max_k lambda_k n_k). Default: ``stats["fusion"]["combine"]``, else ``"sum"``.
     """
     if not isinstance(lambdas, Mapping):
         lam_app, lam_mm = lambdas
         lambdas = {"app": lam_app, "mm": lam_mm}
-    weights = {"mo": float(lambdas.get("mo", 1.0)), "app": float(lambdas.get("app", 1.0)),
-               "mm": float(lambdas.get("mm", 1.0))}
-    missing = [k for k in COMPONENTS if k not in components]
-    if missing:
-        raise KeyError(f"fuse: components lack {missing} (got {sorted(components)})")
-    total = None
-    for name in COMPONENTS:
-        if stats is None:
-            norm = minmax(components[name])
-        else:
-            if name not in stats:
-                raise KeyError(f"fuse: stats lack component {name!r} (got {sorted(stats)})")
-            norm = minmax(components[name], stats[name]["min"], stats[name]["max"])
-        total = weights[name] * norm if total is None else total + weights[name] * norm
-    return total
+    spec = (stats or {}).get("fusion", {}) if stats is not None else {}
+    norm = norm or spec.get("norm", "minmax")
+    combine = combine or spec.get("combine", "sum")
+    if combine not in COMBINES:
+        raise ValueError(f"fusion combine must be one of {COMBINES}, got {combine!r}")
+    names = fused_components(components, stats)
+    weights = np.array([float(lambdas.get(k, 1.0)) for k in names])
+    parts = np.stack([normalize(components[k], k, norm, stats) for k in names])   # (K, N)
+    if combine == "sum":
+        return np.tensordot(weights, parts, 1)
+    if combine == "pos_mean":
+        return np.tensordot(weights, np.maximum(parts, 0.0), 1) / max(float(weights.sum()), 1e-12)
+    return (weights[:, None] * parts).max(0)
+
+
+def fusion_spec(cfg, stats: Optional[Mapping]) -> Dict[str, str]:
+    """How "fused" is computed: ``eval.fusion`` (z | minmax) and ``eval.combine``; z-scores need the
+    run's training-score statistics, so without them the paper's test-set min-max sum is used."""
+    ev = cfg.get("eval", {})
+    norm, combine = str(ev.get("fusion", "z")), str(ev.get("combine", "pos_mean"))
+    if norm == "z" and stats is None:
+        return {"norm": "minmax", "combine": "sum", "note": "no score_stats.json: test-set min-max (eq. 16)"}
+    return {"norm": norm, "combine": combine}
 
 
 def summary_stats(x) -> Dict[str, float]:

@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=4 -m mgnet.cli train train.out=runs/x   # DDP, one process per GPU
 
 Stages (paper sec. 3, eq. 12 split as docs/architecture.md says):
+  0  (model.rgb_pretrain=mae only) masked cube reconstruction pre-training of the RGB features
   1  STG-NF on poses (NLL)
   2  RGB encoder + H_B + behavior/scene memories (L_mo + beta * separateness)
   3  mask encoder + heads (alpha * L_app), RGB encoder frozen
@@ -54,7 +55,7 @@ except ImportError:  # pragma: no cover - nvtx is a dependency; keep training us
     def _annotate(*a, **k):
         return contextlib.nullcontext()
 
-STAGES = (1, 2, 3, 4)
+STAGES = (0, 1, 2, 3, 4)
 # train.* keys that may change between an interrupted run and its resumption
 VOLATILE_TRAIN_KEYS = ("resume", "overwrite", "stop_after_steps", "num_workers", "threads", "stages",
                        "out", "log_every", "ckpt_every", "score_stats", "device", "logger")
@@ -207,10 +208,22 @@ class _LossLog:
         return point
 
 
+def stage_steps(scfg, num_clips: int, batch_size: int) -> int:
+    """A stage's optimiser steps: ``steps`` when set, else ``epochs`` passes over the training clips
+    (``ceil(epochs * num_clips / batch_size)``, at least 1), so the budget scales with the data."""
+    steps = scfg.get("steps")
+    if steps is not None:
+        return int(steps)
+    epochs = scfg.get("epochs")
+    if epochs is None or float(epochs) <= 0:
+        raise ValueError(f"a training stage needs train.stageN.steps or train.stageN.epochs > 0 (got {epochs!r})")
+    return max(1, math.ceil(float(epochs) * num_clips / batch_size))
+
+
 def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budget: Dict[str, int]) -> None:
     scfg = cfg.train[f"stage{stage}"]
-    total = int(scfg.steps)
     gbs = int(cfg.train.batch_size)
+    total = stage_steps(scfg, len(store), gbs)
     if gbs % ctx.world:
         raise ValueError(f"train.batch_size={gbs} must be divisible by the number of processes ({ctx.world})")
     bs = gbs // ctx.world
@@ -340,11 +353,17 @@ def write_bsmm(model, store, cfg, run: RunDir, ctx: Dist, log) -> None:
 
 def write_score_stats(model, store, cfg, run: RunDir, ctx: Dist, log) -> Optional[Dict[str, Any]]:
     """Score the training set once; per-component and fused statistics to score_stats.json."""
-    clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=engine.precision(cfg), desc="train scores")
+    # S_pose / S_app of a training clip leave its own track / video out (MGNet.leave_own_track_out)
+    leave_out = getattr(model, "leave_own_track_out", contextlib.nullcontext)
+    with leave_out():
+        clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=engine.precision(cfg), desc="train scores")
     if not ctx.main:
         return None
-    stats: Dict[str, Any] = {name: scoring.summary_stats(clip[name]) for name in SCORE_KEYS}
+    names = [k for k in SCORE_KEYS + scoring.OPTIONAL_COMPONENTS if k in clip]
+    stats: Dict[str, Any] = {name: scoring.summary_stats(clip[name]) for name in names}
     lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    # the fusion online scoring applies (scoring.fuse reads it from here): eval.fusion / eval.combine
+    stats["fusion"] = {k: v for k, v in scoring.fusion_spec(cfg, stats).items() if k != "note"}
     stats["fused"] = scoring.summary_stats(scoring.fuse(clip, lambdas, stats=stats))
     stats["lambdas"] = lambdas
     stats["split"] = "train"
@@ -359,7 +378,7 @@ def plot_losses(run: RunDir) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     hist = {}
-    for k in (1, 2, 3):
+    for k in (0, 1, 2, 3):
         if run.stage(k).exists():
             hist[k] = runs.load_checkpoint(run.stage(k)).get("history", [])
     hist = {k: h for k, h in hist.items() if h}
@@ -393,13 +412,20 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
         tracking.check_logger(cfg.train.get("logger"))
         if not stages or any(s not in STAGES for s in stages):
             raise ValueError(f"train.stages={list(cfg.train.stages)}: expected a subset of {list(STAGES)}")
+        from mgnet.models.config import ModelConfig
+        ModelConfig.from_dict(runs.to_container(cfg.model))    # bad model keys fail before anything is written
+        mae = str(cfg.model.get("rgb_pretrain", "none")) == "mae"
+        if 0 in stages and not mae:
+            raise ValueError(f"train.stages={stages} includes 0, which pre-trains the RGB features of "
+                             f"model.rgb_pretrain=mae; model.rgb_pretrain is {cfg.model.get('rgb_pretrain')!r}")
+        prev_stage = {s: (s - 1 if s > 1 or (s == 1 and mae) else None) for s in stages}
         run = prepare_run_dir(cfg, ctx)
         log = runs.get_logger(run, ctx.rank)
         # stage prerequisites before any data or training time is spent
-        for s in stages:
-            if s > 1 and (s - 1) not in stages and not run.stage(s - 1).exists():
-                raise RunError(f"stage {s} needs {run.stage(s - 1)} (stage {s - 1}'s checkpoint), which does "
-                               f"not exist; run stage {s - 1} first (train.stages=[{s - 1},{s}])")
+        for s, p in prev_stage.items():
+            if p is not None and p not in stages and not run.stage(p).exists():
+                raise RunError(f"stage {s} needs {run.stage(p)} (stage {p}'s checkpoint), which does "
+                               f"not exist; run stage {p} first (train.stages=[{p},{s}])")
         store = engine.open_split(cfg.data, "train", ctx)
         log.info(f"run {run.root}: {len(store)} training clips, stages {stages}, world {ctx.world}, "
                  f"device {ctx.device}")
@@ -415,8 +441,8 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
                 if cfg.train.resume and done.exists():
                     log.info(f"stage {s}: finished earlier ({done}), skipped")
                     continue
-                if s > 1 and loaded != s - 1:
-                    prev = run.stage(s - 1)
+                if prev_stage[s] is not None and loaded != prev_stage[s]:
+                    prev = run.stage(prev_stage[s])
                     load_model_state(model, runs.load_checkpoint(prev, ctx.device), prev, cfg)
                 if s < 4 and not model.stage_parameters(s):
                     # model.app_target=cubes: stage 3 has nothing to train (S_app reads the

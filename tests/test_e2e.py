@@ -36,12 +36,13 @@ def test_run_folder_contract(tiny_run):
     cfg = runs.load_config(run.config)
     assert cfg.model.embed_dim == 32 and cfg.train.stage2.steps == 4
     stats = json.loads(run.score_stats.read_text())
-    for name in ("mo", "app", "mm", "nll", "fused"):
+    for name in ("mo", "app", "mm", "nll", "pose", "fused"):
         s = stats[name]
         assert s["min"] <= s["p50"] <= s["p90"] <= s["p95"] <= s["p99"] <= s["max"]
+    assert stats["fusion"] == {"norm": "z", "combine": "pos_mean"}
     metrics = json.loads(run.metrics.read_text())
     table = metrics["auc"]
-    assert set(table) == {"nll", "mo", "app", "mm", "fused"}
+    assert set(table) == {"nll", "mo", "app", "mm", "pose", "fused", "fused_minmax"}
     assert set(table["fused"]["types"]) == {"motion", "appearance", "scene"}
     for row in table.values():
         assert 0.0 <= row["micro"] <= 1.0

@@ -9,6 +9,8 @@ from PIL import Image, ImageDraw
 
 from mgnet.data.pose_formats import save_poses
 from mgnet.data.video import open_frames
+from mgnet import scoring
+from mgnet.engine import score_batch
 from mgnet.inference import ClipSpec, OnlineScorer, fused_scores, load_score_stats, offline_batches, score_offline, score_online
 
 W, H = 128, 96
@@ -87,12 +89,31 @@ def model():
     return tiny_model()
 
 
-def test_online_scores_equal_offline_scores_under_training_normalisation(clip, model):
+def _raw_of_first_clip(model, src, tracks, spec):
+    """Raw scores of person 1's clip centred on frame 8."""
+    for batch in offline_batches(src, tracks, spec, 64):
+        raw = score_batch(model, batch, "cpu")
+        j = np.flatnonzero((batch["person"].numpy() == 1) & (batch["frame"].numpy() == 8))
+        if len(j):
+            return {k: v[j[0]] for k, v in raw.items()}
+    raise AssertionError("no clip of person 1 centred on frame 8")
+
+
+# z-score fusion (the default since score_stats.json records "fusion"), with the segment memory's S_pose
+STATS_Z = {"mo": {"mean": 20.0, "std": 4.0}, "app": {"mean": 0.5, "std": 0.1}, "mm": {"mean": 0.0, "std": 1e-3},
+           "pose": {"mean": 30.0, "std": 5.0}, "fusion": {"norm": "z", "combine": "sum"}}
+
+
+@pytest.mark.parametrize("stats", [STATS, STATS_Z], ids=["train-minmax", "z"])
+def test_online_scores_equal_offline_scores_under_training_normalisation(clip, model, stats):
     d, video, tracks = clip
     src = open_frames(video)
     spec = ClipSpec()
-    off = score_offline(model, src, tracks, spec, STATS, LAMBDAS, batch_size=5)
-    on = score_online(model, src, tracks, spec, STATS, LAMBDAS, batch_size=64)
+    if "pose" in stats and not model.seg_mem.is_fitted:   # normal segments: a person walking right
+        g = torch.Generator().manual_seed(0)
+        model.seg_mem.fit(torch.randn(64, model.seg_mem.slots.shape[1], generator=g), torch.arange(64))
+    off = score_offline(model, src, tracks, spec, stats, LAMBDAS, batch_size=5)
+    on = score_online(model, src, tracks, spec, stats, LAMBDAS, batch_size=64)
     assert len(off.score) == len(on.score) == 26
     np.testing.assert_array_equal(np.isnan(off.score), np.isnan(on.score))
     assert np.isfinite(off.score).sum() == 11
@@ -102,6 +123,11 @@ def test_online_scores_equal_offline_scores_under_training_normalisation(clip, m
         np.testing.assert_allclose(on.persons[p], off.persons[p], rtol=1e-6, equal_nan=True)
     for k in ("mo", "app", "mm", "nll"):
         np.testing.assert_allclose(on.components[k], off.components[k], rtol=1e-6, equal_nan=True)
+    if "pose" in stats:   # the fused score includes S_pose: one person's frame score by hand
+        raw = {k: np.array([v]) for k, v in _raw_of_first_clip(model, src, tracks, spec).items()}
+        want = sum(float(scoring.zscore(raw[k], stats[k]["mean"], stats[k]["std"])[0]) * LAMBDAS.get(k, 1.0)
+                   for k in ("mo", "app", "mm", "pose"))
+        assert off.persons[1][8] == pytest.approx(want, rel=1e-5)
     # person 1: frames 0..25 (gap 11-12 filled) -> windows starting 0..10 -> centres 8..18
     np.testing.assert_array_equal(np.flatnonzero(np.isfinite(off.persons[1])), np.arange(8, 19))
     # person 2: 2..19 before its 4-frame gap (split) -> windows starting 2..4 -> centres 10..12

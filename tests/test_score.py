@@ -243,3 +243,60 @@ def test_best_f1_threshold_from_the_labelled_test_split(run, scored, tmp_path):
     for e in doc["events"]:
         inside[e["start"]:e["end"] + 1] = True
     np.testing.assert_array_equal(inside, np.nan_to_num(score, nan=-np.inf) >= thr["value"])
+
+
+# ----------------------------------------------------------------------------- poses from the video itself
+@pytest.mark.slow
+def test_score_without_poses_extracts_caches_and_writes_every_output(run, tmp_path, monkeypatch):
+    pytest.importorskip("mediapipe", reason="the pose extra (pip install -e '.[pose]') is not installed")
+    from tests.data._pose_fixtures import walkers_video
+    video = tmp_path / "walk.mp4"
+    truth = walkers_video(video)
+    given = save_poses(truth, tmp_path / "truth.json", "alphapose-tracked")
+    base = ["score", "--threads", "1", "--video", str(video), "--run", str(run / "run")]
+    assert cli(base + ["--poses", str(given), "--out", str(tmp_path / "a")]) == 0
+    assert cli(base + ["--out", str(tmp_path / "b")]) == 0
+    a, b = tmp_path / "a" / "walk", tmp_path / "b" / "walk"
+    assert {p.name for p in b.iterdir()} == {p.name for p in a.iterdir()} | {"poses.json", "poses.source.json"}
+    assert not [p for p in b.parent.iterdir() if p.name.startswith(".")]
+    tracks = load_poses(b / "poses.json")
+    assert len(tracks) == 2 and all(len(fr) >= 18 for fr, _ in tracks.values())
+    doc = json.loads((b / "scores.json").read_text())
+    assert doc["poses"] == str(b / "poses.json") and sorted(doc["persons"]) == ["1", "2"]
+    assert sum(v is not None for v in doc["frames"]["score"]) > 0
+    src = json.loads((b / "poses.source.json").read_text())
+    assert src["settings"]["estimator"] == "builtin" and src["extraction"]["frames"] == 20
+
+    # a second run reuses the cached poses (the estimator is never called) and keeps them in place
+    from mgnet.data.pose_estimation import builtin
+
+    def boom(self, frame, index=None):
+        raise AssertionError("poses extracted again")
+    monkeypatch.setattr(builtin.BlazePoseEstimator, "__call__", boom)
+    before = (b / "poses.json").read_bytes()
+    assert cli(base + ["--out", str(tmp_path / "b"), "--no-video"]) == 0
+    assert (b / "poses.json").read_bytes() == before and (b / "poses.source.json").is_file()
+    # and the cached file is a pose file like any other
+    assert cli(base + ["--poses", str(b / "poses.json"), "--out", str(tmp_path / "c"), "--no-video"]) == 0
+    c = json.loads((tmp_path / "c" / "walk" / "scores.json").read_text())
+    assert c["frames"]["score"] == json.loads((b / "scores.json").read_text())["frames"]["score"]
+
+
+def test_score_without_the_pose_extra_says_which_pip_install(run, tmp_path, monkeypatch, capsys):
+    import sys
+    from mgnet.data.pose_estimation import POSE_EXTRA
+    monkeypatch.setitem(sys.modules, "mediapipe", None)
+    video = run / "syn" / "testing" / "frames" / "01_0001"
+    capsys.readouterr()
+    rc = cli(["score", "--video", str(video), "--run", str(run / "run"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("mgnet score: error")]
+    assert len(lines) == 1 and POSE_EXTRA in lines[0] and "'mediapipe'" in lines[0]
+    assert not (tmp_path / "o").exists()
+    # the onnx estimator's model files are checked before anything runs too
+    missing = tmp_path / "rtmpose.onnx"
+    rc = cli(["score", "--video", str(video), "--run", str(run / "run"), "--out", str(tmp_path / "o"),
+              "--pose-model", str(missing)])
+    assert rc == 2 and f"{missing}: ONNX model file not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

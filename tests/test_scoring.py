@@ -1,4 +1,4 @@
-"""mgnet.scoring: min-max, eq. 16 fusion, STG-NF frame protocol, micro/macro/per-type AUC."""
+"""mgnet.scoring: min-max, eq. 16 fusion, z-score fusion against training statistics, STG-NF frame protocol, micro/macro/per-type AUC."""
 import numpy as np
 import pytest
 import torch
@@ -28,6 +28,39 @@ def test_fuse_eq16_with_lambdas_and_stats():
     np.testing.assert_allclose(got, np.array([0, .25, .5]) + np.array([0, 2, 1]) + np.array([1, 1, 3]))
     with pytest.raises(KeyError, match="mm"):
         scoring.fuse({"mo": [1.0], "app": [1.0]})
+
+
+def test_zscore_fusion_by_hand():
+    # training statistics: mo mean 1 std 2, app mean 10 std 5, mm mean 0 std 0.5, pose mean 4 std 1
+    stats = {"mo": {"mean": 1.0, "std": 2.0}, "app": {"mean": 10.0, "std": 5.0},
+             "mm": {"mean": 0.0, "std": 0.5}, "pose": {"mean": 4.0, "std": 1.0}}
+    comp = {"mo": np.array([1.0, 5.0, -1.0]), "app": np.array([10.0, 0.0, 20.0]),
+            "mm": np.array([0.5, 0.0, 0.25]), "nll": np.array([7.0, 7.0, 7.0])}
+    # z per component:  mo [0, 2, -1]; app [0, -2, 2]; mm [1, 0, 0.5]
+    np.testing.assert_allclose(scoring.normalize(comp["mo"], "mo", "z", stats), [0.0, 2.0, -1.0])
+    lam = {"app": 2.0, "mm": 1.0}
+    np.testing.assert_allclose(scoring.fuse(comp, lam, stats, norm="z", combine="sum"),
+                               [0 + 0 + 1, 2 - 4 + 0, -1 + 4 + 0.5])
+    # positive parts, weights 1, 2, 1 (sum 4): [1/4, 2/4, 4.5/4]
+    np.testing.assert_allclose(scoring.fuse(comp, lam, stats, norm="z", combine="pos_mean"),
+                               [0.25, 0.5, 4.5 / 4])
+    np.testing.assert_allclose(scoring.fuse(comp, lam, stats, norm="z", combine="max"), [1.0, 2.0, 4.0])
+    # an optional component present is fused too: pose z [-4, 0, 3] (raw 0, 4, 7)
+    comp["pose"] = np.array([0.0, 4.0, 7.0])
+    np.testing.assert_allclose(scoring.fuse(comp, lam, stats, norm="z", combine="sum"), [-3.0, -2.0, 6.5])
+    # the run's recorded fusion is the default
+    spec = dict(stats, fusion={"norm": "z", "combine": "max"})
+    np.testing.assert_allclose(scoring.fuse(comp, lam, spec), [1.0, 2.0, 4.0])
+    # a constant training component (std 0) contributes zeros, not inf
+    flat = dict(stats, app={"mean": 3.0, "std": 0.0})
+    np.testing.assert_allclose(scoring.normalize(comp["app"], "app", "z", flat), [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="score_stats"):
+        scoring.fuse(comp, lam, None, norm="z")
+    with pytest.raises(ValueError, match="combine"):
+        scoring.fuse(comp, lam, stats, norm="z", combine="median")
+    # statistics without the optional component (a run from before it existed): fused without it
+    np.testing.assert_allclose(scoring.fuse(comp, lam, {k: v for k, v in stats.items() if k != "pose"},
+                                            norm="z", combine="sum"), [1.0, -2.0, 3.5])
 
 
 def test_summary_stats():

@@ -7,6 +7,7 @@ crops     human-centric crops and scene images
 datasets  ShanghaiTech / UBnormal / own-folder layouts -> videos of a split, ground truth
 prepare   `mgnet prepare`: validate, decode once, write the store (prepare_split)
 cache     ClipStore, the torch Dataset over a prepared split
-synthetic `mgnet synth`: the built-in benchmark (synth_body, synth_scene, synth_preview)
+synthetic `mgnet synth`: the built-in benchmark (synth_body, synth_scene, synth_preview) and its
+          variants for `mgnet protocol` (synth_variants)
 errors    DataError, raised for every bad input with the file it concerns
 """

@@ -49,7 +49,7 @@ KINDS = ("synthetic", "shanghaitech", "ubnormal", "folder")
 class VideoItem:
     name: str
     frames: str                 # video file or frame folder
-    pose: str                   # AlphaPose tracked JSON
+    pose: str | None            # AlphaPose tracked JSON (None until extracted: data.pose_estimator)
     scene: str = "0"
     gt: str | None = None       # per-frame ground truth file
     gt_normal_is_one: bool = False  # UBnormal convention: 1 = normal
@@ -146,7 +146,8 @@ def ubnormal_videos(root, split) -> list[VideoItem]:
     return items
 
 
-def folder_videos(root, split) -> list[VideoItem]:
+def folder_videos(root, split, need_pose: bool = True) -> list[VideoItem]:
+    """``need_pose=False`` (poses extracted from the videos, data.pose_estimator): no pose file needed."""
     root = _need_dir(os.fspath(root), "video")
     d = os.path.join(root, split) if split and os.path.isdir(os.path.join(root, split)) else root
     scenes = {}
@@ -170,7 +171,7 @@ def folder_videos(root, split) -> list[VideoItem]:
         name = entry if is_frames else name
         pose = next((c for c in (os.path.join(d, name + POSE_SUFFIX), os.path.join(d, name + ".json"))
                      if os.path.isfile(c)), None)
-        if pose is None:
+        if pose is None and need_pose:
             raise DataError(os.path.join(d, name + POSE_SUFFIX), f"pose file of video {entry} not found")
         gt = os.path.join(d, name + "_gt.npy")
         items.append(VideoItem(name, p, pose, str(scenes.get(name, "0")), gt=gt if os.path.isfile(gt) else None))
@@ -179,14 +180,15 @@ def folder_videos(root, split) -> list[VideoItem]:
     return items
 
 
-def list_videos(kind: str, root, split: str) -> list[VideoItem]:
-    """The videos of one split of a dataset `kind` at `root`; DataError for anything missing."""
+def list_videos(kind: str, root, split: str, need_pose: bool = True) -> list[VideoItem]:
+    """The videos of one split of a dataset `kind` at `root`; DataError for anything missing
+    (``need_pose=False``: a folder's videos need no pose files, they are extracted)."""
     if kind in ("synthetic", "shanghaitech"):
         return shanghaitech_videos(root, split)
     if kind == "ubnormal":
         return ubnormal_videos(root, split)
     if kind == "folder":
-        return folder_videos(root, split)
+        return folder_videos(root, split, need_pose)
     raise DataError(None, f"data.kind must be one of {KINDS}, got {kind!r}")
 
 

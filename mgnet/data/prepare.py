@@ -35,7 +35,7 @@ from .windows import split_track, window_labels, window_starts
 
 REQUIRED = ("kind", "root", "seg_len", "train_stride", "test_stride", "crop_size", "scene_size")
 DEFAULTS = dict(cache_dir=None, max_gap=2, box_expand=0.2, box_min_conf=0.1, decode_chunk=64,
-                splits=["train", "test"])
+                splits=["train", "test"], pose_estimator="files", pose_model=None, det_model=None, pose_options=None)
 # the fields that change what a store holds (others, e.g. decode_chunk, do not)
 HASHED = ("kind", "root", "seg_len", "crop_size", "scene_size", "max_gap", "box_expand", "box_min_conf")
 
@@ -65,9 +65,16 @@ def data_config(data_cfg) -> dict:
     if cfg["cache_dir"] is None:
         cfg["cache_dir"] = os.path.join(cfg["root"], "prepared")
     cfg["cache_dir"] = os.path.abspath(os.path.expanduser(str(cfg["cache_dir"])))
+    from .pose_estimation.jobs import data_settings
+    cfg["poses"] = data_settings(cfg)  # None: pose files; else the estimator's settings (checked here)
     if cfg["kind"] == "synthetic":
         synth = dict(cfg.get("synth") or {})
         cfg["synth"] = {"size": synth.get("size", "small"), "seed": int(synth.get("seed", 0))}
+        variant = str(synth.get("variant") or "default")
+        if variant != "default":  # absent for the default variant: its stores keep their hash
+            from .synth_variants import get
+            get(variant)
+            cfg["synth"]["variant"] = variant
     return cfg
 
 
@@ -81,6 +88,11 @@ def config_hash(cfg: dict, split: str) -> str:
     key.update(split=split, stride=stride_for(cfg, split), format=FORMAT_VERSION, synth=cfg.get("synth"))
     if cfg["kind"] == "synthetic":
         key["synth_version"] = SYNTH_VERSION  # regenerated content invalidates the store
+        if "variant" in (cfg.get("synth") or {}):
+            from .synth_variants import VERSION as VARIANT_VERSION
+            key["variant_version"] = VARIANT_VERSION
+    if cfg.get("poses"):
+        key["poses"] = cfg["poses"]  # extracted poses: another estimator means another store
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -219,22 +231,25 @@ def _shard_ok(shard_dir, chash):
 
 
 def _ensure_synthetic(cfg, progress):
-    from .synthetic import generate
+    from .synthetic import current_identity, generate, identity
     s = cfg["synth"]
+    variant = s.get("variant", "default")
     meta = os.path.join(cfg["root"], "synth.json")
+    vtext = "" if variant == "default" else f", variant {variant}"
     if os.path.isfile(meta):
         with open(meta) as f:
             m = json.load(f)
-        if (m.get("size"), m.get("seed"), m.get("version")) == (s["size"], s["seed"], SYNTH_VERSION):
+        if identity(m) == current_identity(s["size"], s["seed"], variant):
             return
+        mv = m.get("variant", "default")
         # said even without progress output: the folder's content (and its prepared clips) is replaced
-        print(f"mgnet prepare: {cfg['root']} holds the synthetic benchmark {m.get('size')}, seed {m.get('seed')}, "
-              f"generator version {m.get('version')}; replacing it with {s['size']}, seed {s['seed']}, "
-              f"version {SYNTH_VERSION}", file=sys.stderr)
+        print(f"mgnet prepare: {cfg['root']} holds the synthetic benchmark {m.get('size')}, seed {m.get('seed')}"
+              f"{'' if mv == 'default' else ', variant ' + str(mv)}, generator version {m.get('version')}; "
+              f"replacing it with {s['size']}, seed {s['seed']}{vtext}, version {SYNTH_VERSION}", file=sys.stderr)
     if progress:
-        print(f"mgnet prepare: generating the synthetic benchmark ({s['size']}, seed {s['seed']}) into {cfg['root']}",
-              file=sys.stderr)
-    generate(cfg["root"], s["size"], s["seed"], force=os.path.isfile(meta))
+        print(f"mgnet prepare: generating the synthetic benchmark ({s['size']}, seed {s['seed']}{vtext}) into "
+              f"{cfg['root']}", file=sys.stderr)
+    generate(cfg["root"], s["size"], s["seed"], force=os.path.isfile(meta), variant=variant)
 
 
 @contextlib.contextmanager
@@ -277,7 +292,10 @@ def _prepare_locked(cfg: dict, split: str, progress: bool) -> ClipStore:
             pass
         os.remove(meta_path)  # stale: rebuilt below (shards of another config are replaced)
     t0 = time.time()
-    items = datasets.list_videos(cfg["kind"], cfg["root"], split)
+    items = datasets.list_videos(cfg["kind"], cfg["root"], split, need_pose=not cfg.get("poses"))
+    if cfg.get("poses"):
+        from .pose_estimation.jobs import prepare_poses
+        items = prepare_poses(items, cfg, split, progress)
     shard_root = os.path.join(store_dir, "shards")
     os.makedirs(shard_root, exist_ok=True)
     names = {it.name for it in items}

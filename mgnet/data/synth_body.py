@@ -18,7 +18,24 @@ P = {k: i for i, k in enumerate(PARAMS)}
 HEAD_R, NECK_HEAD, TORSO, THIGH, SHIN, UPPER_ARM, FOREARM = 0.065, 0.085, 0.30, 0.245, 0.245, 0.17, 0.16
 
 WALK = dict(A_t=0.38, A_k=0.65, A_a=0.35, eb=0.25, lean=0.04, cycle=0.78)
-RUN = dict(A_t=0.75, A_k=1.5, A_a=0.9, eb=1.5, lean=0.25, cycle=1.7)
+RUN = dict(A_t=0.75, A_k=1.5, A_a=0.9, eb=1.5, lean=0.25, cycle=1.7, lift=0.04)
+
+
+def vary_style(rng: np.random.Generator, base: dict, var: float) -> dict:
+    """A person's own gait: `base`'s stride, knee bend, arm swing, elbow, lean and cadence each
+    scaled by exp(N(0, 0.15 var)) (var 0: `base` itself)."""
+    out = dict(base)
+    for k in ("A_t", "A_k", "A_a", "eb", "cycle"):
+        out[k] = base[k] * float(np.exp(rng.normal(0, 0.15 * var)))
+    out["lean"] = base["lean"] + float(rng.normal(0, 0.05 * var))
+    return out
+
+
+def run_style(u: float) -> dict:
+    """A gait between walking (u=0) and the default sprint (u=1): jogging at u ~ 0.5."""
+    out = {k: WALK[k] + u * (RUN[k] - WALK[k]) for k in WALK}
+    out["lift"] = RUN["lift"] * u
+    return out
 
 
 def vec(**kw) -> np.ndarray:
@@ -99,6 +116,7 @@ class Timeline:
         self.v = h * rng.uniform(0.022, 0.032) * speed_scale
         self.wobble = (rng.uniform(40, 90), rng.uniform(0, 2 * np.pi))
         self.xs, self.ps, self.ab = [], [], []
+        self.style = WALK  # this person's walking gait (vary_style)
 
     def _push(self, p, abnormal):
         self.xs.append(self.x)
@@ -109,16 +127,18 @@ class Timeline:
         per, ph = self.wobble
         return self.v * factor * (1 + 0.12 * np.sin(2 * np.pi * len(self.xs) / per + ph))
 
-    def walk(self, n=None, until=None, style=WALK, factor=1.0, abnormal=False, arms=None):
-        """Walk n frames, or until x passes `until`; arms(t) may override the arm parameters."""
+    def walk(self, n=None, until=None, style=None, factor=1.0, abnormal=False, arms=None):
+        """Walk n frames, or until x passes `until` (style: gait dict, default self.style; a
+        "lift" key bounces the body, as running does); arms(t) may override the arm parameters."""
+        style = self.style if style is None else style
         t = 0
         while (n is not None and t < n) or (n is None and (until - self.x) * self.d > 0):
             v = self._speed(factor)
             p = gait(self.phi, style)
             if arms is not None:
                 p[[P["ua_n"], P["eb_n"], P["ua_f"], P["eb_f"]]] = arms(t)
-            if style is RUN:
-                p[P["lift"]] = 0.04 * abs(np.sin(self.phi))
+            if style.get("lift"):
+                p[P["lift"]] = style["lift"] * abs(np.sin(self.phi))
             self._push(p, abnormal)
             self.x += self.d * v
             self.phi += 2 * np.pi * v / (style["cycle"] * self.h)
@@ -154,9 +174,11 @@ class Timeline:
         self.hold(n, lambda t: up + vec(eb_n=0.45 * np.sin(2 * np.pi * t / per), ua_n=0.15 * np.sin(2 * np.pi * t / per)) - vec(), abnormal)
         self.blend(STAND, 6, abnormal)
 
-    def jump(self, n_jumps, abnormal=True):
+    def jump(self, n_jumps, abnormal=True, height=None):
+        """n_jumps jumps in place; height (fraction of h) drawn in [0.25, 0.4) unless given."""
         per = int(self.rng.integers(12, 17))
-        height = self.rng.uniform(0.25, 0.4)
+        drawn = self.rng.uniform(0.25, 0.4)  # drawn either way: the same random stream
+        height = drawn if height is None else height
 
         def f(t):
             air = max(0.0, np.sin(np.pi * (t % per) / per * 1.25)) if (t % per) < per / 1.25 else 0.0
@@ -168,9 +190,9 @@ class Timeline:
         self.hold(per * n_jumps, f, abnormal)
         self.blend(STAND, 4, abnormal)
 
-    def fall(self, lie, abnormal=True):
+    def fall(self, lie, abnormal=True, n=9):
+        """Fall over in n frames, lie `lie` frames, get up."""
         start = self.last().copy()
-        n = 9
         for i in range(1, n + 1):
             a = (i / n) ** 2
             p = start * (1 - a)
@@ -181,10 +203,23 @@ class Timeline:
         self.hold(lie, lambda t: down + 0.04 * np.sin(t / 5) * (vec(ua_n=1.0, th_f=1.0) - vec()), abnormal)
         self.blend(STAND, 14, abnormal)
 
-    def flail(self, n, abnormal=True):
+    def flail(self, n, abnormal=True, amp=None):
+        """Walk slowly flailing: arms windmilling (amp None) or swinging +-amp radians."""
         w = 2 * np.pi / self.rng.uniform(7, 10)
-        self.walk(n, factor=0.6, abnormal=abnormal,
-                  arms=lambda t: (w * t, 0.6 + 0.5 * np.sin(3 * w * t), w * t + np.pi, 0.6 + 0.5 * np.cos(3 * w * t)))
+        if amp is None:
+            def arms(t):
+                return (w * t, 0.6 + 0.5 * np.sin(3 * w * t), w * t + np.pi, 0.6 + 0.5 * np.cos(3 * w * t))
+        else:
+            def arms(t):
+                return (1.4 + amp * np.sin(w * t), 0.6 + 0.5 * np.sin(3 * w * t), 1.4 + amp * np.sin(w * t + 2.0),
+                        0.6 + 0.5 * np.cos(3 * w * t))
+        self.walk(n, factor=0.6, abnormal=abnormal, arms=arms)
+
+    def pause(self, n):
+        """Stand still for n frames (looking around): a normal interruption of walking."""
+        self.blend(STAND, 6)
+        ph = self.rng.uniform(0, 6.3)
+        self.hold(n, lambda t: STAND + vec(lean=0.02 * np.sin(t / 11 + ph)) - vec())
 
     def arrays(self):
         return np.asarray(self.xs), np.stack(self.ps), np.asarray(self.ab)

@@ -5,7 +5,8 @@ trees, benches), a plaza (grey tiles, building with windows, fountain), a street
 crossing, brick facades), a beach (sand ripples, sea, sky), an indoor hall (checker floor, pillars)
 and a snowy yard. People are drawn with thick limbs in muted clothing colours; carried/pushed
 objects (appearance anomalies) are large and strongly saturated, placed beside the body inside its
-keypoint crop box.
+keypoint crop box; benchmark variants (mgnet.data.synth_variants) draw them in the shirts' own colour
+distribution, add a bicycle, foreground occluders and a lighting / white-balance gain.
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ def horizon(kind: int, H: int) -> int:
     return int(H * (0.36 if kind in (0, 3, 5) else 0.40))
 
 
-def background(kind: int, W: int, H: int, rng: np.random.Generator) -> np.ndarray:
-    """A static background (H, W, 3) uint8 for scene `kind` (index into SCENE_NAMES)."""
+def background(kind: int, W: int, H: int, rng: np.random.Generator, hz: int | None = None) -> np.ndarray:
+    """A static background (H, W, 3) uint8 for scene `kind` (index into SCENE_NAMES); `hz` moves the
+    horizon (a camera geometry of a benchmark variant; default: the scene's own `horizon`)."""
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    hz = horizon(kind, H)
+    hz = horizon(kind, H) if hz is None else int(hz)
     img = np.zeros((H, W, 3), np.float32)
     tex = rng.normal(0, 1, (H // 4 + 1, W // 4 + 1)).repeat(4, 0).repeat(4, 1)[:H, :W]
 
@@ -94,13 +96,22 @@ def background(kind: int, W: int, H: int, rng: np.random.Generator) -> np.ndarra
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def muted(rng: np.random.Generator, smax=0.6, vlo=0.3, vhi=0.8) -> tuple:
+    """A muted RGB colour: hue uniform, saturation in [0.1, smax], value in [vlo, vhi]."""
+    r, g, b = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.1, smax), rng.uniform(vlo, vhi))
+    return (int(r * 255), int(g * 255), int(b * 255))
+
+
+def natural_object_colour(rng: np.random.Generator) -> tuple:
+    """An object colour drawn from the shirts' own distribution (`random_clothes`), so neither hue,
+    saturation nor brightness tells a carried or pushed object from clothing."""
+    return muted(rng)
+
+
 def random_clothes(rng: np.random.Generator) -> dict:
     """Muted clothing colours (saturation <= 0.6, value <= 0.8) so anomaly objects stand out."""
-    def muted(smax=0.6, vlo=0.3, vhi=0.8):
-        r, g, b = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.1, smax), rng.uniform(vlo, vhi))
-        return (int(r * 255), int(g * 255), int(b * 255))
-    return dict(shirt=muted(), pants=muted(0.5, 0.15, 0.55), skin=SKIN[rng.integers(len(SKIN))],
-                hair=muted(0.5, 0.05, 0.3), shoes=(30, 30, 30), sleeves=bool(rng.random() < 0.6))
+    return dict(shirt=muted(rng), pants=muted(rng, 0.5, 0.15, 0.55), skin=SKIN[rng.integers(len(SKIN))],
+                hair=muted(rng, 0.5, 0.05, 0.3), shoes=(30, 30, 30), sleeves=bool(rng.random() < 0.6))
 
 
 def _shade(c, f):
@@ -150,12 +161,19 @@ def draw_person(draw: ImageDraw.ImageDraw, j: np.ndarray, h: float, d: int, clot
 
 
 def draw_object(draw: ImageDraw.ImageDraw, j: np.ndarray, h: float, d: int, obj: dict) -> None:
-    """A large saturated object beside the body (inside the keypoint box expanded by 20%):
-    'box' carried at chest height, 'cart' pushed at hip height (with wheels), 'board' held upright."""
+    """A large object beside the body (inside the keypoint box expanded by 20%): 'box' carried at
+    chest height, 'cart' pushed at hip height (with wheels), 'board' held upright, 'bicycle' wheeled
+    alongside (two wheels, frame, handlebar at hand height). With ``obj["natural"]`` the outline and
+    the band are shades of the object's own colour instead of black."""
     hip = 0.5 * (j[11] + j[12])
     feet = j[:, 1].max()
     col = obj["colour"]
     kind = obj["kind"]
+    natural = bool(obj.get("natural"))
+    edge, band_col = ((_shade(col, 0.6), _shade(col, 0.8)) if natural else ((0, 0, 0), (20, 20, 20)))
+    if kind == "bicycle":
+        _draw_bicycle(draw, hip, feet, h, d, col, obj.get("tyres", (35, 35, 35)))
+        return
     if kind == "box":
         x0, x1, y0, y1 = hip[0] + d * 0.08 * h, hip[0] + d * 0.46 * h, feet - 0.78 * h, feet - 0.42 * h
     elif kind == "cart":
@@ -163,24 +181,84 @@ def draw_object(draw: ImageDraw.ImageDraw, j: np.ndarray, h: float, d: int, obj:
     else:
         x0, x1, y0, y1 = hip[0] + d * 0.1 * h, hip[0] + d * 0.4 * h, feet - 0.95 * h, feet - 0.2 * h
     x0, x1 = min(x0, x1), max(x0, x1)
-    draw.rectangle([x0, y0, x1, y1], fill=col, outline=(0, 0, 0), width=max(1, int(0.025 * h)))
+    draw.rectangle([x0, y0, x1, y1], fill=col, outline=edge, width=max(1, int(0.025 * h)))
     band = (y0 + y1) / 2
-    draw.line([(x0, band), (x1, band)], fill=(20, 20, 20), width=max(1, int(0.04 * h)))
+    draw.line([(x0, band), (x1, band)], fill=band_col, width=max(1, int(0.04 * h)))
     if kind == "cart":
         r = 0.06 * h
         for cx in (x0 + r, x1 - r):
-            draw.ellipse([cx - r, feet - 2 * r, cx + r, feet], fill=(15, 15, 15))
+            draw.ellipse([cx - r, feet - 2 * r, cx + r, feet], fill=obj.get("tyres", (15, 15, 15)))
 
 
-def render(bg: np.ndarray, people: list, noise: np.ndarray | None = None) -> np.ndarray:
-    """Frame = background + people (each: dict joints, h, d, clothes, object or None), far ones first."""
+def _draw_bicycle(draw, hip, feet, h, d, col, tyres):
+    r = 0.16 * h
+    rear = np.array([hip[0] - d * 0.05 * h, feet - r])
+    front = np.array([hip[0] + d * 0.62 * h, feet - r])
+    crank = np.array([hip[0] + d * 0.22 * h, feet - r])
+    seat = crank + np.array([-d * 0.06 * h, -0.42 * h])
+    head = front + np.array([-d * 0.08 * h, -0.4 * h])
+    wt = max(1, int(round(0.03 * h)))
+    for c in (rear, front):
+        draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], outline=tyres, width=wt)
+    fw = max(1, int(round(0.035 * h)))
+    for a, b in ((rear, crank), (crank, seat), (seat, rear), (seat, head), (head, crank), (head, front)):
+        draw.line([tuple(a), tuple(b)], fill=col, width=fw)
+    bar = head + np.array([-d * 0.07 * h, -0.04 * h])
+    draw.line([tuple(head), tuple(bar)], fill=tyres, width=fw)
+    draw.line([tuple(seat + np.array([-0.05 * h, 0])), tuple(seat + np.array([0.05 * h, 0]))], fill=tyres, width=fw + 1)
+
+
+def occluder_mask(occluders: list, W: int, H: int) -> np.ndarray:
+    """(H, W) bool: the pixels the static foreground occluders cover."""
+    im = Image.new("L", (W, H), 0)
+    draw_occluders(ImageDraw.Draw(im), occluders, fill=255)
+    return np.asarray(im) > 0
+
+
+def draw_occluders(draw: ImageDraw.ImageDraw, occluders: list, fill=None) -> None:
+    """Static foreground occluders (dicts kind 'post' | 'hedge' | 'block', box, colour), drawn over people."""
+    for o in occluders:
+        x0, y0, x1, y1 = o["box"]
+        c = fill if fill is not None else tuple(o["colour"])
+        if o["kind"] == "hedge":
+            draw.ellipse([x0, y0, x1, y1 + (y1 - y0)], fill=c)
+        else:
+            draw.rectangle([x0, y0, x1, y1], fill=c)
+
+
+def random_occluders(rng: np.random.Generator, n: int, W: int, H: int, hz: int) -> list:
+    """n foreground occluders standing on the lower frame edge: lamp posts, hedges, parked blocks."""
+    out = []
+    for _ in range(n):
+        kind = ("post", "hedge", "block")[int(rng.integers(3))]
+        x = rng.uniform(0.05, 0.95) * W
+        if kind == "post":
+            w, top = rng.uniform(0.02, 0.04) * W, rng.uniform(0.05, 0.4) * H
+        elif kind == "hedge":
+            w, top = rng.uniform(0.12, 0.25) * W, H - rng.uniform(0.12, 0.22) * H
+        else:
+            w, top = rng.uniform(0.08, 0.16) * W, H - rng.uniform(0.15, 0.3) * H
+        col = muted(rng, 0.4, 0.2, 0.6)
+        out.append(dict(kind=kind, box=[float(x - w / 2), float(max(top, hz)), float(x + w / 2), float(H)], colour=list(col)))
+    return out
+
+
+def render(bg: np.ndarray, people: list, noise: np.ndarray | None = None, occluders: list | None = None,
+           gain: np.ndarray | None = None) -> np.ndarray:
+    """Frame = background + people (each: dict joints, h, d, clothes, object or None), far ones first,
+    then the foreground occluders; `gain` (3,) scales the channels (lighting and white balance)
+    before the sensor noise is added."""
     im = Image.fromarray(bg)
     draw = ImageDraw.Draw(im)
     for p in sorted(people, key=lambda p: p["joints"][:, 1].max()):
         draw_person(draw, p["joints"], p["h"], p["d"], p["clothes"])
         if p.get("object") is not None:
             draw_object(draw, p["joints"], p["h"], p["d"], p["object"])
+    if occluders:
+        draw_occluders(draw, occluders)
     out = np.asarray(im)
+    if gain is not None:
+        out = np.clip(out.astype(np.float32) * np.asarray(gain, np.float32), 0, 255).round().astype(np.uint8)
     if noise is not None:
         out = np.clip(out.astype(np.int16) + noise, 0, 255).astype(np.uint8)
     return out

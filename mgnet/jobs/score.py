@@ -2,7 +2,11 @@
 
     mgnet score --video V.mp4 --poses V.json --run runs/demo [--out scores] [--online]
     mgnet score --video videos/ --poses poses/ --run runs/demo      # every video of a folder
+    mgnet score --video V.mp4 --run runs/demo                       # poses estimated from the video
     mgnet score --video V.mp4 --poses V.json --engine onnx --model deploy/demo   # `mgnet export` output
+
+Without --poses the poses are estimated (mgnet.data.pose_estimation: --pose-estimator builtin|onnx,
+default the run's own), tracked and cached as ``<out>/<video name>/poses.json``.
 
 For each video, ``<out>/<video name>/`` receives:
 
@@ -38,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from mgnet.data.pose_estimation.jobs import add_pose_estimator_args, extracted_poses, keep_cached_poses
 from mgnet.data.pose_formats import FORMATS
 from mgnet.engine import compile_model, load_run
 from mgnet.inference import (ClipSpec, choose_threshold, load_score_stats, open_video_inputs, score_offline,
@@ -50,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mgnet score", description="Score your own videos with a trained run.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", required=True, type=Path, help="a video file, a folder of frame images, or a folder of videos")
-    p.add_argument("--poses", required=True, type=Path, help="the pose file/folder (or a folder of them, one per video)")
+    p.add_argument("--poses", type=Path, default=None,
+                   help="the pose file/folder (or a folder of them, one per video); without it poses are extracted "
+                        "from the video (--pose-estimator) and cached as <out>/<video>/poses.json")
+    add_pose_estimator_args(p)
     p.add_argument("--run", type=Path, help="a finished training run folder (--engine torch)")
     p.add_argument("--engine", default="torch", choices=("torch", "onnx"),
                    help="torch: the run's checkpoint; onnx: an `mgnet export --format onnx` folder (--model), "
@@ -109,10 +117,12 @@ def main(argv) -> int:
     try:
         # everything is checked before any scoring or output
         model, cfg, stats, spec, lambdas, sigma, source = _load_engine(args)
-        inputs = open_video_inputs(args.video, args.poses, args.pose_format)
         if cfg is None and str(args.threshold).lower() == "best-f1":
             raise ValueError("--threshold best-f1 scores the run's labelled test split with the torch model; "
                              "with --engine onnx give p50|p90|p95|p99 or a number")
+        extract = extracted_poses(args, cfg) if args.poses is None else None  # poses from the video itself
+        inputs = open_video_inputs(args.video, args.poses, args.pose_format,
+                                   extract and (lambda v, name, src: extract(v, args.out / name, src)))
         threshold, thr_source = choose_threshold(args.threshold, model, cfg, stats, lambdas, args.device,
                                                  args.batch_size)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -138,6 +148,7 @@ def main(argv) -> int:
             out = write_outputs(tmp, name, res, src, tracks, threshold, thr_source, fps, meta,
                                 {"merge_gap": args.merge_gap, "min_length": args.min_event},
                                 video=not args.no_video)
+            keep_cached_poses(ppath, args.out / name, tmp)
             publish(tmp, args.out / name)
             staged.remove(tmp)
             print(f"{name}: {len(src)} frames, {meta['frames_per_second']} frames/s ({meta['mode']}), "

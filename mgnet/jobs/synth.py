@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from mgnet.data import synthetic
+from mgnet.data import synth_variants, synthetic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -11,6 +11,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output folder (ShanghaiTech layout)")
     ap.add_argument("--size", default="small", choices=sorted(synthetic.SIZES), help="tiny (tests), small (demo), full")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variant", default="default", choices=list(synth_variants.VARIANTS),
+                    help="generator variant (mgnet.data.synth_variants; default: the demo's benchmark)")
     ap.add_argument("--workers", type=int, default=None, help="processes (default: min(2, cores))")
     ap.add_argument("--force", action="store_true", help="replace an existing, different folder at --out")
     return ap
@@ -22,7 +24,7 @@ def usage() -> str:
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
-    meta = synthetic.generate(args.out, args.size, args.seed, args.workers, args.force)
+    meta = synthetic.generate(args.out, args.size, args.seed, args.workers, args.force, args.variant)
     vids = meta["videos"]
     n_train = sum(v["frames"] for v in vids.values() if v["split"] == "train")
     n_test = sum(v["frames"] for v in vids.values() if v["split"] == "test")

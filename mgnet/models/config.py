@@ -1,7 +1,7 @@
 """ModelConfig: every size and weight of the MGNet model in one dataclass.
 
-``ModelConfig.small()`` is the CPU default (narrow ViT), ``ModelConfig.paper()`` the ViT-S scale of
-the paper. ``ModelConfig.from_dict(d)`` (or ``ModelConfig(**d)``) builds one from the hydra
+``ModelConfig.small()`` is the CPU default (narrow ViT), ``ModelConfig.vits()`` the ViT-S scale of
+the paper (a scale only: the paper's method is the ``method=paper`` config group, conf/method/). ``ModelConfig.from_dict(d)`` (or ``ModelConfig(**d)``) builds one from the hydra
 ``model`` node; unknown keys are an error that names them.
 
 Numbers the paper does not give are the defaults of docs/architecture.md (T=16, 64x64 crops,
@@ -10,11 +10,13 @@ C_mo = 2*18, C_app = 128, N_b = N_s = 10, N_r = 50, K = 8 flow steps, R = 3, mar
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
 CUBE = (2, 8, 8)            # cube embedding size (time, height, width), paper sec. 3.2
 _BACKENDS = ("auto", "eager", "cpu", "cuda", "triton")
+PRESETS = ("small", "vits")   # scales (conf/model/); the method is conf/method/
 
 
 @dataclass
@@ -34,6 +36,7 @@ class ModelConfig:
     lsta_k0: int = 5
     lsta_k1: int = 7
     lsta_dilation: int = 3
+    lsta_order: str = "dense_first"    # eq. (2): "dense_first" (VAN's, every backend) or "dilated_first" (eager only)
     head_hidden: int = 128             # hidden width of the heads' MLPs
     # feature widths
     c_mo: int = 36                     # = 2 * joints (f_sk is the flow output reshaped)
@@ -70,6 +73,20 @@ class ModelConfig:
     app_target: str = "cubes"          # S_app from the appearance memory ("cubes") or eq. 14's H_u(f_b) vs mask encoder ("memory", the paper)
     n_a: int = 256                     # appearance-memory slots (cube colour statistics), app_target="cubes"
     app_topk: float = 0.1              # app_target="cubes": S_app = mean of the largest fraction of the per-cube distances
+    app_target_norm: bool = False      # f_u standardised over the batch (BatchNorm, no affine): no constant target (README "Method notes")
+    # an RGB encoder that carries appearance (models/pretrain.py, models/backbone.py): a frozen
+    # feature extractor whose tokens the RGB encoder takes instead of its own cube embedding
+    rgb_pretrain: str = "none"         # "mae": stage 0 trains the extractor by masked cube reconstruction
+    pretrain_mask_ratio: float = 0.75  # stage 0: fraction of each slice's cubes hidden (tube masking)
+    pretrain_decoder_dim: int = 64     # stage 0: width of the light decoder (one block per decoder_depth)
+    pretrain_decoder_depth: int = 1
+    rgb_backbone: Optional[str] = None  # "vit_<tiny|small|base>_patch<P>": a ViT in timm's layout read from rgb_weights
+    rgb_weights: Optional[str] = None  # path of the backbone's state_dict (torch.save file); nothing is downloaded
+    rgb_backbone_layers: Optional[int] = None   # features after this many blocks (None: all)
+    app_norm: str = "none"             # app_target="cubes": "clip" divides cube colour statistics by the clip's channel means
+    # pose-segment memory behind S_pose (memory.SegmentMemory); 0 = off (no "pose" score)
+    n_seg: int = 16384                 # normal training segments kept (a seeded random subset if more)
+    seg_k: int = 1                     # S_pose = mean distance to the seg_k nearest kept segments
     # masking (eq. 5)
     mask_ratio: float = 0.5
     mask_seed: int = 0                 # the fixed complementary pair used by scores()
@@ -113,6 +130,10 @@ class ModelConfig:
             bad("mask_ratio", f"times the {hw} cubes of a slice must be a whole number")
         if self.ops_backend not in _BACKENDS:
             bad("ops_backend", f"must be one of {_BACKENDS}")
+        if self.lsta_order not in ("dense_first", "dilated_first"):
+            bad("lsta_order", "must be 'dense_first' (VAN's order) or 'dilated_first' (eq. 2's where-clause)")
+        if self.lsta_order != "dense_first" and self.ops_backend not in ("auto", "eager"):
+            bad("lsta_order", f"runs on the eager backend only; model.ops_backend={self.ops_backend!r} has dense_first")
         if self.lsta_k0 % 2 == 0 or self.lsta_k1 % 2 == 0:
             bad("lsta_k0", "LSTA kernel sizes k0 and k1 must be odd")
         for name in ("depth", "heads", "n_b", "n_s", "n_r", "flow_steps", "flow_hidden", "c_app",
@@ -130,6 +151,42 @@ class ModelConfig:
             bad("app_topk", "must be in (0, 1]")
         if self.lsta_layers < 0:
             bad("lsta_layers", "must be >= 0")
+        if self.app_norm not in ("none", "clip"):
+            bad("app_norm", "must be 'none' or 'clip'")
+        if self.n_seg < 0:
+            bad("n_seg", "must be >= 0 (0: no segment memory)")
+        if self.seg_k < 1:
+            bad("seg_k", "must be >= 1")
+        if self.rgb_pretrain not in ("none", "mae"):
+            bad("rgb_pretrain", "must be 'none' or 'mae'")
+        if self.rgb_pretrain != "none" and self.rgb_backbone:
+            bad("rgb_pretrain", "and model.rgb_backbone are two ways to the same encoder: set one")
+        if not 0.0 < self.pretrain_mask_ratio < 1.0:
+            bad("pretrain_mask_ratio", "must be in (0, 1)")
+        if self.rgb_pretrain == "mae" and (abs(self.pretrain_mask_ratio * hw - round(self.pretrain_mask_ratio * hw)) > 1e-9
+                                           or round(self.pretrain_mask_ratio * hw) in (0, hw)):
+            bad("pretrain_mask_ratio", f"times the {hw} cubes of a slice must be a whole number in [1, {hw - 1}]")
+        for name in ("pretrain_decoder_dim", "pretrain_decoder_depth"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        if self.rgb_backbone:
+            from .backbone import parse_name
+            parse_name(self.rgb_backbone)                  # names model.rgb_backbone when unknown
+            if not self.rgb_weights:
+                bad("rgb_weights", f"model.rgb_backbone={self.rgb_backbone} needs a local weights file: "
+                                   f"set model.rgb_weights=<path> (a torch.save state_dict; nothing is downloaded)")
+            if not os.path.isfile(self.rgb_weights):
+                bad("rgb_weights", "no such file (the backbone's weights are read from it; nothing is downloaded)")
+        elif self.rgb_weights:
+            bad("rgb_weights", "is set but model.rgb_backbone is not: name the architecture "
+                               "(e.g. model.rgb_backbone=vit_small_patch8)")
+        if self.rgb_backbone_layers is not None and self.rgb_backbone_layers < 1:
+            bad("rgb_backbone_layers", "must be >= 1 (or null: all blocks)")
+
+    @property
+    def has_app_encoder(self) -> bool:
+        """True with stage 0 (rgb_pretrain) or a backbone file (rgb_backbone)."""
+        return self.rgb_pretrain != "none" or bool(self.rgb_backbone)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -138,14 +195,14 @@ class ModelConfig:
         return cls(**{**dict(embed_dim=64, depth=2, heads=4, lsta_layers=1), **overrides})
 
     @classmethod
-    def paper(cls, **overrides) -> "ModelConfig":
-        """ViT-S scale: embed 384, depth 12, 6 heads, two LSTA modules."""
+    def vits(cls, **overrides) -> "ModelConfig":
+        """ViT-S scale (the paper's width): embed 384, depth 12, 6 heads, two LSTA modules."""
         return cls(**{**dict(embed_dim=384, depth=12, heads=6, lsta_layers=2, head_hidden=512,
                              flow_hidden=64), **overrides})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
-        """From a dict / OmegaConf node. A ``preset: small|paper`` key picks the base."""
+        """From a dict / OmegaConf node. A ``preset: small|vits`` key picks the base."""
         try:  # OmegaConf nodes: resolve to plain containers
             from omegaconf import DictConfig, OmegaConf
             if isinstance(d, DictConfig):
@@ -160,8 +217,9 @@ class ModelConfig:
             raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(names)}")
         if preset is None:
             return cls(**d)
-        if preset not in ("small", "paper"):
-            raise ValueError(f"model.preset={preset!r}: expected 'small' or 'paper'")
+        if preset not in PRESETS:
+            hint = " (model=paper is now model=vits; the paper's method is method=paper)" if preset == "paper" else ""
+            raise ValueError(f"model.preset={preset!r}: expected one of {PRESETS}{hint}")
         return getattr(cls, preset)(**d)
 
     def to_dict(self) -> Dict[str, Any]:

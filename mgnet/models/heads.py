@@ -38,10 +38,10 @@ class STHead(nn.Module):
     """H_B: LSTA on the token volume, spatial pooling, MLP to (B, T, C)."""
 
     def __init__(self, dim: int, out: int, grid, layers: int = 1, hidden: int = 128,
-                 k0: int = 5, k1: int = 7, dilation: int = 3):
+                 k0: int = 5, k1: int = 7, dilation: int = 3, order: str = "dense_first"):
         super().__init__()
         self.grid = tuple(grid)
-        self.lsta = nn.ModuleList(LSTA(k0, k1, dilation) for _ in range(layers))
+        self.lsta = nn.ModuleList(LSTA(k0, k1, dilation, order) for _ in range(layers))
         self.mlp = _mlp(dim, hidden, out)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -26,10 +26,10 @@ class LKA3D(nn.Module):
     """3D large-kernel attention map of x (B, C, D, H, W): depthwise k0^3 conv -> depthwise
     dilated k1^3 conv -> pointwise conv (eq. 2), through ``mgnet.ops.lka3d``."""
 
-    def __init__(self, channels: int, k0: int = 5, k1: int = 7, dilation: int = 3):
+    def __init__(self, channels: int, k0: int = 5, k1: int = 7, dilation: int = 3, order: str = "dense_first"):
         super().__init__()
         C = channels
-        self.dilation = dilation
+        self.dilation, self.order = dilation, order
         self.w0, self.b0 = nn.Parameter(torch.empty(C, 1, k0, k0, k0)), nn.Parameter(torch.empty(C))
         self.w1, self.b1 = nn.Parameter(torch.empty(C, 1, k1, k1, k1)), nn.Parameter(torch.empty(C))
         self.wp, self.bp = nn.Parameter(torch.empty(C, C, 1, 1, 1)), nn.Parameter(torch.empty(C))
@@ -38,13 +38,13 @@ class LKA3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ws = [p.to(x.dtype) for p in (self.w0, self.b0, self.w1, self.b1, self.wp, self.bp)]
-        return ops.lka3d(x, *ws, dilation=self.dilation)
+        return ops.lka3d(x, *ws, dilation=self.dilation, order=self.order)
 
 
 class LSTA(nn.Module):
-    def __init__(self, k0: int = 5, k1: int = 7, dilation: int = 3):
+    def __init__(self, k0: int = 5, k1: int = 7, dilation: int = 3, order: str = "dense_first"):
         super().__init__()
-        self.dilation = dilation
+        self.dilation, self.order = dilation, order      # order: ops/lka3d.py (model.lsta_order)
         self.w0 = nn.Parameter(torch.empty(1, 1, k0, k0, k0))
         self.b0 = nn.Parameter(torch.empty(1))
         self.w1 = nn.Parameter(torch.empty(1, 1, k1, k1, k1))
@@ -57,10 +57,10 @@ class LSTA(nn.Module):
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         """e (B, t, c, h, w) -> e + e * sigmoid(3DLKA(mean_c e))   # eqs. (2)-(3)"""
         ws = [p.to(e.dtype) for p in (self.w0, self.b0, self.w1, self.b1, self.wp, self.bp)]
-        return ops.lsta(e, *ws, dilation=self.dilation)
+        return ops.lsta(e, *ws, dilation=self.dilation, order=self.order)
 
     def extra_repr(self) -> str:
-        return f"k0={self.w0.shape[-1]}, k1={self.w1.shape[-1]}, dilation={self.dilation}"
+        return f"k0={self.w0.shape[-1]}, k1={self.w1.shape[-1]}, dilation={self.dilation}, order={self.order}"
 
 
 __all__ = ["LSTA", "LKA3D"]

@@ -225,18 +225,32 @@ class AppearanceMemory(_Written):
     (README, "Method notes").
     """
 
-    def __init__(self, slots: int, grid, topk: float = 0.1):
+    def __init__(self, slots: int, grid, topk: float = 0.1, norm: str = "none"):
         from .config import CUBE
         from .encoder import IMAGENET_MEAN, IMAGENET_STD
         super().__init__()
-        self.grid, self.cube, self.topk = tuple(grid), CUBE, float(topk)
+        if norm not in ("none", "clip"):
+            raise ValueError(f"AppearanceMemory norm must be 'none' or 'clip', got {norm!r}")
+        self.grid, self.cube, self.topk, self.norm = tuple(grid), CUBE, float(topk), norm
         self.register_buffer("slots", torch.zeros(slots, 6))
         self._init_filled()
+        # two held-out memories for the training-set statistics: fold f is fitted on the cubes of
+        # the training videos whose index parity is not f (``fit(..., groups)``). Not saved: they
+        # serve the score_stats.json pass right after stage 4 (a run resumed after stage 4 writes
+        # its statistics with the in-sample memory)
+        self.register_buffer("fold_slots", torch.zeros(2, slots, 6), persistent=False)
+        self.register_buffer("fold_filled", torch.zeros(2, dtype=torch.long), persistent=False)
+        self._fold_filled = (0, 0)
+        self.exclude_own_track = False
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1), persistent=False)
 
     def descriptors(self, rgb: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) uint8 (or float in [0, 1]) -> (B, P, 6) per-cube colour mean and std."""
+        """(B, 3, T, H, W) uint8 (or float in [0, 1]) -> (B, P, 6) per-cube colour mean and std.
+
+        norm="clip": both divided by the clip's mean of that channel (grey world per clip), which
+        cancels a per-channel gain of the whole crop (white balance, exposure, brightness) while a
+        local object that differs from the person and the background still stands out."""
         # mean and unbiased std per cube from two average pools of the raw values, normalised
         # afterwards (affine): a strided std over the cube's axes, and normalising every pixel,
         # took 17 % and 13 % of a scoring step
@@ -245,31 +259,157 @@ class AppearanceMemory(_Written):
         n = self.cube[0] * self.cube[1] * self.cube[2]
         m1 = F.avg_pool3d(x, self.cube)
         var = (F.avg_pool3d(x * x, self.cube) - m1 * m1).clamp_min(0) * (n / (n - 1))
-        stats = torch.cat([(m1 / scale) - self.mean / self.std, var.sqrt() / scale], 1)   # (B, 6, t, h, w)
+        if self.norm == "clip":
+            mu = m1.mean((2, 3, 4), keepdim=True) + (1.0 if rgb.dtype == torch.uint8 else 1.0 / 255)
+            stats = torch.cat([m1 / mu, var.sqrt() / mu], 1)
+        else:
+            stats = torch.cat([(m1 / scale) - self.mean / self.std, var.sqrt() / scale], 1)   # (B, 6, t, h, w)
         return stats.flatten(2).transpose(1, 2)                            # cube order t, h, w
 
     @torch.no_grad()
-    def fit(self, desc: torch.Tensor, iters: int = 25, max_cubes: int = 200_000, seed: int = 0) -> None:
+    def fit(self, desc: torch.Tensor, iters: int = 25, max_cubes: int = 200_000, seed: int = 0,
+            groups: Optional[torch.Tensor] = None) -> None:
         """k-means of cube descriptors (N, 6) into the slots (a seeded subset of max_cubes rows if
-        larger: k-means holds an N x N_a distance matrix)."""
-        desc = _rows(desc, 6, self.slots.dtype, max_cubes, seed, "AppearanceMemory.fit (cubes)")
-        self._write_slots(kmeans(desc, self.slots.shape[0], iters))
+        larger: k-means holds an N x N_a distance matrix).
 
-    def distances(self, desc: torch.Tensor) -> torch.Tensor:
-        """(B, P, 6) -> (B, P): distance of each cube to the nearest slot."""
+        groups (N,): the training video of each row (-1 unknown). With two parities of videos
+        present, two more memories are fitted, each on the videos of one parity, so that scoring
+        the training set (``exclude_own_track``) measures every clip against a memory that never
+        saw its video: in-sample distances understate how far NEW normal people lie (synthetic
+        small: test normal clips at z = 1.1 +- 2.0 of the in-sample statistics, -0.2 +- 1.2 of
+        these held-out ones)."""
+        desc = desc.reshape(-1, 6)
+        self._write_slots(kmeans(_rows(desc, 6, self.slots.dtype, max_cubes, seed, "AppearanceMemory.fit (cubes)"),
+                                 self.slots.shape[0], iters))
+        self.fold_slots.zero_()
+        self.fold_filled.zero_()
+        self._fold_filled = (0, 0)
+        if groups is None:
+            return
+        groups = groups.reshape(-1).to(desc.device)
+        known = groups >= 0
+        par = groups % 2
+        if not (bool((known & (par == 0)).any()) and bool((known & (par == 1)).any())):
+            return
+        for f in (0, 1):
+            c = kmeans(_rows(desc[known & (par != f)], 6, self.slots.dtype, max_cubes, seed, "AppearanceMemory.fit"),
+                       self.slots.shape[0], iters)
+            self.fold_slots[f, :c.shape[0]] = c
+            self.fold_filled[f] = c.shape[0]
+        self._fold_filled = tuple(int(v) for v in self.fold_filled)
+
+    def distances(self, desc: torch.Tensor, slots: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, P, 6) -> (B, P): distance of each cube to the nearest slot (of ``slots`` if given)."""
         if not self.is_fitted:
             raise RuntimeError("the appearance memory is empty: stage 4 (MGNet.bsmm_write + bsmm_finish) fits it")
         B, P, C = desc.shape
-        m = self.slots.clone()[:self._filled]     # a copy: see BehaviorSceneMatching.read
+        m = self.slots.clone()[:self._filled] if slots is None else slots   # a copy: see BehaviorSceneMatching.read
         d2 = (desc.reshape(B * P, C).pow(2).sum(1, keepdim=True) - 2 * desc.reshape(B * P, C) @ m.T
               + m.pow(2).sum(1)[None])
         return d2.min(1).values.clamp_min(0).sqrt().view(B, P)
 
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        """S_app (B,): mean of the largest topk fraction of the cube distances."""
-        d = self.distances(self.descriptors(rgb))
+    def forward(self, rgb: torch.Tensor, video: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """S_app (B,): mean of the largest topk fraction of the cube distances. With
+        ``exclude_own_track`` and the clips' training ``video`` (B,) given, each clip is measured
+        against the held-out memory of its video's parity (when ``fit`` made them)."""
+        desc = self.descriptors(rgb)
+        if self.exclude_own_track and video is not None and min(self._fold_filled) > 0:
+            par = (video.to(desc.device) % 2).clamp_min(0)
+            d = torch.empty(desc.shape[:2], dtype=desc.dtype, device=desc.device)
+            for f in (0, 1):
+                sel = par == f
+                if bool(sel.any()):
+                    d[sel] = self.distances(desc[sel], self.fold_slots[f, :self._fold_filled[f]].clone())
+        else:
+            d = self.distances(desc)
         k = max(1, round(self.topk * d.shape[1]))
         return d.topk(k, dim=1).values.mean(1)
+
+
+class SegmentMemory(_Written):
+    """M^seg: normal pose segments, behind S_pose (``model.n_seg`` > 0): a clip's score is the mean
+    Euclidean distance of its pose segment to the ``k`` nearest normal training segments.
+
+    A segment is the clip's (2, T, V) coordinates as STG-NF sees them (``normalize_pose``: minus the
+    segment's mean, over the std of its y), flattened: translation within the segment, i.e. speed
+    relative to body size, and every limb's trajectory are kept. Stage 4 writes a seeded random
+    subset of at most ``n_seg`` training segments (``fit``), with the track (video, person) each
+    came from, so that scoring the training set (``leave_own_track_out``) can skip the segments of
+    the clip's own track: otherwise every training clip would find itself (and its overlapping
+    neighbours) at distance ~0, and statistics of training scores (what fusion normalises with)
+    would not describe new normal clips.
+
+    Why a memory beside STG-NF: the flow's NLL rates how typical the Gaussianised latent is, and
+    a flow trained for a few hundred steps on a few thousand segments gives running or flailing
+    segments likelihoods close to normal ones; the distance to the nearest normal segment does not
+    depend on training and separates what the poses plainly show (README, "Method notes").
+    """
+
+    def __init__(self, slots: int, dim: int, k: int = 1):
+        super().__init__()
+        self.k = int(k)
+        self.register_buffer("slots", torch.zeros(slots, dim))
+        self.register_buffer("track", torch.full((slots,), -1, dtype=torch.long))
+        self._init_filled()
+        self.exclude_own_track = False
+
+    @staticmethod
+    def features(pose: torch.Tensor) -> torch.Tensor:
+        """(B, 2, T, V) normalised poses -> (B, 2 T V) segment vectors."""
+        return pose.reshape(pose.shape[0], -1)
+
+    @staticmethod
+    def track_ids(video: torch.Tensor, person: torch.Tensor) -> torch.Tensor:
+        return video.long() * (1 << 32) + person.long()
+
+    @torch.no_grad()
+    def fit(self, seg: torch.Tensor, track: torch.Tensor, seed: int = 0) -> None:
+        """Keep (a seeded random subset of ``len(slots)`` of) the segments (N, D) and their track ids (N,)."""
+        seg = seg.reshape(seg.shape[0], -1).to(self.slots.dtype)
+        if seg.shape[0] == 0:
+            raise ValueError("SegmentMemory.fit: no segments")
+        n = self.slots.shape[0]
+        if seg.shape[0] > n:
+            g = torch.Generator().manual_seed(seed)
+            pick = torch.randperm(seg.shape[0], generator=g)[:n].to(seg.device)
+            seg, track = seg[pick], track[pick]
+        self.track.fill_(-1)
+        self.track[:seg.shape[0]] = track.to(self.track.device)
+        self._write_slots(seg)
+
+    def forward(self, pose: torch.Tensor, track: Optional[torch.Tensor] = None, chunk: int = 8192) -> torch.Tensor:
+        """S_pose (B,): mean distance to the k nearest kept segments; with ``exclude_own_track`` and
+        ``track`` (B,) given, segments of the clip's own track are skipped."""
+        if not self.is_fitted:
+            raise RuntimeError("the segment memory is empty: stage 4 (MGNet.bsmm_write + bsmm_finish) fits it")
+        q = self.features(pose).to(self.slots.dtype)
+        k = min(self.k, self._filled)
+        c = min(k + 4, self._filled)     # candidates by the fast expansion, then exact distances
+        best = best_i = None
+        for i in range(0, self._filled, chunk):      # running c smallest over chunks of the memory
+            m = self.slots[i:min(i + chunk, self._filled)]
+            d2 = (q.pow(2).sum(1, keepdim=True) - 2 * q @ m.T + m.pow(2).sum(1)[None]).clamp_min(0)
+            if self.exclude_own_track and track is not None:
+                own = track.to(self.track.device)[:, None] == self.track[i:i + m.shape[0]][None]
+                d2 = d2.masked_fill(own, float("inf"))
+            idx = torch.arange(i, i + m.shape[0], device=q.device).expand(q.shape[0], -1)
+            cand = d2 if best is None else torch.cat([best, d2], 1)
+            cidx = idx if best_i is None else torch.cat([best_i, idx], 1)
+            best, pos = cand.topk(min(c, cand.shape[1]), dim=1, largest=False)
+            best_i = cidx.gather(1, pos)
+        # |q - m| from the difference itself: the expansion's rounding depends on the batch's
+        # matmul path, which S_pose's z-score would magnify (online scores must equal offline ones)
+        exact = (q[:, None, :] - self.slots[best_i]).pow(2).sum(-1).sqrt()
+        exact = exact.masked_fill(~torch.isfinite(best), float("inf"))
+        out = exact.topk(k, dim=1, largest=False).values.mean(1)
+        lonely = ~torch.isfinite(out)      # fewer than k segments of other tracks: use every segment
+        if bool(lonely.any()):
+            excl, self.exclude_own_track = self.exclude_own_track, False
+            try:
+                out = torch.where(lonely, self.forward(pose, None, chunk), out)
+            finally:
+                self.exclude_own_track = excl
+        return out
 
 
 class BehaviorSceneMatching(_Written):
@@ -371,4 +511,4 @@ class BehaviorSceneMatching(_Written):
         return (c_b - c_s).norm(dim=1)
 
 
-__all__ = ["Memory", "PoseMemory", "AppearanceMemory", "kmeans", "BehaviorSceneMatching", "separateness_loss", "sharpen", "farthest_points"]
+__all__ = ["Memory", "PoseMemory", "AppearanceMemory", "SegmentMemory", "kmeans", "BehaviorSceneMatching", "separateness_loss", "sharpen", "farthest_points"]

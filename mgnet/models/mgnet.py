@@ -8,6 +8,8 @@ Batches are dicts as produced by mgnet.data.cache.ClipStore + default collate:
 normalised in-kernel (ImageNet mean/std); float images are taken to be in [0, 1] already.
 
 Stages (set_stage):
+  0  appearance encoder + decoder (rgb_pretrain="mae", models/pretrain.py): masked cube
+     reconstruction; afterwards frozen, its features feed the RGB encoder (also a backbone file)
   1  STG-NF                                   loss = NLL (bits/dim)
   2  RGB encoder + H_B + behavior/scene memory loss = L_mo + beta (L_sep^b + L_sep^s)
   3  mask encoder + mask head + H_u           loss = alpha L_app   (RGB encoder, memories frozen)
@@ -32,6 +34,7 @@ still decides.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from typing import Dict, List, Mapping, Optional, Union
 
@@ -44,7 +47,8 @@ from ..data.masking import complementary_masks, visible_indices
 from .config import ModelConfig
 from .encoder import VideoEncoder
 from .heads import ProjectionHead, STHead
-from .memory import AppearanceMemory, BehaviorSceneMatching, Memory, PoseMemory
+from .memory import AppearanceMemory, BehaviorSceneMatching, Memory, PoseMemory, SegmentMemory
+from .pretrain import MaskedCubeDecoder, PreExtractedEmbed, mae_loss
 from .scene import SceneFeatures
 from .stgnf import STGNF
 
@@ -60,6 +64,7 @@ except ImportError:  # pragma: no cover
         return contextlib.nullcontext()
 
 STAGE_MODULES = {              # with app_target="memory" (the paper); see MGNet.stage_modules
+    0: ("app_encoder", "mae_decoder"),      # rgb_pretrain="mae" only
     1: ("stgnf",),
     2: ("rgb_encoder", "head_b", "mem_b", "mem_s"),
     3: ("mask_encoder", "head_m", "head_u"),
@@ -86,23 +91,32 @@ class MGNet(nn.Module):
         self.stgnf = STGNF.from_config(cfg)
         self.rgb_encoder = VideoEncoder.from_config(cfg)
         self.head_b = STHead(D, cfg.c_mo, cfg.grid, cfg.lsta_layers, cfg.head_hidden,
-                             cfg.lsta_k0, cfg.lsta_k1, cfg.lsta_dilation)
+                             cfg.lsta_k0, cfg.lsta_k1, cfg.lsta_dilation, cfg.lsta_order)
+        if cfg.has_app_encoder:
+            self._build_app_encoder(cfg)
         self.mem_b = Memory(cfg.n_b, D, cfg.sep_margin, cfg.mem_temperature)
         self.scene = SceneFeatures(cfg.scene_grid, cfg.scene_conv_channels, cfg.scene_seed, cfg.scene_weights)
         self.mem_s = Memory(cfg.n_s, cfg.scene_dim, cfg.sep_margin, cfg.mem_temperature)
         self.mask_encoder = VideoEncoder.from_config(cfg)
         self.head_m = ProjectionHead(D, cfg.c_app, cfg.grid, cfg.head_hidden)
         self.head_u = ProjectionHead(D, cfg.c_app, cfg.grid, cfg.head_hidden)
+        if cfg.app_target_norm:
+            # f_u standardised per channel over the batch (running statistics when scoring): a
+            # constant f_u, the trivial minimiser of eq. (6) with H_u trained, has no variance to keep
+            self.app_norm = nn.BatchNorm1d(cfg.c_app, affine=False)
         if cfg.app_target == "cubes":
-            self.app_mem = AppearanceMemory(cfg.n_a, cfg.grid, cfg.app_topk)
+            self.app_mem = AppearanceMemory(cfg.n_a, cfg.grid, cfg.app_topk, cfg.app_norm)
         if cfg.bsmm_behavior == "pose":
             self.pose_mem = PoseMemory(cfg.n_p, cfg.joints, cfg.bsmm_temperature)
             len_b = cfg.n_p
         else:
             len_b = cfg.num_tokens * cfg.n_b
         self.bsmm = BehaviorSceneMatching(cfg.n_r, len_b, cfg.n_s, cfg.bsmm_temperature, cfg.bsmm_normalize)
-        self._pending: List[tuple] = []     # stage 4: (frames, W_s, cube statistics) until bsmm_finish
+        if cfg.n_seg:
+            self.seg_mem = SegmentMemory(cfg.n_seg, 2 * cfg.seg_len * cfg.joints, cfg.seg_k)
+        self._pending: List[tuple] = []     # stage 4: (frames, W_s, cube statistics, segments, tracks) until bsmm_finish
         self._pending_gen = torch.Generator().manual_seed(cfg.mask_seed)
+        self._sep_r = [0.0, 0]             # stage 4, tokens mode: sum and count of the writes' L_sep^r
         # the fixed complementary pair S_app uses at scoring (derived from cfg.mask_seed)
         g = torch.Generator().manual_seed(cfg.mask_seed)
         m, _ = complementary_masks(1, (h, w), cfg.mask_ratio, g)
@@ -114,12 +128,35 @@ class MGNet(nn.Module):
         self.stage: Optional[int] = None
         self._warned_empty_bsmm = False
 
+    def _build_app_encoder(self, cfg: ModelConfig) -> None:
+        """The frozen appearance features the RGB encoder reads (paper sec. 3.2, "pre-extract"):
+        trained in stage 0 (rgb_pretrain="mae") or a backbone from cfg.rgb_weights."""
+        D = cfg.embed_dim
+        if cfg.rgb_pretrain == "mae":
+            self.app_encoder = VideoEncoder.from_config(cfg)
+            heads = math.gcd(cfg.pretrain_decoder_dim, cfg.heads)     # 64 wide: 4 heads (small), 2 (vits)
+            self.mae_decoder = MaskedCubeDecoder(D, cfg.pretrain_decoder_dim, cfg.pretrain_decoder_depth,
+                                                 heads, cfg.num_tokens, cfg.mlp_ratio)
+            src = D
+        else:
+            from .backbone import build_backbone
+            self.app_encoder = build_backbone(cfg)
+            src = self.app_encoder.dim
+        self.rgb_encoder.embed = PreExtractedEmbed(self._app_features, src, D, cfg.num_tokens)
+
+    def _app_features(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.app_encoder(frames)
+
     # ------------------------------------------------------------------ stages
     def stage_modules(self, stage: int):
         """Names of the submodules `stage` trains."""
         _check_stage(stage)
+        if stage == 0 and self.cfg.rgb_pretrain != "mae":
+            return ()                                   # no stage 0 without model.rgb_pretrain=mae
         if stage == 3 and self.cfg.app_target == "cubes":
             return ()                                   # S_app reads the appearance memory (stage 4)
+        if stage == 3 and self.cfg.app_target_norm:
+            return STAGE_MODULES[3] + ("app_norm",)     # batch statistics while training
         return STAGE_MODULES[stage]
 
     def set_stage(self, stage: int) -> "MGNet":
@@ -194,6 +231,14 @@ class MGNet(nn.Module):
     def _visible(self, mask_bhw, device):
         return visible_indices(mask_bhw, self.cfg.grid[0]).to(device)
 
+    def _f_u(self, f_b):
+        """f_u = H_u(f_b) (sec. 3.3), standardised over the batch with model.app_target_norm."""
+        f_u = self.head_u(f_b)
+        if self.cfg.app_target_norm:
+            B, T, C = f_u.shape
+            f_u = self.app_norm(f_u.reshape(B * T, C).float()).view(B, T, C)
+        return f_u
+
     def _f_m(self, rgb, visible):
         # indices built here (masking.visible_indices): skip the op's host-side index check
         return self.head_m(self.mask_encoder(rgb, visible, validate=False), visible)
@@ -204,6 +249,14 @@ class MGNet(nn.Module):
         stage = self.stage if stage is None else stage
         _check_stage(stage)
         with self._backend(), _range(f"mgnet.losses.stage{stage}"):
+            if stage == 0:
+                if self.cfg.rgb_pretrain != "mae":
+                    raise ValueError("stage 0 trains the appearance encoder of model.rgb_pretrain=mae; "
+                                     f"model.rgb_pretrain={self.cfg.rgb_pretrain!r}")
+                self._check_batch(batch, ("rgb",))
+                l_mae = mae_loss(self.app_encoder, self.mae_decoder, batch["rgb"], self.cfg.grid,
+                                 self.cfg.pretrain_mask_ratio)
+                return {"loss": l_mae, "mae": l_mae.detach()}
             if stage == 1:
                 self._check_batch(batch, ("pose",))
                 _, nll = self.stgnf.nll(self._pose(batch))
@@ -240,7 +293,7 @@ class MGNet(nn.Module):
                              "appearance memory written in stage 4); use app_target='memory' for eq. (6)")
         with torch.no_grad():                                              # RGB encoder + memory frozen
             _, f_b, _ = self._behavior_memory(self.rgb_encoder(rgb))
-        f_u = self.head_u(f_b)
+        f_u = self._f_u(f_b)
         if cfg.app_target_stopgrad:
             f_u = f_u.detach()
         m1, m2 = complementary_masks(rgb.shape[0], cfg.grid[1:], cfg.mask_ratio)   # one pair per clip
@@ -264,10 +317,10 @@ class MGNet(nn.Module):
         2.3 KB per clip for the poses (T=16) and 0.8 KB for the cubes, ~1 GB for 330k clips.
         """
         cfg = self.cfg
-        keys = (("pose",) if cfg.bsmm_behavior == "pose" else ()) + ("rgb", "scene")
+        keys = (("pose",) if cfg.bsmm_behavior == "pose" or cfg.n_seg else ()) + ("rgb", "scene")
         self._check_batch(batch, keys)
         sep_r = None
-        frames = w_s = cubes = None
+        frames = w_s = cubes = segs = tracks = None
         with self._backend(), _range("mgnet.bsmm_write"):
             if cfg.bsmm_behavior == "pose":
                 pose = self._pose(batch)
@@ -276,7 +329,12 @@ class MGNet(nn.Module):
             else:
                 w_b, _, _ = self._behavior_memory(self.rgb_encoder(batch["rgb"]))
                 w_s, _, _ = self.mem_s(self.scene(batch["scene"]).to(w_b.dtype))
+                before = self.bsmm.num_filled
                 sep_r = self.bsmm.write(self.bsmm.queries(w_b, w_s))       # eqs. (8)-(9)
+                if sep_r is not None:      # mean over the queries that updated slots (not seeded them)
+                    n = w_b.shape[0] - (self.bsmm.num_filled - before)
+                    self._sep_r[0] += sep_r * n
+                    self._sep_r[1] += n
                 w_s = None
             if cfg.app_target == "cubes":
                 d = self.app_mem.descriptors(batch["rgb"])                   # (B, P, 6)
@@ -284,8 +342,13 @@ class MGNet(nn.Module):
                 k = min(self.CUBES_PER_CLIP, P)
                 pick = torch.rand(B, P, generator=self._pending_gen).argsort(1)[:, :k].to(d.device)
                 cubes = d.gather(1, pick.unsqueeze(-1).expand(-1, -1, d.shape[-1])).reshape(-1, d.shape[-1])
-        if frames is not None or cubes is not None:
-            self._pending.append((frames, w_s, cubes))
+            tracks = self._tracks(batch, batch["rgb"].shape[0])
+            if cfg.app_target == "cubes":
+                cubes = (cubes, (tracks >> 32).repeat_interleave(k))   # each cube row's training video
+            if cfg.n_seg:
+                segs = SegmentMemory.features(self._pose(batch)).float()
+        if frames is not None or cubes is not None or segs is not None:
+            self._pending.append((frames, w_s, cubes, segs, tracks))
         return {"sep_r": float("nan") if sep_r is None else sep_r, "filled": float(self.bsmm.num_filled),
                 "pending": float(len(self._pending))}
 
@@ -295,25 +358,53 @@ class MGNet(nn.Module):
         the pose memory on every kept frame, then write the BSMM with every clip's
         W_r = [W_b, W_s] (eq. 8). A no-op when nothing is pending."""
         pending, self._pending = self._pending, []
-        sep_r = float("nan")
+        (total, n), self._sep_r = self._sep_r, [0.0, 0]
+        sep_r = total / n if n else float("nan")      # tokens mode: the writes' L_sep^r (eq. 11)
         if not pending:
             return {"sep_r": sep_r, "filled": float(self.bsmm.num_filled)}
         with self._backend(), _range("mgnet.bsmm_finish"):
             if self.cfg.app_target == "cubes":
-                self.app_mem.fit(torch.cat([c for _, _, c in pending]))
+                self.app_mem.fit(torch.cat([p[2][0] for p in pending]), groups=torch.cat([p[2][1] for p in pending]))
+            if self.cfg.n_seg:
+                self.seg_mem.fit(torch.cat([p[3] for p in pending]), torch.cat([p[4] for p in pending]))
             if self.cfg.bsmm_behavior == "pose":
-                frames = torch.cat([f for f, _, _ in pending])
-                w_s = torch.cat([w for _, w, _ in pending])
+                frames = torch.cat([p[0] for p in pending])
+                w_s = torch.cat([p[1] for p in pending])
                 self.pose_mem.fit(frames)
                 w_b = torch.cat([self.pose_mem.weights(frames[i:i + 4096]) for i in range(0, frames.shape[0], 4096)])
                 sep_r = self.bsmm.fit(self.bsmm.queries(w_b, w_s))          # eqs. (8)-(9)
         return {"sep_r": sep_r, "filled": float(self.bsmm.num_filled)}
 
+    @staticmethod
+    def _tracks(batch: Mapping, n: int) -> torch.Tensor:
+        """(n,) track ids (video << 32 | person) of a batch's clips; -1 where the batch does not say."""
+        dev = batch["rgb"].device
+        if "video" in batch and "person" in batch:
+            return SegmentMemory.track_ids(batch["video"], batch["person"]).to(dev)
+        return torch.full((n,), -1, dtype=torch.long, device=dev)
+
+    @contextlib.contextmanager
+    def leave_own_track_out(self):
+        """While scoring the TRAINING set (for score_stats.json): S_pose skips the memory's
+        segments of the clip's own track (otherwise each training clip finds itself at distance
+        0) and S_app uses the appearance memory fitted without the clip's video's parity; so the
+        statistics describe new normal clips, which is what fusion normalises against."""
+        mems = [m for m in (getattr(self, "seg_mem", None), getattr(self, "app_mem", None)) if m is not None]
+        old = [m.exclude_own_track for m in mems]
+        for m in mems:
+            m.exclude_own_track = True
+        try:
+            yield self
+        finally:
+            for m, o in zip(mems, old):
+                m.exclude_own_track = o
+
     # ------------------------------------------------------------------ scores
     @torch.inference_mode()
     def scores(self, batch: Mapping) -> Dict[str, torch.Tensor]:
         """Per-clip raw scores, each (B,), higher = more anomalous: "mo" (eq. 13), "app" (eq. 14),
-        "mm" (eq. 15; zeros with a warning while the BSMM is empty), "nll" (STG-NF alone)."""
+        "mm" (eq. 15; zeros with a warning while the BSMM is empty), "nll" (STG-NF alone) and, with
+        ``model.n_seg`` > 0, "pose" (distance to the nearest normal pose segments, SegmentMemory)."""
         self._check_batch(batch, ("rgb", "pose", "scene"))
         rgb = batch["rgb"]
         B = rgb.shape[0]
@@ -327,11 +418,12 @@ class MGNet(nn.Module):
                 self.bsmm_finish()
             w_b = None
             if self.cfg.app_target == "cubes":
-                s_app = self.app_mem(rgb) if self.app_mem.is_fitted else s_mo.new_zeros(B)
+                video = (self._tracks(batch, B) >> 32) if self.app_mem.exclude_own_track else None
+                s_app = self.app_mem(rgb, video) if self.app_mem.is_fitted else s_mo.new_zeros(B)
             else:
                 v1, v2 = self.score_visible1.repeat(B, 1), self.score_visible2.repeat(B, 1)   # copies: see __init__
                 w_b, f_b, _ = self._behavior_memory(e_b)
-                f_u = self.head_u(f_b)
+                f_u = self._f_u(f_b)
                 s_app = (0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, v1))
                          + 0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, v2)))   # eq. (14)
             if self.cfg.bsmm_behavior == "pose":
@@ -350,7 +442,12 @@ class MGNet(nn.Module):
                                   if self.cfg.app_target == "cubes" else ""), RuntimeWarning, stacklevel=2)
                     self._warned_empty_bsmm = True
                 s_mm = s_mo.new_zeros(B)
-        return {"mo": s_mo.float(), "app": s_app.float(), "mm": s_mm.float(), "nll": nll.float()}
+        out = {"mo": s_mo.float(), "app": s_app.float(), "mm": s_mm.float(), "nll": nll.float()}
+        if self.cfg.n_seg:
+            seg = self.seg_mem
+            out["pose"] = (seg(self._pose(batch), self._tracks(batch, B) if seg.exclude_own_track else None).float()
+                           if seg.is_fitted else s_mo.new_zeros(B))
+        return out
 
     def forward(self, batch: Mapping) -> Dict[str, torch.Tensor]:
         """Same as scores(batch)."""
@@ -363,7 +460,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 def _check_stage(stage) -> None:
     if stage not in STAGE_MODULES:
-        raise ValueError(f"stage must be 1, 2, 3 or 4, got {stage!r}")
+        raise ValueError(f"stage must be 0, 1, 2, 3 or 4, got {stage!r}")
 
 
 __all__ = ["MGNet", "STAGE_MODULES", "count_parameters", "cosine_dissimilarity"]

@@ -4,6 +4,11 @@ lka3d(x, w0, b0, w1, b1, wp, bp, dilation) with x (B, C, D, H, W):
     a = depthwise Conv3d(x, w0 (C,1,k0,k0,k0), b0, padding k0//2)
     a = depthwise Conv3d(a, w1 (C,1,k1,k1,k1), b1, padding d*(k1-1)//2, dilation d)
     attn = pointwise Conv3d(a, wp (C,C,1,1,1), bp)
+This is VAN's order (dense (2d-1)^3 first, then the dilated k/d one). Eq. (2)'s where-clause
+names the dilated one DWC, applied first; ``order="dilated_first"`` swaps the two depthwise
+convolutions (same weights, same receptive field k0 + d (k1 - 1); on an unbounded volume the two
+orders are the same linear map up to the biases, at the zero-padded borders they differ). Only the
+reference (eager) implements it; the fused backends raise naming the option.
 
 lsta(e, w0, b0, w1, b1, wp, bp, dilation) with e (B, t, c, h, w) (eqs. 2-3):
     f = mean_c(e) -> (B, 1, t, h, w);  f_o = lka3d(f) with C = 1
@@ -24,17 +29,21 @@ from ._eager import autograd_backward
 
 
 # ------------------------------------------------------------------ reference (the spec)
-def lka3d_reference(x, w0, b0, w1, b1, wp, bp, dilation: int = 3):
+ORDERS = ("dense_first", "dilated_first")   # the two convolutions of eq. (2); see lka3d()
+
+
+def lka3d_reference(x, w0, b0, w1, b1, wp, bp, dilation: int = 3, order: str = "dense_first"):
     C = x.shape[1]
     k0, k1 = w0.shape[-1], w1.shape[-1]
-    a = F.conv3d(x, w0, b0, padding=k0 // 2, groups=C)
-    a = F.conv3d(a, w1, b1, padding=dilation * (k1 - 1) // 2, dilation=dilation, groups=C)
+    dense = lambda a: F.conv3d(a, w0, b0, padding=k0 // 2, groups=C)                         # noqa: E731
+    dilated = lambda a: F.conv3d(a, w1, b1, padding=dilation * (k1 - 1) // 2, dilation=dilation, groups=C)  # noqa: E731
+    a = dilated(dense(x)) if order == "dense_first" else dense(dilated(x))
     return F.conv3d(a, wp, bp)
 
 
-def lsta_reference(e, w0, b0, w1, b1, wp, bp, dilation: int = 3):
+def lsta_reference(e, w0, b0, w1, b1, wp, bp, dilation: int = 3, order: str = "dense_first"):
     f = e.mean(dim=2).unsqueeze(1)                     # (B, 1, t, h, w)
-    fo = lka3d_reference(f, w0, b0, w1, b1, wp, bp, dilation)
+    fo = lka3d_reference(f, w0, b0, w1, b1, wp, bp, dilation, order)
     gate = torch.sigmoid(fo[:, 0]).unsqueeze(2)        # (B, t, 1, h, w)
     return e + e * gate
 
@@ -109,19 +118,37 @@ def _check_lka_weights(C, x, w0, b0, w1, b1, wp, bp, dilation):
         raise ValueError(f"dilation must be a positive int, got {dilation!r}")
 
 
-def lka3d(x, w0, b0, w1, b1, wp, bp, *, dilation: int = 3):
-    """Depthwise k0^3 conv -> depthwise dilated k1^3 conv -> pointwise conv (module docstring)."""
+def _other_order(op: str, order: str, run):
+    """order="dilated_first" runs the reference (plain PyTorch, autograd); the fused backends
+    implement the dense-first order only, so asking one of them for the other order is an error."""
+    if order not in ORDERS:
+        raise ValueError(f"order={order!r} (model.lsta_order): expected one of {ORDERS}")
+    name = _dispatch.requested()
+    if name not in ("auto", "eager"):
+        raise ValueError(f"mgnet.ops.{op}: order={order!r} (model.lsta_order) runs on the eager backend only; "
+                         f"the {name!r} kernels implement dense_first (VAN's order). Use model.ops_backend=eager "
+                         f"or auto (MGNET_BACKEND), or model.lsta_order=dense_first")
+    return run()
+
+
+def lka3d(x, w0, b0, w1, b1, wp, bp, *, dilation: int = 3, order: str = "dense_first"):
+    """Depthwise k0^3 conv -> depthwise dilated k1^3 conv -> pointwise conv (module docstring);
+    ``order="dilated_first"`` swaps the two depthwise convolutions (eager backend only)."""
     check_tensor("x", x, ndim=5, dtypes=FLOAT_DTYPES, shape_doc="(B, C, D, H, W)")
     _check_lka_weights(x.shape[1], x, w0, b0, w1, b1, wp, bp, dilation)
+    if order != "dense_first":
+        return _other_order("lka3d", order, lambda: lka3d_reference(x, w0, b0, w1, b1, wp, bp, int(dilation), order))
     be = _dispatch.resolve("lka3d", x.device)
     args = [t.contiguous() for t in (x, w0, b0, w1, b1, wp, bp)]
     return _lka3d_op(*args, int(dilation), be)
 
 
-def lsta(e, w0, b0, w1, b1, wp, bp, *, dilation: int = 3):
+def lsta(e, w0, b0, w1, b1, wp, bp, *, dilation: int = 3, order: str = "dense_first"):
     """LSTA gate e + e * sigmoid(lka3d(mean_c e)) for e (B, t, c, h, w) (module docstring)."""
     check_tensor("e", e, ndim=5, dtypes=FLOAT_DTYPES, shape_doc="(B, t, c, h, w)")
     _check_lka_weights(1, e, w0, b0, w1, b1, wp, bp, dilation)
+    if order != "dense_first":
+        return _other_order("lsta", order, lambda: lsta_reference(e, w0, b0, w1, b1, wp, bp, int(dilation), order))
     be = _dispatch.resolve("lsta", e.device)
     args = [t.contiguous() for t in (e, w0, b0, w1, b1, wp, bp)]
     return _lsta_op(*args, int(dilation), be)

@@ -246,3 +246,40 @@ def test_video_without_long_enough_tracks(tmp_path):
         f.write("[1, 2")
     with pytest.raises(DataError, match="scenes.json: not valid JSON"):
         prep.prepare_split(data_cfg(root, kind="folder", seg_len=4), "test", progress=False)
+
+
+@pytest.mark.slow
+def test_folder_of_videos_without_pose_files_extracts_them(tmp_path):
+    pytest.importorskip("mediapipe", reason="the pose extra (pip install -e '.[pose]') is not installed")
+    from mgnet.data.pose_estimation import source_path
+    from mgnet.data.pose_formats import load_poses
+    from tests.data._pose_fixtures import walkers_video
+    root = tmp_path / "mine"
+    root.mkdir()
+    walkers_video(root / "walk.mp4", n=12)
+    with pytest.raises(DataError, match="walk_alphapose_tracked_person.json: pose file of video walk.mp4 not found"):
+        prep.prepare_split(data_cfg(root, kind="folder"), "test", progress=False)
+    cfg = data_cfg(root, kind="folder", pose_estimator="builtin")
+    store = prep.prepare_split(cfg, "test", progress=False)
+    poses = root / "prepared" / "poses" / "walk.json"
+    assert json.loads(source_path(poses).read_text())["settings"]["estimator"] == "builtin"
+    tracks = load_poses(poses)
+    assert sorted(tracks) == [1, 2]
+    # every window of every track of the extracted poses (stride 1, T = 8), its joints in the store
+    assert len(store) == sum(len(fr) - T + 1 for fr, _ in tracks.values())
+    assert set(store.column("person").tolist()) == {1, 2}
+    for i in (0, len(store) - 1):
+        x = store[i]
+        fr, kp = tracks[int(x["person"])]
+        assert (np.diff(fr) == 1).all()  # found in every frame: rows are the track's own frames
+        k18 = coco17_to_openpose18(kp[int(x["start"]) - fr[0]:][:T])
+        np.testing.assert_allclose(x["pose_conf"].numpy(), k18[..., 2], rtol=1e-6)
+        np.testing.assert_allclose(x["pose"].numpy(), normalize_pose(k18[..., :2], (480, 272)).transpose(2, 0, 1),
+                                   rtol=1e-5, atol=1e-6)
+    # another estimator (or other settings) is another store; the file-based one is unchanged
+    files_hash = prep.config_hash(prep.data_config(data_cfg(root, kind="folder")), "test")
+    assert prep.config_hash(prep.data_config(cfg), "test") != files_hash
+    other = data_cfg(root, kind="folder", pose_estimator="builtin", pose_options={"tiles": 2})
+    assert prep.config_hash(prep.data_config(other), "test") != prep.config_hash(prep.data_config(cfg), "test")
+    with pytest.raises(DataError, match="data.pose_estimator must be files, builtin or onnx"):
+        prep.data_config(data_cfg(root, kind="folder", pose_estimator="alphapose"))

@@ -175,7 +175,7 @@ def test_stale_synthetic_root_is_regenerated(tmp_path, monkeypatch, capsys):
                    f"{synthetic.VERSION}" in err and str(root) in err
         else:
             assert err == ""
-    assert calls[0][1] == {"force": True}
+    assert calls[0][1] == {"force": True, "variant": "default"}
     h = prepare.config_hash(cfg, "train")
     monkeypatch.setattr(prepare, "SYNTH_VERSION", synthetic.VERSION + 1)
     assert prepare.config_hash(cfg, "train") != h

@@ -1,6 +1,7 @@
 """Memory read / separateness and the Behavior-Scene Matching Memory against hand-computed values."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -237,3 +238,85 @@ def test_memories_fit_a_seeded_subset_of_large_inputs():
     pm = PoseMemory(2, joints=1)
     pm.fit(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]).repeat(100, 1), max_frames=20)
     assert sorted(pm.slots[:, 0].tolist()) == pytest.approx([-1.0, 1.0], abs=0.2)
+
+
+def test_segment_memory_knn_by_hand_and_own_track_left_out():
+    from mgnet.models.memory import SegmentMemory
+    # 1 x 2 x 2 "poses" (D = 4): three normal segments, two of them from track 7
+    mem = SegmentMemory(slots=8, dim=4, k=1)
+    segs = torch.tensor([[0., 0, 0, 0], [3., 0, 0, 0], [0., 0, 4, 0]])
+    mem.fit(segs, torch.tensor([7, 7, 9]))
+    assert mem.is_fitted and mem._filled == 3
+    q = torch.tensor([[1., 0, 0, 0], [0., 0, 0, 0], [3., 0, 4, 0]]).view(3, 1, 2, 2)
+    # distances to segs 0, 1, 2: q0 (1, 2, sqrt 17); q1 (0, 3, 4); q2 (5, 4, 3)
+    np.testing.assert_allclose(mem(q).numpy(), [1.0, 0.0, 3.0])
+    mem2 = SegmentMemory(slots=8, dim=4, k=2)
+    mem2.fit(segs, torch.tensor([7, 7, 9]))
+    np.testing.assert_allclose(mem2(q).numpy(), [(1 + 2) / 2, (0 + 3) / 2, (3 + 4) / 2])
+    # leave-own-track-out: q1 belongs to track 7, so only seg 2 (distance 4) remains; q0 and q2 to
+    # track 9: q0 keeps seg 0 (1), q2 loses seg 2 (3 -> 4); a track that is the whole memory falls back to all
+    mem.exclude_own_track = True
+    got = mem(q, torch.tensor([9, 7, 9]))
+    np.testing.assert_allclose(got.numpy(), [1.0, 4.0, 4.0])
+    only = SegmentMemory(slots=2, dim=4)
+    only.fit(segs[:2], torch.tensor([5, 5]))
+    only.exclude_own_track = True
+    np.testing.assert_allclose(only(q[:1], torch.tensor([5])).numpy(), [1.0])
+    # chunked search over the memory gives the same k nearest
+    np.testing.assert_allclose(mem2(q, chunk=1).numpy(), mem2(q).numpy())
+    # more segments than slots: a seeded subset
+    big = SegmentMemory(slots=2, dim=4)
+    big.fit(segs, torch.tensor([1, 2, 3]))
+    assert big._filled == 2 and all(any(torch.equal(r, s) for s in segs) for r in big.slots)
+
+
+def test_appearance_descriptors_clip_norm_cancel_a_channel_gain():
+    from mgnet.models.memory import AppearanceMemory
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 3, 4, 16, 16, generator=g) * 120 + 60).round().to(torch.uint8)   # uint8 crops
+    mem = AppearanceMemory(4, (2, 2, 2), norm="clip")
+    d = mem.descriptors(x)
+    # by hand for cube 0 of clip 0, channel 0: pixels [0:2, 0:8, 0:8]
+    c = x[0, 0, :2, :8, :8].double()
+    mu = float(x[0, 0].double().mean()) + 1.0           # the cubes tile the clip: their means average to its mean
+    assert d[0, 0, 0].item() == pytest.approx(float(c.mean()) / mu, rel=1e-5)
+    assert d[0, 0, 3].item() == pytest.approx(float(c.std()) / mu, rel=1e-4)
+    # a white-balance / exposure change (per-channel gain) moves the plain statistics, not these
+    gain = torch.tensor([0.8, 1.0, 1.25]).view(1, 3, 1, 1, 1)
+    y = (x.double() * gain).round().to(torch.uint8)
+    plain = AppearanceMemory(4, (2, 2, 2))
+    assert (plain.descriptors(y) - plain.descriptors(x)).abs().max() > 0.1
+    np.testing.assert_allclose(mem.descriptors(y).numpy(), d.numpy(), atol=0.02)
+    with pytest.raises(ValueError, match="norm"):
+        AppearanceMemory(4, (2, 2, 2), norm="scene")
+
+
+def test_appearance_memory_held_out_folds_for_training_statistics():
+    from mgnet.models.memory import AppearanceMemory
+    # videos 0, 2 (parity 0) hold colour A, videos 1, 3 (parity 1) colour B: a clip of an even
+    # video measured against the memory fitted on odd videos lies at the distance A-B
+    g = torch.Generator().manual_seed(0)
+    mem = AppearanceMemory(2, (2, 2, 2), topk=1.0)
+    a = torch.tensor([0.0, 0, 0, 0.1, 0.1, 0.1])
+    b = torch.tensor([3.0, 0, 4, 0.1, 0.1, 0.1])
+    rows = torch.cat([a.repeat(10, 1), b.repeat(10, 1)]) + 1e-3 * torch.randn(20, 6, generator=g)
+    groups = torch.tensor([0, 2] * 5 + [1, 3] * 5)
+    mem.fit(rows, groups=groups)
+    assert mem._fold_filled == (2, 2)
+    x = torch.full((2, 3, 4, 16, 16), 0.5)            # any clip: its descriptors, then fold by video
+    d = mem.descriptors(x)
+    near = torch.cdist(d.reshape(-1, 6), mem.slots[:mem._filled]).min(1).values.view(2, -1).mean(1)
+    np.testing.assert_allclose(mem(x).numpy(), near.numpy(), rtol=1e-5)     # not excluding: the full memory
+    mem.exclude_own_track = True
+    got = mem(x, torch.tensor([0, 1]))
+    for i, f in ((0, 0), (1, 1)):
+        want = torch.cdist(d[i], mem.fold_slots[f, :mem._fold_filled[f]]).min(1).values.mean()
+        assert got[i].item() == pytest.approx(want.item(), rel=1e-5)
+    # fold 0 (for even videos) was fitted on odd videos only: its slots sit at colour B
+    assert torch.allclose(mem.fold_slots[0, :2], b.expand(2, 6), atol=0.01)
+    assert torch.allclose(mem.fold_slots[1, :2], a.expand(2, 6), atol=0.01)
+    # one parity only (or unknown videos): no folds, the full memory is used
+    mem.fit(rows, groups=torch.zeros(20, dtype=torch.long))
+    assert mem._fold_filled == (0, 0)
+    full = torch.cdist(d.reshape(-1, 6), mem.slots[:mem._filled]).min(1).values.view(2, -1).mean(1)
+    np.testing.assert_allclose(mem(x, torch.tensor([0, 1])).numpy(), full.numpy(), rtol=1e-5)

@@ -143,7 +143,7 @@ def test_train_keeps_stage_modes_and_stage4(tiny):
     assert model.stage_parameters(4) == [] and not any(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match="stage 4 trains nothing"):
         model.losses(_batch(cfg), 4)
-    with pytest.raises(ValueError, match="stage must be 1, 2, 3 or 4"):
+    with pytest.raises(ValueError, match="stage must be 0, 1, 2, 3 or 4"):
         model.set_stage(5)
 
 
@@ -166,10 +166,14 @@ def test_scores_match_equations(tiny):
     with pytest.warns(RuntimeWarning, match="Behavior-Scene Matching Memory is empty"):
         s0 = model.scores(b)
     assert torch.equal(s0["mm"], torch.zeros(4))
-    info = model.bsmm_write(_batch(cfg, B=6, seed=1))            # seeds 4 slots, updates with 2
+    written = _batch(cfg, B=6, seed=1)
+    info = model.bsmm_write(written)                              # seeds 4 slots, updates with 2
     assert info["filled"] == 4 and info["sep_r"] >= 0
     s = model.scores(b)
-    assert set(s) == {"mo", "app", "mm", "nll"}
+    assert set(s) == {"mo", "app", "mm", "nll", "pose"}
+    # S_pose: distance to the nearest of the 6 written pose segments (SegmentMemory)
+    near = torch.cdist(b["pose"].flatten(1), written["pose"].flatten(1)).min(1).values
+    torch.testing.assert_close(s["pose"], near, rtol=1e-4, atol=1e-4)
     assert all(v.shape == (4,) and v.dtype == torch.float32 and torch.isfinite(v).all() for v in s.values())
     with torch.no_grad():
         z, nll = model.stgnf.nll(b["pose"])
@@ -229,7 +233,7 @@ def test_config_errors_and_dict():
         ModelConfig.from_dict({"embed_dimm": 3})
     with pytest.raises(ValueError, match="model.c_mo"):
         ModelConfig(c_mo=30)
-    cfg = ModelConfig.from_dict({"preset": "paper", "n_r": 7})
+    cfg = ModelConfig.from_dict({"preset": "vits", "n_r": 7})
     assert cfg.embed_dim == 384 and cfg.n_r == 7 and cfg.grid == (8, 8, 8)
     assert MGNet({"preset": "small", **TINY}).cfg.embed_dim == 16
 
@@ -274,13 +278,13 @@ def test_small_config_forward_backward_real_shapes():
     assert paper.bsmm.slots.shape == (cfg.n_r, 512 * cfg.n_b + cfg.n_s)
 
 
-def test_paper_config_shapes():
+def test_vits_config_shapes():
     torch.manual_seed(0)
-    full = MGNet(ModelConfig.paper())
+    full = MGNet(ModelConfig.vits())
     assert 40e6 < count_parameters(full) < 50e6           # two ViT-S encoders (~21.6M each) + heads
     assert count_parameters(full.rgb_encoder) == count_parameters(full.mask_encoder)
     del full
-    cfg = ModelConfig.paper(depth=1)                      # paper widths; depth does not change shapes
+    cfg = ModelConfig.vits(depth=1)                       # ViT-S widths; depth does not change shapes
     model = MGNet(cfg)
     b = _batch(cfg, B=1)
     with torch.no_grad():
