@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # numpy 1.26 like a user's `pip install -e ".[pose]"`; EXTRAS=test keeps numpy 2 (pose tests skip).
 EXTRAS ?= test,pose,deploy,tensorboard
 
-.PHONY: install demo test bench gpu-check clean
+.PHONY: install demo test bench gpu-check clean chromium
 
 $(STAMP): $(SOURCES)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mgnet demo
 
-test: $(STAMP)
+# headless Chromium opens the HTML report in tests/test_report.py; installed once here, not by the test
+chromium:
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || { \
+	  echo "make test: installing headless Chromium (apt-get) for tests/test_report.py"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	  || echo "make test: could not install Chromium with apt-get; install it (apt-get install chromium) or the HTML report tests fail"; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest tests -q -ra $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -3,7 +3,9 @@
 A job module holds ``usage() -> str`` and ``main(argv: list[str]) -> int``; this file routes to it,
 answers ``--help`` with the job's usage, and turns the project's errors (a bad run folder, bad
 input data, a bad config or argument) into one line ``mgnet <command>: error: ...`` on stderr and
-the command's error status (2; `synth` and `prepare` have always used 1). Subcommands that take a
+the command's error status (2 for every command, as the README promises; `synth` and `prepare`
+used 1 before). A config or option error (mgnet.config_schema.ConfigError) is a ValueError; an
+OSError (disk full, read-only folder) is one line naming the file, with status 2 too. Subcommands that take a
 config accept hydra overrides (``key=value``, ``group=option``).
 """
 from __future__ import annotations
@@ -16,8 +18,8 @@ from mgnet.runs import RunError
 
 # command -> (job module, summary, exit status on a project error)
 COMMANDS = {
-    "synth": ("mgnet.jobs.synth", "write the built-in synthetic benchmark (ShanghaiTech layout)", 1),
-    "prepare": ("mgnet.jobs.prepare", "decode videos once into the prepared-clip store", 1),
+    "synth": ("mgnet.jobs.synth", "write the built-in synthetic benchmark (ShanghaiTech layout)", 2),
+    "prepare": ("mgnet.jobs.prepare", "decode videos once into the prepared-clip store", 2),
     "train": ("mgnet.jobs.train", "train the four stages (resumable)", 2),
     "eval": ("mgnet.jobs.evaluate", "score the test split and report frame AUCs", 2),
     "demo": ("mgnet.jobs.demo", "synthesise, prepare, train and evaluate the small benchmark", 2),
@@ -58,6 +60,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mgnet: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, read-only folder, no permission: one line, status 2
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mgnet {cmd}: error: cannot write or read {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

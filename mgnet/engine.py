@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from mgnet import runs
+from mgnet import config_schema, faults, runs
 from mgnet.data.prepare import prepare_split
 from mgnet.runs import RunDir, RunError
 from mgnet.scoring import OPTIONAL_COMPONENTS, SCORE_KEYS
@@ -258,7 +258,7 @@ def load_run(run_dir, device="cpu", stage: int = 4) -> Tuple[torch.nn.Module, An
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise RunError(f"run folder {run.root} does not exist")
-    cfg = runs.load_config(run.config)
+    cfg = config_schema.load_run_config(run.config)
     ckpt_path = run.stage(stage)
     if not ckpt_path.exists():
         have = sorted(p.name for p in run.ckpt_dir.glob("stage?.pt")) if run.ckpt_dir.is_dir() else []
@@ -311,6 +311,7 @@ def score_clips(model, store, batch_size: int, ctx=None, amp: bool | str = True,
             parts[k].append(v)
         for k in META_KEYS:
             parts[k].append(batch[k].numpy())
+        faults.point("scores.batch")
     res = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
     for k in SCORE_KEYS + META_KEYS:
         res.setdefault(k, np.zeros(0))

@@ -140,16 +140,20 @@ def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
             return {}
         stats = runs.read_json(run.score_stats) if run.score_stats.exists() else None
         metrics, curves = compute_metrics(clip, store, cfg, stats)
+        for d in (run.root / "eval", run.plots / "videos"):  # left by an evaluation killed mid-write
+            runs.remove_temporaries(d)
+        runs.remove_temporaries(run.root, recursive=False)
         arrays = {}
         for name, fused in curves["fused"].items():
             arrays[name] = fused.astype(np.float32)
             for key in ROW_KEYS + tuple(k for k in OPTIONAL_KEYS + ("fused_minmax",) if k in curves):
                 arrays[f"{key}/{name}"] = curves[key][name].astype(np.float32)
             arrays[f"gt/{name}"] = curves["gt"][name].astype(np.uint8)
-        runs.save_npz(run.frame_scores, arrays)
         if cfg.eval.plots:
             metrics["plots"] = plot_videos(run, curves, int(cfg.eval.max_plots))
-        runs.write_json(run.metrics, metrics)
+        # together: metrics.json never describes another evaluation's frame_scores.npz
+        runs.atomic_write_all([(run.frame_scores, runs.npz_writer(arrays)),
+                               (run.metrics, runs.json_writer(metrics))])
         tracking.log_eval(run.root, cfg, metrics)
         log.info("evaluated %d test videos (%d frames, sigma %g): fused micro AUC %.4f -> %s",
                  metrics["num_videos"], metrics["num_frames"], metrics["sigma"],

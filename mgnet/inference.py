@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mgnet import scoring
+from mgnet import faults, scoring
 from mgnet.data.crops import crop_squares, person_boxes, scene_images
 from mgnet.data.pose_formats import check_frame_range, load_poses
 from mgnet.data.poses import Track, coco17_to_openpose18, normalize_pose
@@ -105,18 +105,36 @@ class FrameScore:
 
 
 def load_score_stats(run_dir) -> dict:
-    """The run's ``score_stats.json``; ValueError naming the file when missing or incomplete."""
+    """The run's ``score_stats.json``; DataError naming the file when missing, not JSON, or without
+    finite min <= max (and finite percentiles) for each of mo, app, mm and fused."""
+    from mgnet.data.errors import DataError
     path = Path(run_dir) / "score_stats.json"
     if not path.is_file():
-        raise ValueError(f"{path}: missing; the run has no training-set score statistics (train it to the "
-                         "end with train.score_stats=true)")
+        raise DataError(path, "missing; the run has no training-set score statistics (train it to the "
+                              "end with train.score_stats=true)")
     try:
-        stats = json.loads(path.read_text())
+        stats = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg})") from None
-    missing = [k for k in scoring.COMPONENTS + ("fused",) if k not in stats or "min" not in stats[k]]
+        raise DataError(path, f"not valid JSON ({e.msg})") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise DataError(path, "not a UTF-8 JSON text") from None
+    if not isinstance(stats, dict):
+        raise DataError(path, f"expected a JSON object of statistics, got {type(stats).__name__}")
+    names = scoring.COMPONENTS + ("fused",)
+    missing = [k for k in names if not isinstance(stats.get(k), dict) or "min" not in stats[k]]
     if missing:
-        raise ValueError(f"{path}: lacks statistics for {missing}")
+        raise DataError(path, f"lacks statistics for {missing}")
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    for k in names:
+        st = stats[k]
+        bad = [f for f in ("min", "max") if not number(st.get(f))]
+        bad += [f for f in st if f.startswith("p") and not number(st[f])]
+        if bad:
+            raise DataError(path, f"{k}: {', '.join(bad)} must be finite numbers")
+        if st["min"] > st["max"]:
+            raise DataError(path, f"{k}: min {st['min']} > max {st['max']}")
     return stats
 
 
@@ -394,6 +412,7 @@ def score_offline(model, src, tracks, spec: ClipSpec, stats, lambdas, sigma: flo
             raw.setdefault(k, []).append(v)
         pids.append(batch["person"].numpy())
         centre_frames.append(batch["frame"].numpy())
+        faults.point("score.batch")
     raw = {k: np.concatenate(v) if v else np.zeros(0) for k, v in raw.items()}
     pids = np.concatenate(pids) if pids else np.zeros(0, np.int64)
     centre_frames = np.concatenate(centre_frames) if centre_frames else np.zeros(0, np.int64)

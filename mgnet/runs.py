@@ -27,33 +27,91 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import numpy as np
 import torch
 
+from mgnet import faults
+
 
 class RunError(RuntimeError):
     """A problem with a run folder (missing/corrupt checkpoint, config mismatch, stage order)."""
 
 
 # ---------------------------------------------------------------- atomic writes
-def atomic_write(path: os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename tmp_path to ``path`` (same folder, so the rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def _cannot_write(path: Path, exc: OSError) -> RunError:
+    return RunError(f"cannot write {path}: {exc.strerror or exc} (the previous file, if any, is unchanged)")
+
+
+def _write_temp(path: Path, write: Callable[[str], None]) -> str:
+    """``write`` into a temporary file beside ``path``; returns its name. On any failure the
+    temporary file is removed and an OSError (disk full, read-only folder) becomes a RunError."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        faults.point(f"write {path.name}")
+        return tmp
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _cannot_write(path, exc) from exc
         raise
-    return path
 
 
-def write_text(path, text: str) -> Path:
+def atomic_write(path: os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename tmp_path to ``path`` (same folder, so the rename is atomic).
+    A failed write (disk full, read-only folder: RunError naming the file) leaves ``path`` as it was."""
+    return atomic_write_all([(path, write)])[0]
+
+
+def atomic_write_all(items) -> list:
+    """Several files that belong together, e.g. frame_scores.npz and the metrics.json computed
+    with it: every ``(path, write)`` is written to its temporary name first (a failure changes
+    none of them), then the last path, the one readers check, is removed, the others renamed
+    into place and the last renamed last. A kill during the renames leaves the last file absent,
+    never claiming files of another write."""
+    items = [(Path(p), w) for p, w in items]
+    temps = []
+    try:
+        for path, write in items:
+            temps.append(_write_temp(path, write))
+        if len(items) > 1 and items[-1][0].exists():
+            items[-1][0].unlink()
+            faults.point(f"commit {items[-1][0].name}")
+        for (path, _), tmp in zip(items, temps):
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise _cannot_write(path, exc) from exc
+    finally:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return [p for p, _ in items]
+
+
+def remove_temporaries(root: os.PathLike, recursive: bool = True) -> int:
+    """Delete the temporary files (``.<name>.<random>.tmp``) that writes killed before their rename
+    left under ``root``; returns how many. Call only where no other process is writing there."""
+    n = 0
+    root = Path(root)
+    if root.is_dir():
+        for p in (root.rglob if recursive else root.glob)(".*.tmp"):
+            if p.is_file():
+                p.unlink()
+                n += 1
+    return n
+
+
+def text_writer(text: str) -> Callable[[str], None]:
     def _w(tmp):
         with open(tmp, "w") as f:
             f.write(text)
-    return atomic_write(path, _w)
+    return _w
+
+
+def write_text(path, text: str) -> Path:
+    return atomic_write(path, text_writer(text))
 
 
 def _jsonable(x):
@@ -71,9 +129,13 @@ def _jsonable(x):
     return x
 
 
-def write_json(path, obj) -> Path:
+def json_writer(obj) -> Callable[[str], None]:
     """JSON with NaN/inf written as null (strict JSON), numpy scalars converted."""
-    return write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    return text_writer(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def write_json(path, obj) -> Path:
+    return atomic_write(path, json_writer(obj))
 
 
 def read_json(path) -> Any:
@@ -81,11 +143,15 @@ def read_json(path) -> Any:
         return json.load(f)
 
 
-def save_npz(path, arrays: Mapping[str, np.ndarray]) -> Path:
+def npz_writer(arrays: Mapping[str, np.ndarray]) -> Callable[[str], None]:
     def _w(tmp):
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-    return atomic_write(path, _w)
+    return _w
+
+
+def save_npz(path, arrays: Mapping[str, np.ndarray]) -> Path:
+    return atomic_write(path, npz_writer(arrays))
 
 
 def save_checkpoint(path, state: Mapping[str, Any]) -> Path:

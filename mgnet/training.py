@@ -43,7 +43,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 from omegaconf import OmegaConf
 
-from mgnet import engine, runs, scoring, tracking
+from mgnet import engine, faults, runs, scoring, tracking
 from mgnet.engine import Dist, autocast, load_model_state, model_identity, score_clips, to_device
 from mgnet.runs import RunDir, RunError
 from mgnet.scoring import SCORE_KEYS
@@ -105,6 +105,7 @@ def prepare_run_dir(cfg, ctx: Dist) -> RunDir:
                                f"(train.resume=true) to continue it, train.overwrite=true to start over, "
                                f"or choose another train.out")
         run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        runs.remove_temporaries(run.root)  # left by a run killed mid-write (never read: hidden names)
         if not (cfg.train.resume and run.config.exists()):
             runs.save_config(run.config, cfg)
     ctx.barrier()
@@ -312,6 +313,7 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
                 if stop and step < total:
                     bar.close()
                     raise Stopped(f"stage {stage} step {step}")
+                faults.point(f"stage{stage}.step")
                 if step >= total:
                     break
     bar.close()
@@ -343,6 +345,7 @@ def write_bsmm(model, store, cfg, run: RunDir, ctx: Dist, log) -> None:
                           file=sys.stderr):
             with _annotate("stage4/write", color="green"):
                 model.bsmm_write(to_device(batch, ctx.device))
+            faults.point("stage4.batch")
         with _annotate("stage4/finish", color="green"):
             info = model.bsmm_finish()     # pose mode: fit the pose memory, write the BSMM from all clips
     log.info(f"stage 4: BSMM written from {len(store)} clips in {time.perf_counter() - t0:.1f}s "
@@ -405,6 +408,7 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
     """Run the requested stages of one run. Returns ``{"run": RunDir, "stopped": bool, ...}``."""
     own_ctx = ctx is None
     ctx = ctx or Dist(str(cfg.train.device))
+    restore_torch = None
     try:
         if cfg.train.threads and ctx.device.type == "cpu":
             torch.set_num_threads(int(cfg.train.threads))
@@ -419,18 +423,21 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
             raise ValueError(f"train.stages={stages} includes 0, which pre-trains the RGB features of "
                              f"model.rgb_pretrain=mae; model.rgb_pretrain is {cfg.model.get('rgb_pretrain')!r}")
         prev_stage = {s: (s - 1 if s > 1 or (s == 1 and mae) else None) for s in stages}
+        # stage prerequisites before any data or training time is spent, and before the run folder is made
+        for s, p in prev_stage.items():
+            if p is not None and p not in stages and not RunDir(cfg.train.out).stage(p).exists():
+                raise RunError(f"stage {s} needs {RunDir(cfg.train.out).stage(p)} (stage {p}'s checkpoint), "
+                               f"which does not exist; run stage {p} first (train.stages=[{p},{s}])")
         run = prepare_run_dir(cfg, ctx)
         log = runs.get_logger(run, ctx.rank)
-        # stage prerequisites before any data or training time is spent
-        for s, p in prev_stage.items():
-            if p is not None and p not in stages and not run.stage(p).exists():
-                raise RunError(f"stage {s} needs {run.stage(p)} (stage {p}'s checkpoint), which does "
-                               f"not exist; run stage {p} first (train.stages=[{p},{s}])")
         store = engine.open_split(cfg.data, "train", ctx)
         log.info(f"run {run.root}: {len(store)} training clips, stages {stages}, world {ctx.world}, "
                  f"device {ctx.device}")
         torch.manual_seed(int(cfg.seed))
         model = engine.build_model(cfg.model).to(ctx.device)
+        if cfg.train.get("deterministic", False):
+            from mgnet import determinism
+            restore_torch = determinism.enable(model, ctx.device)
         if OmegaConf.select(cfg, "train.compile", default=False):
             engine.compile_model(model)
         budget = {"steps": 0, "stop_after": cfg.train.stop_after_steps}
@@ -440,6 +447,8 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
                 done = run.stage(s)
                 if cfg.train.resume and done.exists():
                     log.info(f"stage {s}: finished earlier ({done}), skipped")
+                    if ctx.main and run.snapshot(s).exists():  # killed between the checkpoint and this unlink
+                        run.snapshot(s).unlink()
                     continue
                 if prev_stage[s] is not None and loaded != prev_stage[s]:
                     prev = run.stage(prev_stage[s])
@@ -469,5 +478,7 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
         ctx.barrier()
         return {"run": run, "stopped": False, "steps": budget["steps"], "model": model}
     finally:
+        if restore_torch is not None:
+            restore_torch()
         if own_ctx:
             ctx.close()

@@ -108,7 +108,6 @@ def _tiny_model_and_batch(B=3, **kw):
 @pytest.mark.parametrize("what", ["losses-s2", "losses-s3", "scores", "scores-default"])
 def test_model_has_no_graph_break_in_the_ops(what):
     """scores: the paper's S_app (mask encoder); scores-default: the appearance and pose memories."""
-    pytest.importorskip("mgnet.models.mgnet")
     torch._dynamo.reset()
     model, batch = _tiny_model_and_batch(**({"app_target": "cubes"} if what == "scores-default" else {}))
     if what.startswith("scores"):
@@ -127,7 +126,6 @@ def test_model_has_no_graph_break_in_the_ops(what):
 def test_op_calling_submodules_compile_fullgraph():
     """The modules that call the custom ops (cube embedding + ViT, H_B with LSTA, the memories)
     compile with fullgraph=True, forward and backward, and match eager."""
-    pytest.importorskip("mgnet.models.mgnet")
     torch._dynamo.reset()
     model, batch = _tiny_model_and_batch()
     model.set_stage(2)
@@ -163,7 +161,6 @@ def test_op_calling_submodules_compile_fullgraph():
 def test_inductor_compiled_scores_match_eager(app_target):
     """One real inductor compile of scores() (the fused ops stay opaque custom-op calls), with the
     paper's S_app (mask encoder) and with the appearance memory."""
-    pytest.importorskip("mgnet.models.mgnet")
     torch._dynamo.reset()
     model, batch = _tiny_model_and_batch(app_target=app_target)
     model.eval()

@@ -64,14 +64,14 @@ def test_bad_inputs_with_a_real_run(tiny_run, tmp_path, capsys):
     base, data, run = tiny_run
     # missing dataset root (a kind that is not generated on demand)
     rc = cli.main(["train", "data=shanghaitech", f"data.root={tmp_path}/nope", f"train.out={tmp_path}/r"])
-    assert rc != 0 and "nope" in capsys.readouterr().err
+    assert rc == 2 and "nope" in capsys.readouterr().err
     # a run folder whose config does not match the checkpoint
     cfg = run.config.read_text().replace("embed_dim: 32", "embed_dim: 48")
     bad = tmp_path / "bad"
     (bad / "checkpoints").mkdir(parents=True)
     (bad / "config.yaml").write_text(cfg)
     (bad / "checkpoints" / "stage4.pt").write_bytes(run.stage(4).read_bytes())
-    assert cli.main(["eval", f"run={bad}"]) != 0
+    assert cli.main(["eval", f"run={bad}"]) == 2
     assert "model.embed_dim" in capsys.readouterr().err
     # resume a finished run: everything skipped, nothing changed
     before = run.stage(3).read_bytes()

@@ -64,13 +64,29 @@ def write_clip_video(path, tracks, num_frames=26, fps=10):
 
 
 def tiny_model():
+    """A narrow MGNet (these tests check plumbing, not accuracy) whose stage-4 memories are written
+    from a made-up batch, so that S_app and S_mm are not identically 0 (an empty memory scores 0
+    and would let a comparison of those components pass whatever they were computed from)."""
     from mgnet.models.config import ModelConfig
+    from mgnet.models.example import example_batch
     from mgnet.models.mgnet import MGNet
     torch.manual_seed(0)
-    cfg = ModelConfig.small()  # narrowed further: these tests check plumbing, not accuracy
+    cfg = ModelConfig.small()
     cfg.embed_dim, cfg.depth, cfg.heads, cfg.head_hidden, cfg.c_app = 32, 1, 2, 32, 32
     cfg.flow_steps, cfg.flow_hidden = 2, 8
-    return MGNet(cfg).eval()
+    model = MGNet(cfg)
+    model.set_stage(4)
+    with torch.no_grad():
+        model.bsmm_write(example_batch(cfg, 64, seed=1))
+        model.bsmm_finish()
+    return model.eval()
+
+
+def assert_components_live(res):
+    """S_app and S_mm of a scored video are finite and not all 0 (see tiny_model)."""
+    for k in ("app", "mm"):
+        v = res.components[k][np.isfinite(res.components[k])]
+        assert v.size and np.abs(v).max() > 0, f"S_{k} is identically 0"
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +133,7 @@ def test_online_scores_equal_offline_scores_under_training_normalisation(clip, m
     assert len(off.score) == len(on.score) == 26
     np.testing.assert_array_equal(np.isnan(off.score), np.isnan(on.score))
     assert np.isfinite(off.score).sum() == 11
+    assert_components_live(off)
     np.testing.assert_allclose(on.score, off.score, rtol=1e-6, equal_nan=True)
     assert sorted(on.persons) == sorted(off.persons) == [1, 2]  # person 3 never has 16 frames
     for p in off.persons:

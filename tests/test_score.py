@@ -12,7 +12,7 @@ from mgnet.cli import main as cli
 from mgnet.data.pose_formats import load_poses, save_poses
 from mgnet.data.video import open_frames
 from mgnet.inference import ClipSpec, find_pose_file, score_offline, video_inputs
-from tests.test_inference import LAMBDAS, STATS, clip_tracks, tiny_model, write_clip_video
+from tests.test_inference import LAMBDAS, STATS, assert_components_live, clip_tracks, tiny_model, write_clip_video
 from tests.test_report import dump_dom
 
 VARIANTS = [("alphapose-tracked", {}), ("alphapose-results", {"with_ids": False}),
@@ -35,9 +35,12 @@ def test_every_pose_adapter_gives_identical_scores(tmp_path):
         results[name] = score_offline(model, src, load_poses(p), ClipSpec(), STATS, LAMBDAS, batch_size=32)
     ref = results["alphapose-tracked-"]
     assert np.isfinite(ref.score).sum() == 11
+    assert_components_live(ref)
     for name, res in results.items():
         np.testing.assert_array_equal(res.score, ref.score, err_msg=name)
         np.testing.assert_array_equal(res.score_minmax, ref.score_minmax, err_msg=name)
+        for k in ("app", "mm"):
+            np.testing.assert_array_equal(res.components[k], ref.components[k], err_msg=f"{name} S_{k}")
         assert sorted(res.persons) == sorted(ref.persons), name
         for p in ref.persons:
             np.testing.assert_array_equal(res.persons[p], ref.persons[p], err_msg=f"{name} person {p}")

@@ -7,10 +7,12 @@
 //      BLAS call on the tile (at::addmm_, single-threaded inside the parallel region).
 // Tiles run in parallel (at::parallel_for, OpenMP). No tensor of the full clip's size is created.
 //
-// Backward recomputes the patches tile by tile: grad_weight = sum_tiles G_tile^T @ A_tile (one
-// accumulator per thread, summed at the end), grad_bias = column sums of G, grad_pos = scatter-add of
-// G's rows by cube index (pos rows are shared across samples; each thread owns a range of pos rows,
-// so the adds need no atomics).
+// Backward recomputes the patches tile by tile: grad_weight = sum_tiles G_tile^T @ A_tile and
+// grad_bias = column sums of G, accumulated in one partial per chunk of consecutive tiles (at most
+// kChunks chunks, fixed by the number of rows alone) and the partials summed in chunk order, so the
+// result is bit-identical at any thread count; grad_pos = scatter-add of G's rows by cube index (pos
+// rows are shared across samples; each thread owns a range of pos rows and adds G's rows in row
+// order, so the adds need no atomics and their order is fixed too).
 //
 // Compute dtype: float64 for float64 weights (gradcheck), float32 otherwise (fp16/bf16 weights are
 // computed in fp32 and the results cast back).
@@ -23,57 +25,29 @@
 #include <optional>
 #include <vector>
 
+#include "../common/torch_glue.h"
+#include "cube_embed_args.h"
+
 namespace {
 
-constexpr int64_t K = 384;        // 3 channels x 2 frames x 8 x 8 pixels
+using mgnet_cube::Geom;
+using mgnet_cube::K;
 constexpr int64_t TILE = 128;      // forward rows per tile: A is 128 x 384 x 4 B = 192 KiB (fits L2)
 constexpr int64_t TILE_BWD = 512;  // backward: a longer reduction per grad_weight update (768 KiB)
+constexpr int64_t kChunks = 16;    // most grad_weight partials of the backward
 
-struct Geometry {
-  int64_t B, T, H, W, t, h, w, P, Pv, N;
-};
-
-Geometry geometry(const at::Tensor& frames, const at::Tensor& visible) {
-  Geometry g;
-  g.B = frames.size(0);
-  g.T = frames.size(2);
-  g.H = frames.size(3);
-  g.W = frames.size(4);
-  g.t = g.T / 2;
-  g.h = g.H / 8;
-  g.w = g.W / 8;
-  g.P = g.t * g.h * g.w;
-  g.Pv = visible.size(1);
-  g.N = g.B * g.Pv;
-  return g;
-}
-
-void check_inputs(const char* fn, const at::Tensor& frames, const at::Tensor& visible,
-                  const at::Tensor& weight, const std::optional<at::Tensor>& pos,
-                  const std::optional<at::Tensor>& mean, const std::optional<at::Tensor>& std_) {
-  TORCH_CHECK(frames.device().is_cpu(), fn, ": frames must be a CPU tensor");
-  TORCH_CHECK(frames.dim() == 5 && frames.size(1) == 3 && frames.size(2) % 2 == 0 &&
-                  frames.size(3) % 8 == 0 && frames.size(4) % 8 == 0,
-              fn, ": frames must be (B, 3, T, H, W) with T % 2 == 0, H % 8 == 0, W % 8 == 0, got ",
-              frames.sizes());
-  TORCH_CHECK(visible.dim() == 2 && visible.size(0) == frames.size(0) &&
-                  visible.scalar_type() == at::kLong,
-              fn, ": visible must be int64 (B, Pv), got ", visible.scalar_type(), " ", visible.sizes());
-  TORCH_CHECK(weight.dim() == 5 && weight.size(1) == 3 && weight.size(2) == 2 && weight.size(3) == 8 &&
-                  weight.size(4) == 8,
-              fn, ": weight must be (D, 3, 2, 8, 8), got ", weight.sizes());
-  const int64_t P = (frames.size(2) / 2) * (frames.size(3) / 8) * (frames.size(4) / 8);
-  if (pos.has_value())
-    TORCH_CHECK(pos->dim() == 2 && pos->size(0) == P && pos->size(1) == weight.size(0), fn,
-                ": pos must be (P, D) = (", P, ", ", weight.size(0), "), got ", pos->sizes());
-  if (mean.has_value()) TORCH_CHECK(mean->numel() == 3, fn, ": mean must have 3 entries");
-  if (std_.has_value()) TORCH_CHECK(std_->numel() == 3, fn, ": std must have 3 entries");
-  // range check (duplicates are harmless for memory safety; the Python front end rejects them)
+// The shared checks (cube_embed_args.h), then the range of `visible` (duplicates are harmless for
+// memory safety; the Python front end rejects them).
+Geom check_inputs(const char* fn, const at::Tensor& frames, const at::Tensor& visible, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& pos, const std::optional<at::Tensor>& mean,
+                  const std::optional<at::Tensor>& std_) {
+  const Geom g = mgnet_cube::check_args(fn, /*cuda=*/false, frames, visible, weight, pos, mean, std_);
   if (visible.numel() > 0) {
     const int64_t lo = visible.min().item<int64_t>(), hi = visible.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < P, fn, ": visible indices must lie in [0, ", P, "), got range [", lo,
-                ", ", hi, "]");
+    TORCH_CHECK(lo >= 0 && hi < g.P, fn, ": visible indices must lie in [0, ", g.P, "), got range [", lo, ", ", hi,
+                "]");
   }
+  return g;
 }
 
 // x_norm = x * scale[c] + shift[c]: uint8 -> x / 255, then (x - mean) / std (module docstring)
@@ -94,7 +68,7 @@ void channel_affine(bool is_uint8, const std::optional<at::Tensor>& mean,
 // Gather + normalise rows [r0, r0 + M) into A (M x 384, row-major).
 template <typename in_t, typename acc_t>
 inline void gather_tile(const in_t* __restrict__ frames, const int64_t* __restrict__ visible,
-                        const Geometry& g, int64_t r0, int64_t M, const acc_t* scale,
+                        const Geom& g, int64_t r0, int64_t M, const acc_t* scale,
                         const acc_t* shift, acc_t* __restrict__ A) {
   const int64_t HW = g.H * g.W, THW = g.T * HW;
   for (int64_t i = 0; i < M; ++i) {
@@ -122,7 +96,7 @@ inline void gather_tile(const in_t* __restrict__ frames, const int64_t* __restri
 template <typename in_t, typename acc_t>
 void forward_impl(const at::Tensor& frames, const at::Tensor& visible, const at::Tensor& w2d,
                   const at::Tensor& bias, const std::optional<at::Tensor>& pos, const acc_t* scale,
-                  const acc_t* shift, at::Tensor& out, const Geometry& g) {
+                  const acc_t* shift, at::Tensor& out, const Geom& g) {
   const int64_t D = w2d.size(0);
   const in_t* fp = frames.data_ptr<in_t>();
   const int64_t* vp = visible.data_ptr<int64_t>();
@@ -156,41 +130,55 @@ void forward_impl(const at::Tensor& frames, const at::Tensor& visible, const at:
   });
 }
 
+// dst[i] = sum over k of part[k * n + i], k in order (parallel over i: the order is fixed)
+template <typename acc_t>
+void sum_partials(const acc_t* part, int64_t nparts, int64_t n, acc_t* dst) {
+  at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dst[i] = part[i];
+    for (int64_t k = 1; k < nparts; ++k) {
+      const acc_t* pk = part + k * n;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) dst[i] += pk[i];
+    }
+  });
+}
+
 template <typename in_t, typename acc_t>
 void backward_impl(const at::Tensor& grad, const at::Tensor& frames, const at::Tensor& visible,
                    const acc_t* scale, const acc_t* shift, at::Tensor& gw2d, at::Tensor& gb,
-                   std::optional<at::Tensor>& gp, const Geometry& g) {
+                   std::optional<at::Tensor>& gp, const Geom& g) {
   const int64_t D = gw2d.size(0);
   const in_t* fp = frames.data_ptr<in_t>();
   const int64_t* vp = visible.data_ptr<int64_t>();
   const acc_t* gr = grad.data_ptr<acc_t>();
   const int64_t ntiles = (g.N + TILE_BWD - 1) / TILE_BWD;
-  const int nthr = at::get_num_threads();
+  const int64_t nch = std::min(ntiles, kChunks);
   const auto opts = gw2d.options();
-  // one (D x 384) + (D) accumulator per thread
-  at::Tensor gw_part = at::zeros({nthr, D, K}, opts);
-  at::Tensor gb_part = at::zeros({nthr, D}, opts);
-  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
-    const int tid = at::get_thread_num();
+  // one (D x 384) + (D) partial per chunk of consecutive tiles
+  at::Tensor gw_part = at::zeros({nch, D, K}, opts);
+  at::Tensor gb_part = at::zeros({nch, D}, opts);
+  at::parallel_for(0, nch, 1, [&](int64_t c0, int64_t c1) {
     std::vector<acc_t> buf(TILE_BWD * K);
-    at::Tensor gwl = gw_part[tid];
-    acc_t* gbl = gb_part.data_ptr<acc_t>() + tid * D;
-    for (int64_t tile = t0; tile < t1; ++tile) {
-      const int64_t r0 = tile * TILE_BWD, M = std::min(TILE_BWD, g.N - r0);
-      gather_tile<in_t, acc_t>(fp, vp, g, r0, M, scale, shift, buf.data());
-      const acc_t* gt = gr + r0 * D;
-      at::Tensor a = at::from_blob(buf.data(), {M, K}, opts);
-      at::Tensor gtile = at::from_blob(const_cast<acc_t*>(gt), {M, D}, opts);
-      gwl.addmm_(gtile.t(), a);  // += G_tile^T @ A_tile
-      for (int64_t i = 0; i < M; ++i) {
-        const acc_t* grow = gt + i * D;
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      at::Tensor gwl = gw_part[ch];
+      acc_t* gbl = gb_part.data_ptr<acc_t>() + ch * D;
+      for (int64_t tile = ntiles * ch / nch; tile < ntiles * (ch + 1) / nch; ++tile) {
+        const int64_t r0 = tile * TILE_BWD, M = std::min(TILE_BWD, g.N - r0);
+        gather_tile<in_t, acc_t>(fp, vp, g, r0, M, scale, shift, buf.data());
+        const acc_t* gt = gr + r0 * D;
+        at::Tensor a = at::from_blob(buf.data(), {M, K}, opts);
+        at::Tensor gtile = at::from_blob(const_cast<acc_t*>(gt), {M, D}, opts);
+        gwl.addmm_(gtile.t(), a);  // += G_tile^T @ A_tile
+        for (int64_t i = 0; i < M; ++i) {
+          const acc_t* grow = gt + i * D;
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) gbl[d] += grow[d];
+          for (int64_t d = 0; d < D; ++d) gbl[d] += grow[d];
+        }
       }
     }
   });
-  gw2d.copy_(gw_part.sum(0));
-  gb.copy_(gb_part.sum(0));
+  sum_partials(gw_part.data_ptr<acc_t>(), nch, D * K, gw2d.data_ptr<acc_t>());
+  sum_partials(gb_part.data_ptr<acc_t>(), nch, D, gb.data_ptr<acc_t>());
   if (gp.has_value()) {
     acc_t* gpp = gp->data_ptr<acc_t>();
     // each thread owns the pos rows [p0, p1) and scans all rows of grad for them: no atomics
@@ -205,10 +193,6 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& frames, const at::T
       }
     });
   }
-}
-
-at::ScalarType compute_type(const at::Tensor& weight) {
-  return weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 #define CUBE_DISPATCH_FRAMES(TYPE, NAME, ...)                                         \
@@ -226,11 +210,12 @@ at::Tensor masked_cube_embed_forward_cpu(const at::Tensor& frames_, const at::Te
                                          const std::optional<at::Tensor>& pos,
                                          const std::optional<at::Tensor>& mean,
                                          const std::optional<at::Tensor>& std_) {
-  check_inputs("masked_cube_embed_forward_cpu", frames_, visible_, weight, pos, mean, std_);
+  const char* fn = "masked_cube_embed_forward_cpu";
+  const Geom g = check_inputs(fn, frames_, visible_, weight, pos, mean, std_);
+  mgnet::check_device(bias, "bias", frames_, "frames", /*cuda=*/false, fn);
   const at::Tensor frames = frames_.contiguous(), visible = visible_.contiguous();
-  const Geometry g = geometry(frames, visible);
-  const int64_t D = weight.size(0);
-  const at::ScalarType ct = compute_type(weight);
+  const int64_t D = g.D;
+  const at::ScalarType ct = mgnet::acc_type(weight.scalar_type());
   const at::Tensor w2d = weight.reshape({D, K}).to(ct).contiguous();
   const at::Tensor b = bias.to(ct).contiguous();
   std::optional<at::Tensor> p;
@@ -239,15 +224,11 @@ at::Tensor masked_cube_embed_forward_cpu(const at::Tensor& frames_, const at::Te
   if (g.N > 0) {
     CUBE_DISPATCH_FRAMES(frames.scalar_type(), "masked_cube_embed_forward_cpu", [&] {
       using in_t = scalar_t;
-      if (ct == at::kDouble) {
-        double sc[3], sh[3];
-        channel_affine<double>(frames.scalar_type() == at::kByte, mean, std_, sc, sh);
-        forward_impl<in_t, double>(frames, visible, w2d, b, p, sc, sh, out, g);
-      } else {
-        float sc[3], sh[3];
-        channel_affine<float>(frames.scalar_type() == at::kByte, mean, std_, sc, sh);
-        forward_impl<in_t, float>(frames, visible, w2d, b, p, sc, sh, out, g);
-      }
+      MGNET_ACC_SWITCH(ct, acc_t, [&] {
+        acc_t sc[3], sh[3];
+        channel_affine<acc_t>(frames.scalar_type() == at::kByte, mean, std_, sc, sh);
+        forward_impl<in_t, acc_t>(frames, visible, w2d, b, p, sc, sh, out, g);
+      });
     });
   }
   return out.to(weight.scalar_type());
@@ -257,14 +238,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cube_embed_backward_cpu(
     const at::Tensor& grad_, const at::Tensor& frames_, const at::Tensor& visible_,
     const at::Tensor& weight, const std::optional<at::Tensor>& pos,
     const std::optional<at::Tensor>& mean, const std::optional<at::Tensor>& std_) {
-  check_inputs("masked_cube_embed_backward_cpu", frames_, visible_, weight, pos, mean, std_);
+  const char* fn = "masked_cube_embed_backward_cpu";
+  const Geom g = check_inputs(fn, frames_, visible_, weight, pos, mean, std_);
+  mgnet_cube::check_grad(fn, grad_, g);
   const at::Tensor frames = frames_.contiguous(), visible = visible_.contiguous();
-  const Geometry g = geometry(frames, visible);
-  const int64_t D = weight.size(0);
-  TORCH_CHECK(grad_.dim() == 3 && grad_.size(0) == g.B && grad_.size(1) == g.Pv && grad_.size(2) == D,
-              "masked_cube_embed_backward_cpu: grad must be (B, Pv, D) = (", g.B, ", ", g.Pv, ", ", D,
-              "), got ", grad_.sizes());
-  const at::ScalarType ct = compute_type(weight);
+  const int64_t D = g.D;
+  const at::ScalarType ct = mgnet::acc_type(weight.scalar_type());
   const at::Tensor grad = grad_.to(ct).contiguous();
   const auto opts = weight.options().dtype(ct);
   at::Tensor gw = at::zeros({D, K}, opts);
@@ -274,15 +253,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cube_embed_backward_cpu(
   if (g.N > 0) {
     CUBE_DISPATCH_FRAMES(frames.scalar_type(), "masked_cube_embed_backward_cpu", [&] {
       using in_t = scalar_t;
-      if (ct == at::kDouble) {
-        double sc[3], sh[3];
-        channel_affine<double>(frames.scalar_type() == at::kByte, mean, std_, sc, sh);
-        backward_impl<in_t, double>(grad, frames, visible, sc, sh, gw, gb, gp, g);
-      } else {
-        float sc[3], sh[3];
-        channel_affine<float>(frames.scalar_type() == at::kByte, mean, std_, sc, sh);
-        backward_impl<in_t, float>(grad, frames, visible, sc, sh, gw, gb, gp, g);
-      }
+      MGNET_ACC_SWITCH(ct, acc_t, [&] {
+        acc_t sc[3], sh[3];
+        channel_affine<acc_t>(frames.scalar_type() == at::kByte, mean, std_, sc, sh);
+        backward_impl<in_t, acc_t>(grad, frames, visible, sc, sh, gw, gb, gp, g);
+      });
     });
   }
   const auto dt = weight.scalar_type();

@@ -5,17 +5,12 @@
 
 #include <cstdint>
 
+#include "../common/dtype.h"
+#include "cube_embed_geom.h"
+
 namespace mgnet_cube {
 
-// element types of the frames (U8 or the weight's type) and of weight/bias/pos/grad/out
-enum class DType : int { U8 = 0, F16 = 1, BF16 = 2, F32 = 3, F64 = 4 };
-
-struct Geom {
-  int64_t B, T, H, W;  // frames (B, 3, T, H, W), contiguous
-  int64_t h, w;        // cube grid (t = T/2, h = H/8, w = W/8)
-  int64_t P, Pv, N;    // P = t*h*w cubes; visible (B, Pv); N = B*Pv output rows
-  int64_t D;           // embedding width
-};
+using DType = ::mgnet::DType;  // csrc/common/dtype.h: frames U8 or the weight's type
 
 // tokens (N, D) in the weight's type = patch(frames)[visible] @ W^T + bias + pos[visible].
 // weight (D, 384) row-major; pos (P, D) or nullptr; scale/shift (3): x_norm = x * scale[c] + shift[c],

@@ -15,34 +15,17 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../common/cuda_convert.cuh"
+#include "../common/static_switch.h"
 #include "cube_embed_cuda.h"
 
 namespace mgnet_cube {
 namespace {
 
-constexpr int KDIM = 384;  // 3 channels x 2 frames x 8 x 8
+constexpr int KDIM = static_cast<int>(K);  // 3 channels x 2 frames x 8 x 8 (cube_embed_geom.h)
 
-template <typename acc_t, typename T>
-__device__ __forceinline__ acc_t to_acc(T v) {
-  if constexpr (std::is_same<T, __half>::value) {
-    return static_cast<acc_t>(__half2float(v));
-  } else if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    return static_cast<acc_t>(__bfloat162float(v));
-  } else {
-    return static_cast<acc_t>(v);
-  }
-}
-
-template <typename T, typename acc_t>
-__device__ __forceinline__ T from_acc(acc_t v) {
-  if constexpr (std::is_same<T, __half>::value) {
-    return __float2half_rn(static_cast<float>(v));
-  } else if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    return __float2bfloat16_rn(static_cast<float>(v));
-  } else {
-    return static_cast<T>(v);
-  }
-}
+using mgnet::from_acc;
+using mgnet::to_acc;
 
 // offset of cube (row r) in the frames, or -1 past the last row
 __device__ __forceinline__ int64_t cube_base(const int64_t* visible, int64_t r, const Geom& g,
@@ -347,23 +330,16 @@ cudaError_t forward_launch(const void* frames, DType frames_dtype, const int64_t
                            const void* scale, const void* shift, void* out, const Geom& g,
                            cudaStream_t stream) {
   if (g.N == 0 || g.D == 0) return cudaSuccess;
-  const bool u8 = frames_dtype == DType::U8;
-  switch (dtype) {
-    case DType::F32:
-      return u8 ? forward_simt<uint8_t, float, float>(frames, visible, weight, bias, pos, scale, shift, out, g, stream)
-                : forward_simt<float, float, float>(frames, visible, weight, bias, pos, scale, shift, out, g, stream);
-    case DType::F64:
-      return u8 ? forward_simt<uint8_t, double, double>(frames, visible, weight, bias, pos, scale, shift, out, g, stream)
-                : forward_simt<double, double, double>(frames, visible, weight, bias, pos, scale, shift, out, g, stream);
-    case DType::F16:
-      return u8 ? forward_wmma<uint8_t, __half>(frames, visible, weight, bias, pos, scale, shift, out, g, stream)
-                : forward_wmma<__half, __half>(frames, visible, weight, bias, pos, scale, shift, out, g, stream);
-    case DType::BF16:
-      return u8 ? forward_wmma<uint8_t, __nv_bfloat16>(frames, visible, weight, bias, pos, scale, shift, out, g, stream)
-                : forward_wmma<__nv_bfloat16, __nv_bfloat16>(frames, visible, weight, bias, pos, scale, shift, out, g, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  return MGNET_FLOAT_SWITCH(dtype, w_t, [&] {
+    return MGNET_BOOL_SWITCH(frames_dtype == DType::U8, U8, [&] {
+      using in_t = std::conditional_t<U8, uint8_t, w_t>;
+      if constexpr (std::is_same<w_t, float>::value || std::is_same<w_t, double>::value) {
+        return forward_simt<in_t, w_t, w_t>(frames, visible, weight, bias, pos, scale, shift, out, g, stream);
+      } else {  // fp16 / bf16: tensor cores
+        return forward_wmma<in_t, w_t>(frames, visible, weight, bias, pos, scale, shift, out, g, stream);
+      }
+    });
+  });
 }
 
 cudaError_t backward_launch(const void* grad, const void* frames, DType frames_dtype,
@@ -371,20 +347,13 @@ cudaError_t backward_launch(const void* grad, const void* frames, DType frames_d
                             void* gw_acc, void* gb_acc, void* gp_acc, const Geom& g,
                             cudaStream_t stream) {
   if (g.N == 0 || g.D == 0) return cudaSuccess;
-  const bool u8 = frames_dtype == DType::U8;
-#define MGNET_CUBE_BWD(W_T, ACC_T)                                                                  \
-  return u8 ? backward_typed<uint8_t, W_T, ACC_T>(grad, frames, visible, scale, shift, gw_acc, gb_acc, \
-                                                  gp_acc, g, stream)                                 \
-            : backward_typed<W_T, W_T, ACC_T>(grad, frames, visible, scale, shift, gw_acc, gb_acc,    \
-                                              gp_acc, g, stream)
-  switch (dtype) {
-    case DType::F32: MGNET_CUBE_BWD(float, float);
-    case DType::F64: MGNET_CUBE_BWD(double, double);
-    case DType::F16: MGNET_CUBE_BWD(__half, float);
-    case DType::BF16: MGNET_CUBE_BWD(__nv_bfloat16, float);
-    default: return cudaErrorInvalidValue;
-  }
-#undef MGNET_CUBE_BWD
+  return MGNET_FLOAT_SWITCH(dtype, w_t, [&] {
+    return MGNET_BOOL_SWITCH(frames_dtype == DType::U8, U8, [&] {
+      using in_t = std::conditional_t<U8, uint8_t, w_t>;
+      return backward_typed<in_t, w_t, mgnet::acc_t<w_t>>(grad, frames, visible, scale, shift, gw_acc, gb_acc,
+                                                           gp_acc, g, stream);
+    });
+  });
 }
 
 }  // namespace mgnet_cube

@@ -34,6 +34,9 @@
 #include <cstring>
 #include <vector>
 
+#include "../common/static_switch.h"
+#include "lka3d_args.h"
+
 namespace mgnet_lka3d {
 
 constexpr int64_t kMaxBW = 32;  // widest SIMD block (elements); buffers are padded for it
@@ -165,6 +168,8 @@ void corr(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k_rt, int64_t dil, T*
   }
 }
 
+// Sums over the long rows of a channel volume: 64 lane-wise partial sums (8 independent vector chains
+// on AVX2, enough to hide the FMA latency; common/vec.h's dot keeps 2 chains, for short rows).
 template <typename T>
 T vsum(const T* a, int64_t n) {
   constexpr int L = 64;
@@ -193,38 +198,26 @@ T vdot(const T* a, const T* b, int64_t n) {
   return s;
 }
 
-template <typename T, int BW>
-void dwconv_bw(const PadBuf<T>& src, const T* w, T bias, int64_t k, int64_t dil, T* dst, int64_t dstride) {
-  switch (k) {
-    case 3: dwconv<T, BW, 3>(src, w, bias, k, dil, dst, dstride); break;
-    case 5: dwconv<T, BW, 5>(src, w, bias, k, dil, dst, dstride); break;
-    case 7: dwconv<T, BW, 7>(src, w, bias, k, dil, dst, dstride); break;
-    default: dwconv<T, BW, 0>(src, w, bias, k, dil, dst, dstride);
-  }
-}
+// row width -> SIMD block width BW: the narrowest of 8, 16, 32 lanes that covers a row (wider rows
+// take several blocks of 32)
+#define MGNET_LKA_BW_SWITCH(W, NAME, ...)                                   \
+  [&] {                                                                     \
+    if ((W) <= 8) { constexpr int NAME = 8; return __VA_ARGS__(); }          \
+    if ((W) <= 16) { constexpr int NAME = 16; return __VA_ARGS__(); }        \
+    constexpr int NAME = 32;                                                \
+    return __VA_ARGS__();                                                   \
+  }()
 
 template <typename T>
 void dwconv_any(const PadBuf<T>& src, const T* w, T bias, int64_t k, int64_t dil, T* dst, int64_t dstride) {
-  if (src.W <= 8) dwconv_bw<T, 8>(src, w, bias, k, dil, dst, dstride);
-  else if (src.W <= 16) dwconv_bw<T, 16>(src, w, bias, k, dil, dst, dstride);
-  else dwconv_bw<T, 32>(src, w, bias, k, dil, dst, dstride);
-}
-
-template <typename T, int BW>
-void corr_bw(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k, int64_t dil, T* gw) {
-  switch (k) {
-    case 3: corr<T, BW, 3>(g, in, k, dil, gw); break;
-    case 5: corr<T, BW, 5>(g, in, k, dil, gw); break;
-    case 7: corr<T, BW, 7>(g, in, k, dil, gw); break;
-    default: corr<T, BW, 0>(g, in, k, dil, gw);
-  }
+  MGNET_LKA_BW_SWITCH(src.W, BW, [&] {
+    MGNET_KSIZE_SWITCH(k, KC, [&] { dwconv<T, BW, KC>(src, w, bias, k, dil, dst, dstride); });
+  });
 }
 
 template <typename T>
 void corr_any(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k, int64_t dil, T* gw) {
-  if (g.W <= 8) corr_bw<T, 8>(g, in, k, dil, gw);
-  else if (g.W <= 16) corr_bw<T, 16>(g, in, k, dil, gw);
-  else corr_bw<T, 32>(g, in, k, dil, gw);
+  MGNET_LKA_BW_SWITCH(g.W, BW, [&] { MGNET_KSIZE_SWITCH(k, KC, [&] { corr<T, BW, KC>(g, in, k, dil, gw); }); });
 }
 
 // Grain of an at::parallel_for: enough items that one chunk carries about `target` units of work
@@ -500,37 +493,20 @@ void lsta_gate_grad_fo(T* gs, const T* fo, int64_t M) {
 }
 
 // ------------------------------------------------------------------ torch entry points
-void check_inputs(const char* op, const at::Tensor& x, std::initializer_list<std::pair<const char*, at::Tensor>> ws,
-                  int64_t ndim_x) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor");
-  TORCH_CHECK(x.dim() == ndim_x, op, ": x must be 5-D, got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": the CPU kernel takes float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(x.is_contiguous(), op, ": x must be contiguous");
-  for (const auto& kv : ws) {
-    TORCH_CHECK(kv.second.device().is_cpu() && kv.second.is_contiguous(), op, ": ", kv.first,
-                " must be a contiguous CPU tensor");
-    TORCH_CHECK(kv.second.scalar_type() == x.scalar_type(), op, ": ", kv.first, " has dtype ",
-                kv.second.scalar_type(), " but x has ", x.scalar_type());
+// The shared checks (lka3d_args.h) and the CPU's rules: float32 / float64, contiguous, one dtype.
+void check_inputs(const char* op, const at::Tensor& x, const char* x_name, NamedTensors ws) {
+  check_devices(op, /*cuda=*/false, x, x_name, ws);
+  mgnet::check_cpu_float(x, x_name, op);
+  TORCH_CHECK(x.is_contiguous(), op, ": ", x_name, " must be contiguous");
+  for (const auto& [name, t] : ws) {
+    TORCH_CHECK(t->is_contiguous(), op, ": ", name, " must be contiguous");
+    mgnet::check_same_dtype(*t, name, x, x_name, op);
   }
-}
-
-void check_weights(const char* op, int64_t C, const at::Tensor& w0, const at::Tensor& b0, const at::Tensor& w1,
-                   const at::Tensor& b1, const at::Tensor& wp, const at::Tensor& bp, int64_t dilation) {
-  TORCH_CHECK(w0.dim() == 5 && w0.size(0) == C && w0.size(1) == 1 && w0.size(2) == w0.size(4) &&
-                  w0.size(3) == w0.size(4) && w0.size(4) % 2 == 1,
-              op, ": w0 must be (C, 1, k0, k0, k0) with k0 odd, got ", w0.sizes());
-  TORCH_CHECK(w1.dim() == 5 && w1.size(0) == C && w1.size(1) == 1 && w1.size(2) == w1.size(4) &&
-                  w1.size(3) == w1.size(4) && w1.size(4) % 2 == 1,
-              op, ": w1 must be (C, 1, k1, k1, k1) with k1 odd, got ", w1.sizes());
-  TORCH_CHECK(wp.numel() == C * C, op, ": wp must be (C, C, 1, 1, 1), got ", wp.sizes());
-  TORCH_CHECK(b0.numel() == C && b1.numel() == C && bp.numel() == C, op, ": biases must be (C,)");
-  TORCH_CHECK(dilation >= 1, op, ": dilation must be >= 1, got ", dilation);
 }
 
 at::Tensor lka3d_forward_cpu(const at::Tensor& x, const at::Tensor& w0, const at::Tensor& b0, const at::Tensor& w1,
                              const at::Tensor& b1, const at::Tensor& wp, const at::Tensor& bp, int64_t dilation) {
-  check_inputs("lka3d_forward_cpu", x, {{"w0", w0}, {"b0", b0}, {"w1", w1}, {"b1", b1}, {"wp", wp}, {"bp", bp}}, 5);
+  check_inputs("lka3d_forward_cpu", x, "x", {{"w0", &w0}, {"b0", &b0}, {"w1", &w1}, {"b1", &b1}, {"wp", &wp}, {"bp", &bp}});
   check_weights("lka3d_forward_cpu", x.size(1), w0, b0, w1, b1, wp, bp, dilation);
   auto out = at::empty_like(x);
   if (x.numel() == 0) return out;
@@ -546,8 +522,8 @@ at::Tensor lka3d_forward_cpu(const at::Tensor& x, const at::Tensor& w0, const at
 std::vector<at::Tensor> lka3d_backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w0,
                                            const at::Tensor& b0, const at::Tensor& w1, const at::Tensor& b1,
                                            const at::Tensor& wp, const at::Tensor& bp, int64_t dilation) {
-  check_inputs("lka3d_backward_cpu", x,
-               {{"grad", grad}, {"w0", w0}, {"b0", b0}, {"w1", w1}, {"b1", b1}, {"wp", wp}, {"bp", bp}}, 5);
+  check_inputs("lka3d_backward_cpu", x, "x",
+               {{"grad", &grad}, {"w0", &w0}, {"b0", &b0}, {"w1", &w1}, {"b1", &b1}, {"wp", &wp}, {"bp", &bp}});
   TORCH_CHECK(grad.sizes() == x.sizes(), "lka3d_backward_cpu: grad must have x's shape");
   check_weights("lka3d_backward_cpu", x.size(1), w0, b0, w1, b1, wp, bp, dilation);
   auto gx = at::empty_like(x);
@@ -567,7 +543,7 @@ std::vector<at::Tensor> lka3d_backward_cpu(const at::Tensor& grad, const at::Ten
 
 at::Tensor lsta_forward_cpu(const at::Tensor& e, const at::Tensor& w0, const at::Tensor& b0, const at::Tensor& w1,
                             const at::Tensor& b1, const at::Tensor& wp, const at::Tensor& bp, int64_t dilation) {
-  check_inputs("lsta_forward_cpu", e, {{"w0", w0}, {"b0", b0}, {"w1", w1}, {"b1", b1}, {"wp", wp}, {"bp", bp}}, 5);
+  check_inputs("lsta_forward_cpu", e, "e", {{"w0", &w0}, {"b0", &b0}, {"w1", &w1}, {"b1", &b1}, {"wp", &wp}, {"bp", &bp}});
   check_weights("lsta_forward_cpu", 1, w0, b0, w1, b1, wp, bp, dilation);
   auto out = at::empty_like(e);
   if (e.numel() == 0) return out;
@@ -590,8 +566,8 @@ at::Tensor lsta_forward_cpu(const at::Tensor& e, const at::Tensor& w0, const at:
 std::vector<at::Tensor> lsta_backward_cpu(const at::Tensor& grad, const at::Tensor& e, const at::Tensor& w0,
                                           const at::Tensor& b0, const at::Tensor& w1, const at::Tensor& b1,
                                           const at::Tensor& wp, const at::Tensor& bp, int64_t dilation) {
-  check_inputs("lsta_backward_cpu", e,
-               {{"grad", grad}, {"w0", w0}, {"b0", b0}, {"w1", w1}, {"b1", b1}, {"wp", wp}, {"bp", bp}}, 5);
+  check_inputs("lsta_backward_cpu", e, "e",
+               {{"grad", &grad}, {"w0", &w0}, {"b0", &b0}, {"w1", &w1}, {"b1", &b1}, {"wp", &wp}, {"bp", &bp}});
   TORCH_CHECK(grad.sizes() == e.sizes(), "lsta_backward_cpu: grad must have e's shape");
   check_weights("lsta_backward_cpu", 1, w0, b0, w1, b1, wp, bp, dilation);
   auto ge = at::empty_like(e);

@@ -9,6 +9,9 @@
 
 #include <vector>
 
+#include "../common/cuda_glue.h"
+#include "../common/torch_glue.h"
+#include "lka3d_args.h"
 #include "lka3d_cuda.h"
 
 namespace {
@@ -16,36 +19,16 @@ namespace {
 using mgnet_lka3d_cuda::DType;
 using mgnet_lka3d_cuda::Geom;
 
-DType to_dtype(at::ScalarType t, const char* op) {
-  switch (t) {
-    case at::kHalf: return DType::F16;
-    case at::kBFloat16: return DType::BF16;
-    case at::kFloat: return DType::F32;
-    case at::kDouble: return DType::F64;
-    default: TORCH_CHECK(false, op, ": unsupported dtype ", t);
-  }
-  return DType::F32;
-}
+using mgnet::acc_type;
 
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+DType to_dtype(at::ScalarType t, const char* op) { return mgnet::to_dtype(t, op, "x"); }
 
-void check_cuda(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* op) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor");
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but x is on ", ref.device());
-}
-
-Geom geometry(const at::Tensor& x, const at::Tensor& w0, const at::Tensor& w1, const at::Tensor& wp,
-              int64_t dilation, const char* op) {
+// The shared checks (lka3d_args.h) and CUDA's int32 volume.
+Geom geometry(const at::Tensor& x, const at::Tensor& w0, const at::Tensor& b0, const at::Tensor& w1,
+              const at::Tensor& b1, const at::Tensor& wp, const at::Tensor& bp, int64_t dilation, const char* op) {
   TORCH_CHECK(x.dim() == 5, op, ": x must be (B, C, D, H, W), got ", x.sizes());
   const int64_t C = x.size(1);
-  TORCH_CHECK(w0.dim() == 5 && w0.size(0) == C && w0.size(1) == 1 && w0.size(2) == w0.size(4) &&
-                  w0.size(3) == w0.size(4) && w0.size(4) % 2 == 1,
-              op, ": w0 must be (C, 1, k0, k0, k0) with k0 odd, got ", w0.sizes());
-  TORCH_CHECK(w1.dim() == 5 && w1.size(0) == C && w1.size(1) == 1 && w1.size(2) == w1.size(4) &&
-                  w1.size(3) == w1.size(4) && w1.size(4) % 2 == 1,
-              op, ": w1 must be (C, 1, k1, k1, k1) with k1 odd, got ", w1.sizes());
-  TORCH_CHECK(wp.numel() == C * C, op, ": wp must be (C, C, 1, 1, 1), got ", wp.sizes());
-  TORCH_CHECK(dilation >= 1, op, ": dilation must be >= 1, got ", dilation);
+  mgnet_lka3d::check_weights(op, C, w0, b0, w1, b1, wp, bp, dilation);
   TORCH_CHECK(x.size(2) * x.size(3) * x.size(4) < (int64_t(1) << 31), op, ": volume too large");
   Geom g;
   g.B = x.size(0);
@@ -67,16 +50,11 @@ at::Tensor acc_param(const at::Tensor& t, at::ScalarType acc) { return t.to(acc)
 at::Tensor lka3d_forward_cuda(const at::Tensor& x_, const at::Tensor& w0, const at::Tensor& b0, const at::Tensor& w1,
                               const at::Tensor& b1, const at::Tensor& wp, const at::Tensor& bp, int64_t dilation) {
   const char* op = "lka3d_forward_cuda";
-  check_cuda(x_, "x", x_, op);
-  check_cuda(w0, "w0", x_, op);
-  check_cuda(b0, "b0", x_, op);
-  check_cuda(w1, "w1", x_, op);
-  check_cuda(b1, "b1", x_, op);
-  check_cuda(wp, "wp", x_, op);
-  check_cuda(bp, "bp", x_, op);
+  mgnet_lka3d::check_devices(op, /*cuda=*/true, x_, "x",
+                             {{"w0", &w0}, {"b0", &b0}, {"w1", &w1}, {"b1", &b1}, {"wp", &wp}, {"bp", &bp}});
   const at::cuda::CUDAGuard device_guard(x_.device());
   const at::Tensor x = x_.contiguous();
-  const Geom g = geometry(x, w0, w1, wp, dilation, op);
+  const Geom g = geometry(x, w0, b0, w1, b1, wp, bp, dilation, op);
   const auto acc = acc_type(x.scalar_type());
   const at::Tensor w0a = acc_param(w0, acc), b0a = acc_param(b0, acc), w1a = acc_param(w1, acc);
   const at::Tensor b1a = acc_param(b1, acc), wpa = acc_param(wp, acc), bpa = acc_param(bp, acc);
@@ -88,7 +66,7 @@ at::Tensor lka3d_forward_cuda(const at::Tensor& x_, const at::Tensor& w0, const 
   const cudaError_t err = mgnet_lka3d_cuda::lka3d_forward_launch(
       x.data_ptr(), to_dtype(x.scalar_type(), op), w0a.data_ptr(), b0a.data_ptr(), w1a.data_ptr(), b1a.data_ptr(),
       wpa.data_ptr(), bpa.data_ptr(), a1.data_ptr(), false, a2.data_ptr(), out.data_ptr(), g, stream);
-  TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(err));
+  mgnet::check_launch(err, op);
   return out;
 }
 
@@ -96,16 +74,14 @@ std::vector<at::Tensor> lka3d_backward_cuda(const at::Tensor& grad_, const at::T
                                             const at::Tensor& b0, const at::Tensor& w1, const at::Tensor& b1,
                                             const at::Tensor& wp, const at::Tensor& bp, int64_t dilation) {
   const char* op = "lka3d_backward_cuda";
-  check_cuda(grad_, "grad", x_, op);
-  check_cuda(x_, "x", x_, op);
-  check_cuda(w0, "w0", x_, op);
-  check_cuda(w1, "w1", x_, op);
-  check_cuda(wp, "wp", x_, op);
+  mgnet_lka3d::check_devices(op, /*cuda=*/true, x_, "x",
+                             {{"grad", &grad_}, {"w0", &w0}, {"b0", &b0}, {"w1", &w1}, {"b1", &b1}, {"wp", &wp},
+                              {"bp", &bp}});
   const at::cuda::CUDAGuard device_guard(x_.device());
   const at::Tensor x = x_.contiguous();
   TORCH_CHECK(grad_.sizes() == x.sizes(), op, ": grad must have x's shape ", x.sizes(), ", got ", grad_.sizes());
   const at::Tensor grad = grad_.to(x.scalar_type()).contiguous();
-  const Geom g = geometry(x, w0, w1, wp, dilation, op);
+  const Geom g = geometry(x, w0, b0, w1, b1, wp, bp, dilation, op);
   const auto acc = acc_type(x.scalar_type());
   const at::Tensor w0a = acc_param(w0, acc), b0a = acc_param(b0, acc), w1a = acc_param(w1, acc);
   const at::Tensor b1a = acc_param(b1, acc), wpa = acc_param(wp, acc);
@@ -125,12 +101,12 @@ std::vector<at::Tensor> lka3d_backward_cuda(const at::Tensor& grad_, const at::T
       grad.data_ptr(), x.data_ptr(), to_dtype(x.scalar_type(), op), w0a.data_ptr(), b0a.data_ptr(), w1a.data_ptr(),
       b1a.data_ptr(), wpa.data_ptr(), a1.data_ptr(), a2.data_ptr(), g2.data_ptr(), g1.data_ptr(), gx.data_ptr(),
       pw0.data_ptr(), pw1.data_ptr(), g, stream);
-  TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(err));
+  mgnet::check_launch(err, op);
   const at::Tensor ga = grad.to(acc).view({g.B, g.C, N});
   const at::Tensor gwp = at::matmul(ga, a2.transpose(1, 2)).sum(0);  // sum_b g_b a2_b^T (C, C)
-  const at::Tensor gbp = ga.sum({0, 2});
-  const at::Tensor gb1 = g2.sum({0, 2});
-  const at::Tensor gb0 = g1.sum({0, 2});
+  const at::Tensor gbp = ga.sum(at::IntArrayRef{0, 2});
+  const at::Tensor gb1 = g2.sum(at::IntArrayRef{0, 2});
+  const at::Tensor gb0 = g1.sum(at::IntArrayRef{0, 2});
   return {gx,
           pw0.sum(0).view(w0.sizes()).to(w0.scalar_type()),
           gb0.to(b0.scalar_type()),
@@ -143,9 +119,8 @@ std::vector<at::Tensor> lka3d_backward_cuda(const at::Tensor& grad_, const at::T
 at::Tensor lsta_forward_cuda(const at::Tensor& e_, const at::Tensor& w0, const at::Tensor& b0, const at::Tensor& w1,
                              const at::Tensor& b1, const at::Tensor& wp, const at::Tensor& bp, int64_t dilation) {
   const char* op = "lsta_forward_cuda";
-  check_cuda(e_, "e", e_, op);
+  mgnet_lka3d::check_devices(op, /*cuda=*/true, e_, "e", {});
   const at::cuda::CUDAGuard device_guard(e_.device());
-  TORCH_CHECK(e_.dim() == 5, op, ": e must be (B, t, c, h, w), got ", e_.sizes());
   const at::Tensor e = e_.contiguous();
   const int64_t B = e.size(0), t = e.size(1), c = e.size(2), h = e.size(3), w = e.size(4);
   const auto acc = acc_type(e.scalar_type());
@@ -155,12 +130,12 @@ at::Tensor lsta_forward_cuda(const at::Tensor& e_, const at::Tensor& w0, const a
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
   cudaError_t err = mgnet_lka3d_cuda::lsta_mean_launch(e.data_ptr(), nullptr, to_dtype(e.scalar_type(), op),
                                                        f.data_ptr(), nullptr, B * t, c, h * w, stream);
-  TORCH_CHECK(err == cudaSuccess, op, ": mean kernel launch failed: ", cudaGetErrorString(err));
+  mgnet::check_launch(err, op, "mean kernel");
   const at::Tensor fo = lka3d_forward_cuda(f, w0.to(acc), b0.to(acc), w1.to(acc), b1.to(acc), wp.to(acc), bp.to(acc),
                                            dilation);
   err = mgnet_lka3d_cuda::lsta_gate_launch(e.data_ptr(), to_dtype(e.scalar_type(), op), fo.data_ptr(), nullptr,
                                            out.data_ptr(), B * t, c, h * w, stream);
-  TORCH_CHECK(err == cudaSuccess, op, ": gate kernel launch failed: ", cudaGetErrorString(err));
+  mgnet::check_launch(err, op, "gate kernel");
   return out;
 }
 
@@ -168,10 +143,8 @@ std::vector<at::Tensor> lsta_backward_cuda(const at::Tensor& grad_, const at::Te
                                            const at::Tensor& b0, const at::Tensor& w1, const at::Tensor& b1,
                                            const at::Tensor& wp, const at::Tensor& bp, int64_t dilation) {
   const char* op = "lsta_backward_cuda";
-  check_cuda(grad_, "grad", e_, op);
-  check_cuda(e_, "e", e_, op);
+  mgnet_lka3d::check_devices(op, /*cuda=*/true, e_, "e", {{"grad", &grad_}});
   const at::cuda::CUDAGuard device_guard(e_.device());
-  TORCH_CHECK(e_.dim() == 5, op, ": e must be (B, t, c, h, w), got ", e_.sizes());
   TORCH_CHECK(grad_.sizes() == e_.sizes(), op, ": grad must have e's shape ", e_.sizes(), ", got ", grad_.sizes());
   const at::Tensor e = e_.contiguous();
   const at::Tensor grad = grad_.to(e.scalar_type()).contiguous();
@@ -187,7 +160,7 @@ std::vector<at::Tensor> lsta_backward_cuda(const at::Tensor& grad_, const at::Te
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
   cudaError_t err = mgnet_lka3d_cuda::lsta_mean_launch(e.data_ptr(), grad.data_ptr(), to_dtype(e.scalar_type(), op),
                                                        f.data_ptr(), gsum.data_ptr(), B * t, c, h * w, stream);
-  TORCH_CHECK(err == cudaSuccess, op, ": mean kernel launch failed: ", cudaGetErrorString(err));
+  mgnet::check_launch(err, op, "mean kernel");
   const at::Tensor w0a = w0.to(acc), b0a = b0.to(acc), w1a = w1.to(acc), b1a = b1.to(acc), wpa = wp.to(acc),
                    bpa = bp.to(acc);
   const at::Tensor fo = lka3d_forward_cuda(f, w0a, b0a, w1a, b1a, wpa, bpa, dilation);
@@ -196,7 +169,7 @@ std::vector<at::Tensor> lsta_backward_cuda(const at::Tensor& grad_, const at::Te
   std::vector<at::Tensor> gs = lka3d_backward_cuda(gfo, f, w0a, b0a, w1a, b1a, wpa, bpa, dilation);
   err = mgnet_lka3d_cuda::lsta_gate_launch(grad.data_ptr(), to_dtype(e.scalar_type(), op), fo.data_ptr(),
                                            gs[0].data_ptr(), ge.data_ptr(), B * t, c, h * w, stream);
-  TORCH_CHECK(err == cudaSuccess, op, ": gate kernel launch failed: ", cudaGetErrorString(err));
+  mgnet::check_launch(err, op, "gate kernel");
   return {ge,
           gs[1].to(w0.scalar_type()),
           gs[2].to(b0.scalar_type()),

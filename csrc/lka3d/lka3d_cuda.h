@@ -9,9 +9,11 @@
 
 #include <cstdint>
 
+#include "../common/dtype.h"
+
 namespace mgnet_lka3d_cuda {
 
-enum class DType : int { F16 = 1, BF16 = 2, F32 = 3, F64 = 4 };
+using DType = ::mgnet::DType;  // csrc/common/dtype.h
 
 struct Geom {
   int64_t B, C, D, H, W;  // x (B, C, D, H, W)

@@ -20,23 +20,20 @@
 
 #include <cstdint>
 
+#include "../common/cuda_convert.cuh"
+#include "../common/static_switch.h"
 #include "lka3d_cuda.h"
 
 namespace mgnet_lka3d_cuda {
 namespace {
 
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
+using mgnet::to_acc;
 
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(double* p, double v) { *p = v; }
+// *p = v rounded to p's element type
+template <typename T, typename A>
+__device__ __forceinline__ void store(T* p, A v) {
+  *p = mgnet::from_acc<T>(v);
+}
 
 constexpr int kThreads = 256;
 
@@ -245,7 +242,7 @@ inline int smem_optin_limit() {
 template <typename T>
 cudaError_t depthwise_pair(const T* x, const void* w0_, const void* b0_, const void* w1_, const void* b1_,
                            void* a1_, bool keep_a1, void* a2_, const Geom& g, cudaStream_t stream) {
-  using A = typename AccOf<T>::type;
+  using A = mgnet::acc_t<T>;
   const A *w0 = static_cast<const A*>(w0_), *b0 = static_cast<const A*>(b0_);
   const A *w1 = static_cast<const A*>(w1_), *b1 = static_cast<const A*>(b1_);
   A* a1 = static_cast<A*>(a1_);
@@ -273,7 +270,7 @@ cudaError_t depthwise_pair(const T* x, const void* w0_, const void* b0_, const v
 template <typename TI, typename TO>
 void pointwise(const TI* a, const void* w, bool transpose, const void* bias, TO* out, const Geom& g,
                cudaStream_t stream) {
-  using A = typename AccOf<TO>::type;
+  using A = mgnet::acc_t<TO>;
   const int64_t N = g.D * g.H * g.W;
   const dim3 grid((unsigned int)((N + TN - 1) / TN), (unsigned int)((g.C + TM - 1) / TM), (unsigned int)g.B);
   const int64_t so = transpose ? 1 : g.C, si = transpose ? g.C : 1;
@@ -285,7 +282,7 @@ template <typename T>
 cudaError_t forward_t(const void* x, const void* w0, const void* b0, const void* w1, const void* b1, const void* wp,
                       const void* bp, void* a1_ws, bool keep_a1, void* a2_ws, void* out, const Geom& g,
                       cudaStream_t stream) {
-  using A = typename AccOf<T>::type;
+  using A = mgnet::acc_t<T>;
   cudaError_t e = depthwise_pair<T>(static_cast<const T*>(x), w0, b0, w1, b1, a1_ws, keep_a1, a2_ws, g, stream);
   if (e != cudaSuccess) return e;
   pointwise<A, T>(static_cast<const A*>(a2_ws), wp, false, bp, static_cast<T*>(out), g, stream);
@@ -296,7 +293,7 @@ template <typename T>
 cudaError_t backward_t(const void* grad, const void* x, const void* w0, const void* b0, const void* w1,
                        const void* b1, const void* wp, void* a1_ws, void* a2_ws, void* g2_ws, void* g1_ws, void* gx,
                        void* pw0, void* pw1, const Geom& g, cudaStream_t stream) {
-  using A = typename AccOf<T>::type;
+  using A = mgnet::acc_t<T>;
   const T* xt = static_cast<const T*>(x);
   cudaError_t e = depthwise_pair<T>(xt, w0, b0, w1, b1, a1_ws, true, a2_ws, g, stream);
   if (e != cudaSuccess) return e;
@@ -328,7 +325,7 @@ cudaError_t backward_t(const void* grad, const void* x, const void* w0, const vo
 template <typename T>
 cudaError_t mean_t(const void* e, const void* grad, void* f, void* ge, int64_t BT, int64_t c, int64_t P,
                    cudaStream_t stream) {
-  using A = typename AccOf<T>::type;
+  using A = mgnet::acc_t<T>;
   lsta_mean_kernel<T, A><<<blocks_for(BT * P), kThreads, 0, stream>>>(
       static_cast<const T*>(e), static_cast<const T*>(grad), static_cast<A*>(f), static_cast<A*>(ge), BT, c, P);
   return cudaGetLastError();
@@ -337,7 +334,7 @@ cudaError_t mean_t(const void* e, const void* grad, void* f, void* ge, int64_t B
 template <typename T>
 cudaError_t gate_t(const void* src, const void* fo, const void* gf, void* out, int64_t BT, int64_t c, int64_t P,
                    cudaStream_t stream) {
-  using A = typename AccOf<T>::type;
+  using A = mgnet::acc_t<T>;
   lsta_gate_kernel<T, A><<<blocks_for(BT * c * P), kThreads, 0, stream>>>(
       static_cast<const T*>(src), static_cast<const A*>(fo), static_cast<const A*>(gf), static_cast<T*>(out), BT, c,
       P);
@@ -346,20 +343,13 @@ cudaError_t gate_t(const void* src, const void* fo, const void* gf, void* out, i
 
 }  // namespace
 
-#define MGNET_LKA3D_DISPATCH(dt, FN, ...)                                  \
-  switch (dt) {                                                            \
-    case DType::F16: return FN<__half>(__VA_ARGS__);                       \
-    case DType::BF16: return FN<__nv_bfloat16>(__VA_ARGS__);               \
-    case DType::F32: return FN<float>(__VA_ARGS__);                        \
-    case DType::F64: return FN<double>(__VA_ARGS__);                       \
-  }                                                                        \
-  return cudaErrorInvalidValue;
-
 cudaError_t lka3d_forward_launch(const void* x, DType dt, const void* w0, const void* b0, const void* w1,
                                  const void* b1, const void* wp, const void* bp, void* a1_ws, bool keep_a1,
                                  void* a2_ws, void* out, const Geom& g, cudaStream_t stream) {
   if (g.B * g.C * g.D * g.H * g.W == 0) return cudaSuccess;
-  MGNET_LKA3D_DISPATCH(dt, forward_t, x, w0, b0, w1, b1, wp, bp, a1_ws, keep_a1, a2_ws, out, g, stream)
+  return MGNET_FLOAT_SWITCH(dt, T, [&] {
+    return forward_t<T>(x, w0, b0, w1, b1, wp, bp, a1_ws, keep_a1, a2_ws, out, g, stream);
+  });
 }
 
 cudaError_t lka3d_backward_launch(const void* grad, const void* x, DType dt, const void* w0, const void* b0,
@@ -367,20 +357,21 @@ cudaError_t lka3d_backward_launch(const void* grad, const void* x, DType dt, con
                                   void* g2_ws, void* g1_ws, void* gx, void* pw0, void* pw1, const Geom& g,
                                   cudaStream_t stream) {
   if (g.B * g.C * g.D * g.H * g.W == 0) return cudaSuccess;
-  MGNET_LKA3D_DISPATCH(dt, backward_t, grad, x, w0, b0, w1, b1, wp, a1_ws, a2_ws, g2_ws, g1_ws, gx, pw0, pw1, g,
-                       stream)
+  return MGNET_FLOAT_SWITCH(dt, T, [&] {
+    return backward_t<T>(grad, x, w0, b0, w1, b1, wp, a1_ws, a2_ws, g2_ws, g1_ws, gx, pw0, pw1, g, stream);
+  });
 }
 
 cudaError_t lsta_mean_launch(const void* e, const void* grad, DType dt, void* f, void* ge, int64_t BT, int64_t c,
                              int64_t P, cudaStream_t stream) {
   if (BT * P == 0) return cudaSuccess;
-  MGNET_LKA3D_DISPATCH(dt, mean_t, e, grad, f, ge, BT, c, P, stream)
+  return MGNET_FLOAT_SWITCH(dt, T, [&] { return mean_t<T>(e, grad, f, ge, BT, c, P, stream); });
 }
 
 cudaError_t lsta_gate_launch(const void* src, DType dt, const void* fo, const void* gf, void* out, int64_t BT,
                              int64_t c, int64_t P, cudaStream_t stream) {
   if (BT * c * P == 0) return cudaSuccess;
-  MGNET_LKA3D_DISPATCH(dt, gate_t, src, fo, gf, out, BT, c, P, stream)
+  return MGNET_FLOAT_SWITCH(dt, T, [&] { return gate_t<T>(src, fo, gf, out, BT, c, P, stream); });
 }
 
 }  // namespace mgnet_lka3d_cuda

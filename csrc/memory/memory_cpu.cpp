@@ -19,8 +19,9 @@
 //   score_s = log W_s + lse, and lse follows from one slot, lse = score_s0 - log W_s0, with s0 the row's
 //   most likely slot (best conditioned), i.e. one dot product per query instead of S.
 //   A. per query tile: grad_read . mem for every slot, the softmax grad, b, grad_q; when S*C is small
-//      the tile's contribution to grad_mem goes into a per-thread partial while q and grad_read are in
-//      L1, otherwise A keeps b and beta and
+//      the tile's contribution to grad_mem goes into its chunk's partial while q and grad_read are in
+//      L1 (chunks of tiles fixed by the size alone, summed in order: bit-identical at any thread
+//      count), otherwise A keeps b and beta and
 //   B. grad_q and grad_mem are computed parallel over width blocks (each thread owns columns, no
 //      reduction), both from one read of the block's q.
 // The backward does the 4 unavoidable N x S x C products (grad_read @ mem.T, b @ mem, W.T @ grad_read,
@@ -34,8 +35,8 @@
 // blocks; the last, partial block is zero-padded. The backward's width sweep is used whenever grad_mem
 // is not fused into A; above 2048 queries it reads the unpacked rows.
 //
-// Vectors are GCC/Clang vector extensions of 64 bytes (one AVX-512 register under -march=native, split
-// into narrower registers otherwise); float, and double for gradcheck (scalar exp/log there).
+// Vectors: csrc/common/vec.h (GCC/Clang vector extensions, one register of the ISA built for); float,
+// and double for gradcheck (scalar exp/log there).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -51,160 +52,20 @@
 #include <sys/mman.h>
 #endif
 
+#include "../common/static_switch.h"
+#include "../common/torch_glue.h"
+#include "../common/vec.h"
+#include "memory_args.h"
+
 namespace {
+
+using namespace mgnet::vec;
 
 constexpr double kEps = 1e-12;  // mgnet.ops.memory.EPS (F.normalize's eps)
 constexpr int TQ = 4;           // queries per tile
 constexpr int SB = 4;           // slots per register block of the dot products
 constexpr int CV = 4;           // vectors per register block of the slot combinations (read, grad_q)
 constexpr int64_t CW = 512;     // width chunk (elements) of the parallel read
-
-typedef float vfloat __attribute__((vector_size(64)));
-typedef double vdouble __attribute__((vector_size(64)));
-typedef int32_t vint __attribute__((vector_size(64)));
-typedef float vfloat_u __attribute__((vector_size(64), aligned(4), may_alias));
-typedef double vdouble_u __attribute__((vector_size(64), aligned(8), may_alias));
-
-template <typename T> struct VecOf;
-template <> struct VecOf<float> { using type = vfloat; using unaligned = vfloat_u; };
-template <> struct VecOf<double> { using type = vdouble; using unaligned = vdouble_u; };
-template <typename T> using Vec = typename VecOf<T>::type;
-template <typename T> constexpr int lanes() { return int(sizeof(Vec<T>) / sizeof(T)); }
-
-// A load the compiler keeps in a register (otherwise GCC folds it into every FMA that uses it and
-// the inner loops become load-bound).
-template <typename T> inline Vec<T> vload(const T* p) {
-  Vec<T> v = *reinterpret_cast<const typename VecOf<T>::unaligned*>(p);
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && defined(__AVX512F__)
-  // One 64-byte register holds the vector only with AVX-512; on AVX2 machines GCC splits it into
-  // two ymm halves, and a "+v" constraint on it would not compile.
-  asm("" : "+v"(v));
-#endif
-  return v;
-}
-template <typename T> inline Vec<T> vloadf(const T* p) {  // foldable load
-  return *reinterpret_cast<const typename VecOf<T>::unaligned*>(p);
-}
-template <typename T> inline void vstore(T* p, Vec<T> v) { *reinterpret_cast<typename VecOf<T>::unaligned*>(p) = v; }
-template <typename T> inline Vec<T> vzero() { return Vec<T>{}; }
-template <typename T> inline Vec<T> vbcast(T x) { return vzero<T>() + x; }
-template <typename T> inline T hsum(Vec<T> v) {
-  T s = 0;
-  for (int l = 0; l < lanes<T>(); ++l) s += v[l];
-  return s;
-}
-
-// Horizontal sums of lanes() vectors at once: lane k of the result = sum of a[k] (shuffle tree).
-inline vfloat reduce_lanes(const vfloat* a) {
-  vfloat t[8], u[4], v[2];
-  for (int k = 0; k < 8; ++k)
-    t[k] = __builtin_shufflevector(a[2 * k], a[2 * k + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-           __builtin_shufflevector(a[2 * k], a[2 * k + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  for (int k = 0; k < 4; ++k)
-    u[k] = __builtin_shufflevector(t[2 * k], t[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-           __builtin_shufflevector(t[2 * k], t[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-  for (int k = 0; k < 2; ++k)
-    v[k] = __builtin_shufflevector(u[2 * k], u[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
-           __builtin_shufflevector(u[2 * k], u[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
-  return __builtin_shufflevector(v[0], v[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
-         __builtin_shufflevector(v[0], v[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-}
-inline vdouble reduce_lanes(const vdouble* a) {
-  vdouble t[4], u[2];
-  for (int k = 0; k < 4; ++k)
-    t[k] = __builtin_shufflevector(a[2 * k], a[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
-           __builtin_shufflevector(a[2 * k], a[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15);
-  for (int k = 0; k < 2; ++k)
-    u[k] = __builtin_shufflevector(t[2 * k], t[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
-           __builtin_shufflevector(t[2 * k], t[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15);
-  return __builtin_shufflevector(u[0], u[1], 0, 2, 4, 6, 8, 10, 12, 14) +
-         __builtin_shufflevector(u[0], u[1], 1, 3, 5, 7, 9, 11, 13, 15);
-}
-
-// exp / log on whole vectors. float: Cephes expf / logf (about 1 ulp), double: libm per lane.
-inline vfloat vexp(vfloat x) {
-  const vfloat lo = vbcast<float>(-87.33f), hi = vbcast<float>(88.37f);
-  vfloat xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  const vfloat magic = vbcast<float>(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  vfloat f = xc * 1.44269504088896341f + magic;
-  vfloat n = f - magic;
-  vfloat r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vfloat p = vbcast<float>(1.9875691500E-4f);
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * (r * r) + r + 1.0f;
-  vint ni = (vint)f - (vint)magic;
-  vfloat scale = (vfloat)((ni + 127) << 23);
-  vfloat res = p * scale;
-  return x < lo ? vzero<float>() : res;  // exp(-inf) = 0; NaN propagates
-}
-inline vdouble vexp(vdouble x) {
-  for (int l = 0; l < 8; ++l) x[l] = std::exp(x[l]);
-  return x;
-}
-inline vfloat vlog(vfloat x) {  // x > 0, normal
-  vint xi = (vint)x;
-  vint e = ((xi >> 23) & 0xff) - 126;
-  vfloat m = (vfloat)((xi & 0x807fffff) | 0x3f000000);  // x = m * 2^e, m in [0.5, 1)
-  vfloat ef = __builtin_convertvector(e, vfloat);
-  vint small = m < 0.707106781186547524f;
-  ef = ef + __builtin_convertvector(small, vfloat);  // -1 where small
-  m = small ? m + m - 1.0f : m - 1.0f;
-  vfloat z = m * m;
-  vfloat y = vbcast<float>(7.0376836292E-2f);
-  y = y * m - 1.1514610310E-1f;
-  y = y * m + 1.1676998740E-1f;
-  y = y * m - 1.2420140846E-1f;
-  y = y * m + 1.4249322787E-1f;
-  y = y * m - 1.6668057665E-1f;
-  y = y * m + 2.0000714765E-1f;
-  y = y * m - 2.4999993993E-1f;
-  y = y * m + 3.3333331174E-1f;
-  y = y * m * z;
-  y = y + ef * -2.12194440e-4f;
-  y = y + z * -0.5f;
-  return m + y + ef * 0.693359375f;
-}
-inline vdouble vlog(vdouble x) {
-  for (int l = 0; l < 8; ++l) x[l] = std::log(x[l]);
-  return x;
-}
-
-template <typename T>
-inline T sqnorm(const T* x, int64_t C) {
-  constexpr int L = lanes<T>();
-  Vec<T> a0 = vzero<T>(), a1 = vzero<T>();
-  int64_t c = 0;
-  for (; c + 2 * L <= C; c += 2 * L) {
-    Vec<T> x0 = vloadf(x + c), x1 = vloadf(x + c + L);
-    a0 += x0 * x0;
-    a1 += x1 * x1;
-  }
-  for (; c + L <= C; c += L) { Vec<T> x0 = vloadf(x + c); a0 += x0 * x0; }
-  T s = hsum<T>(a0 + a1);
-  for (; c < C; ++c) s += x[c] * x[c];
-  return s;
-}
-
-template <typename T>
-inline T dot(const T* x, const T* y, int64_t C) {
-  constexpr int L = lanes<T>();
-  Vec<T> a0 = vzero<T>(), a1 = vzero<T>();
-  int64_t c = 0;
-  for (; c + 2 * L <= C; c += 2 * L) {
-    a0 += vloadf(x + c) * vloadf(y + c);
-    a1 += vloadf(x + c + L) * vloadf(y + c + L);
-  }
-  for (; c + L <= C; c += L) a0 += vloadf(x + c) * vloadf(y + c);
-  T s = hsum<T>(a0 + a1);
-  for (; c < C; ++c) s += x[c] * y[c];
-  return s;
-}
 
 // --------------------------------------------------------------------------- dot products
 // out[i * lds + j] (+)= x_i[0:K] . m_j[0:K] for NQ rows of x (ldx apart) and NS slots (ldm apart).
@@ -372,20 +233,21 @@ void gmem_columns(const T* W, const T* B, const T* g, const T* q, const T* mem, 
 }
 
 // --------------------------------------------------------------------------- helpers
-#define MGNET_MEM_TILE_SWITCH(nq, CALL)              \
-  switch (nq) {                                      \
-    case 4: { constexpr int NQ = 4; CALL; break; }   \
-    case 3: { constexpr int NQ = 3; CALL; break; }   \
-    case 2: { constexpr int NQ = 2; CALL; break; }   \
-    default: { constexpr int NQ = 1; CALL; break; }  \
-  }
-static_assert(TQ == 4, "MGNET_MEM_TILE_SWITCH covers tiles of up to 4 queries");
+static_assert(TQ == 4, "MGNET_UPTO4_SWITCH covers tiles of up to 4 queries");
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// Contiguous runs of tiles, one per thread (deterministic partials for the reductions).
-inline int64_t num_chunks(int64_t ntiles) {
+// Contiguous runs of tiles. The forward's results do not depend on the split (every query is
+// computed alone): one run per thread. The backward reduces over the queries (gamma, the fused
+// grad_mem) by summing one partial per run in run order, so its runs are fixed by the problem size
+// alone (at least kTilesPerChunk tiles, at most kChunks runs), whatever the number of threads: the
+// gradients are then bit-identical at any thread count.
+constexpr int64_t kChunks = 16, kTilesPerChunk = 8;
+inline int64_t thread_chunks(int64_t ntiles) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntiles));
+}
+inline int64_t reduction_chunks(int64_t ntiles) {
+  return std::max<int64_t>(1, std::min<int64_t>(kChunks, ntiles / kTilesPerChunk));
 }
 
 // Slot norms: mn = max(||m||, eps) (and the raw norm, for the gradient's clamp test); inv_mn is
@@ -423,9 +285,9 @@ void blocked_dots(const T* x, const T* mem, int64_t N, int64_t S, int64_t C, int
       const int64_t n0 = t * TQ, nq = std::min<int64_t>(TQ, N - n0);
       T* out = G + n0 * Sp;
       if (k0 == 0)
-        MGNET_MEM_TILE_SWITCH(nq, (dots_tile<T, NQ, false, 6>(x + n0 * C, C, Mk.data(), K, S, K, out, Sp)))
+        MGNET_UPTO4_SWITCH(nq, NQ, [&] { dots_tile<T, NQ, false, 6>(x + n0 * C, C, Mk.data(), K, S, K, out, Sp); });
       else
-        MGNET_MEM_TILE_SWITCH(nq, (dots_tile<T, NQ, true, 6>(x + n0 * C + k0, C, Mk.data(), K, S, K, out, Sp)))
+        MGNET_UPTO4_SWITCH(nq, NQ, [&] { dots_tile<T, NQ, true, 6>(x + n0 * C + k0, C, Mk.data(), K, S, K, out, Sp); });
     }
   }
 }
@@ -531,7 +393,7 @@ void read_block(const T* W, const T* mem, int64_t N, int64_t S, int64_t C, int64
   for (; n0 < N; n0 += TQ) {
     const int64_t nq = std::min<int64_t>(TQ, N - n0);
     for (int64_t v0 = 0; v0 < RB; v0 += PV)
-      MGNET_MEM_TILE_SWITCH(nq, (gq_packed<T, NQ, false, RB>(W + n0 * S, S, Mp, nullptr, nullptr, v0, o + n0 * ld, ld)));
+      MGNET_UPTO4_SWITCH(nq, NQ, [&] { gq_packed<T, NQ, false, RB>(W + n0 * S, S, Mp, nullptr, nullptr, v0, o + n0 * ld, ld); });
   }
   if (!full)
     for (int64_t n = 0; n < N; ++n) std::memcpy(read + n * C + c, Tq + n * BW, sizeof(T) * cn);
@@ -576,8 +438,8 @@ void width_block(const T* W, const T* B, const T* beta, const T* gamma, const T*
   for (; n0 < N; n0 += TQ) {
     const int64_t nq = std::min<int64_t>(TQ, N - n0);
     for (int64_t v0 = 0; v0 < PB; v0 += PV)
-      MGNET_MEM_TILE_SWITCH(nq, (gq_packed<T, NQ>(B + n0 * S, S, Mp, P + n0 * 2 * BW + BW, beta + n0, v0,
-                                                   oq + n0 * ldq, ldq)));
+      MGNET_UPTO4_SWITCH(nq, NQ, [&] { gq_packed<T, NQ>(B + n0 * S, S, Mp, P + n0 * 2 * BW + BW, beta + n0, v0,
+                                                   oq + n0 * ldq, ldq); });
   }
   for (int64_t v0 = 0; v0 < PB; v0 += PV) {
     int64_t s = 0;
@@ -614,7 +476,7 @@ void forward_impl(const T* q, const T* mem, int64_t N, int64_t S, int64_t C, T* 
   slot_norms(mem, S, C, mn.data(), mraw.data(), inv_mn.data());
 
   const int64_t ntiles = (N + TQ - 1) / TQ;
-  const int64_t nch = num_chunks(ntiles);
+  const int64_t nch = thread_chunks(ntiles);
   // with enough tiles per thread the read is computed right after the tile's weights (one sweep, one
   // parallel region); with few queries it is split over the width afterwards
   // wide regime (mem does not fit in L2 next to the tiles, few queries): dot products blocked over the
@@ -632,7 +494,7 @@ void forward_impl(const T* q, const T* mem, int64_t N, int64_t S, int64_t C, T* 
         const int64_t n0 = t * TQ, nq = std::min<int64_t>(TQ, N - n0);
         const T* qt = q + n0 * C;
         T* scores = wide ? G.data() + n0 * Sp : sc.data();
-        if (!wide) MGNET_MEM_TILE_SWITCH(nq, (dots_tile<T, NQ>(qt, C, mem, C, S, C, scores, Sp)));
+        if (!wide) MGNET_UPTO4_SWITCH(nq, NQ, [&] { dots_tile<T, NQ>(qt, C, mem, C, S, C, scores, Sp); });
         for (int64_t i = 0; i < nq; ++i) {
           T* r = scores + i * Sp;
           const T inv_qn = T(1) / std::max(std::sqrt(sqnorm(qt + i * C, C)), T(kEps));
@@ -662,8 +524,8 @@ void forward_impl(const T* q, const T* mem, int64_t N, int64_t S, int64_t C, T* 
           top2[(n0 + i) * 2 + 1] = S == 1 ? 0 : i2;
         }
         if (fused_read)
-          MGNET_MEM_TILE_SWITCH(nq, (combine_tile<T, NQ, false>(W + n0 * S, S, mem, S, C, 0, C, nullptr, nullptr,
-                                                                read + n0 * C)));
+          MGNET_UPTO4_SWITCH(nq, NQ, [&] { combine_tile<T, NQ, false>(W + n0 * S, S, mem, S, C, 0, C, nullptr, nullptr,
+                                                                read + n0 * C); });
       }
       if (wide) {  // read of this chunk's queries, in the same parallel region (no barrier)
         const int64_t r0 = tb * TQ, nr = std::min<int64_t>(N, te * TQ) - r0, cw = RB * L;
@@ -685,8 +547,8 @@ void forward_impl(const T* q, const T* mem, int64_t N, int64_t S, int64_t C, T* 
       const int64_t cc = u / ntiles, t = u % ntiles;
       const int64_t n0 = t * TQ, nq = std::min<int64_t>(TQ, N - n0);
       const int64_t c0 = cc * CW, c1 = std::min<int64_t>(C, c0 + CW);
-      MGNET_MEM_TILE_SWITCH(nq, (combine_tile<T, NQ, false>(W + n0 * S, S, mem, S, C, c0, c1, nullptr, nullptr,
-                                                            read + n0 * C)));
+      MGNET_UPTO4_SWITCH(nq, NQ, [&] { combine_tile<T, NQ, false>(W + n0 * S, S, mem, S, C, c0, c1, nullptr, nullptr,
+                                                            read + n0 * C); });
     }
   });
 }
@@ -701,7 +563,7 @@ void backward_impl(const T* gW, const T* gR, const T* q, const T* mem, const T* 
   slot_norms(mem, S, C, mn.data(), mraw.data(), inv_mn.data());
 
   const int64_t ntiles = (N + TQ - 1) / TQ;
-  const int64_t nch = num_chunks(ntiles);
+  const int64_t nch = reduction_chunks(ntiles);
   // grad_mem strategy: per-chunk partials fused into the query sweep when a partial stays in L2 (it is
   // read and written once per tile) and each chunk has many tiles; otherwise a second sweep parallel
   // over the width.
@@ -729,7 +591,7 @@ void backward_impl(const T* gW, const T* gR, const T* q, const T* mem, const T* 
         const T* qt = q + n0 * C;
         const T* gt = gR + n0 * C;
         T* gd = fused_gm ? gdt.data() : G.data() + n0 * Sp;
-        if (fused_gm) MGNET_MEM_TILE_SWITCH(nq, (dots_tile<T, NQ>(gt, C, mem, C, S, C, gd, Sp)));
+        if (fused_gm) MGNET_UPTO4_SWITCH(nq, NQ, [&] { dots_tile<T, NQ>(gt, C, mem, C, S, C, gd, Sp); });
         for (int64_t i = 0; i < nq; ++i) {
           const T* w_in = W + (n0 + i) * S;
           const T* gw_in = gW + (n0 + i) * S;
@@ -765,9 +627,9 @@ void backward_impl(const T* gW, const T* gR, const T* q, const T* mem, const T* 
           beta[i] = qraw >= T(kEps) ? -hsum<T>(ss) * inv_qn * inv_qn : T(0);
         }
         if (fused_gm) {
-          MGNET_MEM_TILE_SWITCH(nq, (combine_tile<T, NQ, true>(bt.data(), Sp, mem, S, C, 0, C, qt, beta, gq + n0 * C)));
-          MGNET_MEM_TILE_SWITCH(nq, (gmem_accumulate<T, NQ>(wt.data(), bt.data(), Sp, gt, qt, S, C,
-                                                            gm_part.data() + ch * S * C)));
+          MGNET_UPTO4_SWITCH(nq, NQ, [&] { combine_tile<T, NQ, true>(bt.data(), Sp, mem, S, C, 0, C, qt, beta, gq + n0 * C); });
+          MGNET_UPTO4_SWITCH(nq, NQ, [&] { gmem_accumulate<T, NQ>(wt.data(), bt.data(), Sp, gt, qt, S, C,
+                                                            gm_part.data() + ch * S * C); });
         } else {
           for (int64_t i = 0; i < nq; ++i) {
             std::memcpy(B.data() + (n0 + i) * S, bt.data() + i * Sp, sizeof(T) * S);
@@ -812,8 +674,8 @@ void backward_impl(const T* gW, const T* gR, const T* q, const T* mem, const T* 
         }
         for (int64_t t = 0; t < ntiles; ++t) {
           const int64_t n0 = t * TQ, nq = std::min<int64_t>(TQ, N - n0);
-          MGNET_MEM_TILE_SWITCH(nq, (combine_tile<T, NQ, true>(B.data() + n0 * S, S, mem, S, C, c0, c1, q + n0 * C,
-                                                               Beta.data() + n0, gq + n0 * C)));
+          MGNET_UPTO4_SWITCH(nq, NQ, [&] { combine_tile<T, NQ, true>(B.data() + n0 * S, S, mem, S, C, c0, c1, q + n0 * C,
+                                                               Beta.data() + n0, gq + n0 * C); });
         }
         int64_t s = 0;
         for (; s + 4 <= S; s += 4) gmem_columns<T, 4>(W, B.data(), gR, q, mem, gamma.data(), N, S, C, s, c0, c1, gm);
@@ -840,19 +702,10 @@ void advise_huge_pages(const at::Tensor& t) {
 #endif
 }
 
-void check_inputs(const char* fn, const at::Tensor& q, const at::Tensor& mem) {
-  TORCH_CHECK(q.device().is_cpu() && mem.device().is_cpu(), fn, ": q and mem must be CPU tensors");
-  TORCH_CHECK(q.dim() == 2 && mem.dim() == 2, fn, ": q must be (N, C) and mem (S, C), got ", q.sizes(), " and ",
-              mem.sizes());
-  TORCH_CHECK(q.size(1) == mem.size(1), fn, ": mem must have C=", q.size(1), " columns, got ", mem.sizes());
-  TORCH_CHECK(mem.size(0) >= 1, fn, ": mem must have at least one slot");
-  TORCH_CHECK(q.scalar_type() == mem.scalar_type(), fn, ": q and mem must have the same dtype");
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, fn,
-              ": dtype must be float32 or float64, got ", q.scalar_type());
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_address_forward_cpu(const at::Tensor& q_, const at::Tensor& mem_) {
-  check_inputs("memory_address_forward_cpu", q_, mem_);
+  const char* fn = "memory_address_forward_cpu";
+  mgnet_memory::check_forward_args(fn, /*cuda=*/false, q_, mem_);
+  mgnet::check_cpu_float(q_, "q", fn);
   auto q = q_.contiguous();
   auto mem = mem_.contiguous();
   const int64_t N = q.size(0), C = q.size(1), S = mem.size(0);
@@ -871,14 +724,9 @@ std::tuple<at::Tensor, at::Tensor> memory_address_backward_cpu(const at::Tensor&
                                                                const at::Tensor& q_, const at::Tensor& mem_,
                                                                const at::Tensor& weights) {
   const char* fn = "memory_address_backward_cpu";
-  check_inputs(fn, q_, mem_);
+  mgnet_memory::check_backward_args(fn, /*cuda=*/false, grad_weights, grad_read, q_, mem_, weights);
+  mgnet::check_cpu_float(q_, "q", fn);
   const int64_t N = q_.size(0), C = q_.size(1), S = mem_.size(0);
-  TORCH_CHECK(grad_weights.sizes() == at::IntArrayRef({N, S}) && weights.sizes() == at::IntArrayRef({N, S}), fn,
-              ": grad_weights and weights must be (N, S) = (", N, ", ", S, ")");
-  TORCH_CHECK(grad_read.sizes() == q_.sizes(), fn, ": grad_read must have q's shape ", q_.sizes());
-  for (const at::Tensor* t : {&grad_weights, &grad_read, &weights})
-    TORCH_CHECK(t->scalar_type() == q_.scalar_type() && t->device().is_cpu(), fn,
-                ": gradients and weights must be CPU tensors of q's dtype");
   auto q = q_.contiguous(), mem = mem_.contiguous();
   auto gW = grad_weights.contiguous(), gR = grad_read.contiguous(), W = weights.contiguous();
   auto gq = at::empty_like(q), gm = at::empty_like(mem);

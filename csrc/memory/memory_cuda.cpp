@@ -10,39 +10,20 @@
 #include <climits>
 #include <tuple>
 
+#include "../common/cuda_glue.h"
+#include "../common/torch_glue.h"
+#include "memory_args.h"
 #include "memory_cuda.h"
 
 namespace {
 
-using mgnet_memory::DType;
+using mgnet::acc_type;
+using mgnet::DType;
 
 constexpr double kEps = 1e-12;  // mgnet.ops.memory.EPS
 
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf: return DType::F16;
-    case at::kBFloat16: return DType::BF16;
-    case at::kFloat: return DType::F32;
-    case at::kDouble: return DType::F64;
-    default: TORCH_CHECK(false, "memory_address (cuda): unsupported dtype ", t);
-  }
-  return DType::F32;
-}
-
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_arg(const at::Tensor& t, const char* name, const at::Tensor& q, const char* fn) {
-  TORCH_CHECK(t.is_cuda(), fn, ": ", name, " must be a CUDA tensor");
-  TORCH_CHECK(t.device() == q.device(), fn, ": ", name, " is on ", t.device(), " but q is on ", q.device());
-  TORCH_CHECK(t.scalar_type() == q.scalar_type(), fn, ": ", name, " has dtype ", t.scalar_type(), " but q has ",
-              q.scalar_type());
-}
-
-void check_shapes(const at::Tensor& q, const at::Tensor& mem, const char* fn) {
-  TORCH_CHECK(q.dim() == 2 && mem.dim() == 2, fn, ": q must be (N, C) and mem (S, C), got ", q.sizes(), " and ",
-              mem.sizes());
-  TORCH_CHECK(q.size(1) == mem.size(1), fn, ": mem must have C=", q.size(1), " columns, got ", mem.sizes());
-  TORCH_CHECK(mem.size(0) >= 1, fn, ": mem must have at least one slot");
+// what only the CUDA kernels need: S, C and S * C in int32
+void check_int32_sizes(const at::Tensor& q, const at::Tensor& mem, const char* fn) {
   TORCH_CHECK(mem.size(0) <= INT_MAX && q.size(1) <= INT_MAX && mem.size(0) * q.size(1) <= INT_MAX, fn,
               ": mem is too large (S * C must fit in int32)");
 }
@@ -58,9 +39,9 @@ std::tuple<at::Tensor, at::Tensor> slot_norms(const at::Tensor& mem) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_address_forward_cuda(const at::Tensor& q_, const at::Tensor& mem_) {
   const char* fn = "memory_address_forward_cuda";
-  check_arg(q_, "q", q_, fn);
-  check_arg(mem_, "mem", q_, fn);
-  check_shapes(q_, mem_, fn);
+  mgnet_memory::check_forward_args(fn, /*cuda=*/true, q_, mem_);
+  check_int32_sizes(q_, mem_, fn);
+  const DType dt = mgnet::to_dtype(q_.scalar_type(), fn, "q");
   const at::cuda::CUDAGuard device_guard(q_.device());
   const at::Tensor q = q_.contiguous(), mem = mem_.contiguous();
   const int64_t N = q.size(0), C = q.size(1), S = mem.size(0);
@@ -74,9 +55,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_address_forward_cuda(const
   at::Tensor scratch = q.scalar_type() == acc ? W : at::empty({N, S}, q.options().dtype(acc));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
   const cudaError_t err = mgnet_memory::forward_launch(
-      q.data_ptr(), mem.data_ptr(), inv_mn.data_ptr(), to_dtype(q.scalar_type()), W.data_ptr(), scratch.data_ptr(),
+      q.data_ptr(), mem.data_ptr(), inv_mn.data_ptr(), dt, W.data_ptr(), scratch.data_ptr(),
       top2.data_ptr<int64_t>(), read.data_ptr(), N, static_cast<int>(S), static_cast<int>(C), kEps, stream);
-  TORCH_CHECK(err == cudaSuccess, fn, ": kernel launch failed: ", cudaGetErrorString(err));
+  mgnet::check_launch(err, fn);
   return {W, read, top2};
 }
 
@@ -84,16 +65,9 @@ std::tuple<at::Tensor, at::Tensor> memory_address_backward_cuda(const at::Tensor
                                                                 const at::Tensor& grad_read_, const at::Tensor& q_,
                                                                 const at::Tensor& mem_, const at::Tensor& weights_) {
   const char* fn = "memory_address_backward_cuda";
-  check_arg(q_, "q", q_, fn);
-  check_arg(mem_, "mem", q_, fn);
-  check_arg(grad_weights_, "grad_weights", q_, fn);
-  check_arg(grad_read_, "grad_read", q_, fn);
-  check_arg(weights_, "weights", q_, fn);
-  check_shapes(q_, mem_, fn);
+  mgnet_memory::check_backward_args(fn, /*cuda=*/true, grad_weights_, grad_read_, q_, mem_, weights_);
+  check_int32_sizes(q_, mem_, fn);
   const int64_t N = q_.size(0), C = q_.size(1), S = mem_.size(0);
-  TORCH_CHECK(grad_weights_.sizes() == at::IntArrayRef({N, S}) && weights_.sizes() == at::IntArrayRef({N, S}), fn,
-              ": grad_weights and weights must be (N, S) = (", N, ", ", S, ")");
-  TORCH_CHECK(grad_read_.sizes() == q_.sizes(), fn, ": grad_read must have q's shape ", q_.sizes());
   const at::cuda::CUDAGuard device_guard(q_.device());
   const at::Tensor q = q_.contiguous(), mem = mem_.contiguous(), W = weights_.contiguous();
   const at::Tensor gW = grad_weights_.contiguous(), gR = grad_read_.contiguous();
@@ -103,18 +77,18 @@ std::tuple<at::Tensor, at::Tensor> memory_address_backward_cuda(const at::Tensor
   const auto acc_opts = q.options().dtype(acc);
   auto [raw, inv_mn] = slot_norms(mem);
   at::Tensor b = at::empty({N, S}, acc_opts), gsc = at::empty({N, S}, acc_opts);
-  const DType dt = to_dtype(q.scalar_type());
+  const DType dt = mgnet::to_dtype(q.scalar_type(), fn, "q");
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
   cudaError_t err = mgnet_memory::backward_rows_launch(gW.data_ptr(), gR.data_ptr(), q.data_ptr(), mem.data_ptr(),
                                                        W.data_ptr(), inv_mn.data_ptr(), dt, b.data_ptr(),
                                                        gsc.data_ptr(), gq.data_ptr(), N, static_cast<int>(S),
                                                        static_cast<int>(C), kEps, stream);
-  TORCH_CHECK(err == cudaSuccess, fn, ": row kernel launch failed: ", cudaGetErrorString(err));
+  mgnet::check_launch(err, fn, "row kernel");
   const int splits = mgnet_memory::gmem_splits(N, static_cast<int>(S), static_cast<int>(C));
   at::Tensor part = at::empty({splits, S, C}, acc_opts);
   err = mgnet_memory::gmem_launch(W.data_ptr(), b.data_ptr(), gR.data_ptr(), q.data_ptr(), dt, part.data_ptr(), N,
                                   static_cast<int>(S), static_cast<int>(C), splits, stream);
-  TORCH_CHECK(err == cudaSuccess, fn, ": grad_mem kernel launch failed: ", cudaGetErrorString(err));
+  mgnet::check_launch(err, fn, "grad_mem kernel");
   // gamma_s = [||m_s|| >= eps] sum_n gs*score / |m_s|^2: F.normalize's gradient along m_s
   at::Tensor gamma = at::where(raw >= kEps, gsc.sum(0) * inv_mn * inv_mn, at::zeros_like(raw));
   at::Tensor gm = part.sum(0) - gamma.unsqueeze(1) * mem.to(acc);

@@ -9,9 +9,11 @@
 
 #include <cstdint>
 
+#include "../common/dtype.h"
+
 namespace mgnet_memory {
 
-enum class DType : int { F16 = 1, BF16 = 2, F32 = 3, F64 = 4 };
+using DType = ::mgnet::DType;  // csrc/common/dtype.h
 
 // One warp per query (grid-strided), mem staged in shared memory when S*C fits `smem_bytes`:
 // scores (into `scratch`, N x S in the accumulation type), softmax, top2 (int64, ties to the lower

@@ -15,6 +15,8 @@
 #include <climits>
 #include <cstdint>
 
+#include "../common/cuda_convert.cuh"
+#include "../common/static_switch.h"
 #include "memory_cuda.h"
 
 namespace mgnet_memory {
@@ -25,27 +27,6 @@ constexpr int SG = 8;                     // slots per register group
 constexpr int GS = 8;                     // slots per thread in gmem_kernel
 constexpr int kGmemThreads = 128;         // columns per gmem block
 constexpr size_t kSmemLimit = 48 * 1024;  // dynamic shared memory without opt-in
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T> struct Conv;
-template <> struct Conv<float> {
-  __device__ static float to(float x) { return x; }
-  __device__ static float from(float x) { return x; }
-};
-template <> struct Conv<double> {
-  __device__ static double to(double x) { return x; }
-  __device__ static double from(double x) { return x; }
-};
-template <> struct Conv<__half> {
-  __device__ static float to(__half x) { return __half2float(x); }
-  __device__ static __half from(float x) { return __float2half_rn(x); }
-};
-template <> struct Conv<__nv_bfloat16> {
-  __device__ static float to(__nv_bfloat16 x) { return __bfloat162float(x); }
-  __device__ static __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
-};
 
 __device__ __forceinline__ float dexp(float x) { return expf(x); }
 __device__ __forceinline__ double dexp(double x) { return exp(x); }
@@ -93,24 +74,24 @@ extern __shared__ __align__(16) unsigned char smem_raw[];
 // mem element (s, c) from shared memory when staged, else from global memory (L2)
 template <typename T, typename A>
 __device__ __forceinline__ A mem_at(const A* ms, const T* mem, int s, int c, int C) {
-  return ms != nullptr ? ms[s * C + c] : Conv<T>::to(mem[static_cast<int64_t>(s) * C + c]);
+  return ms != nullptr ? ms[s * C + c] : mgnet::to_acc(mem[static_cast<int64_t>(s) * C + c]);
 }
 
 template <typename T, typename A>
 __device__ const A* stage_mem(const T* mem, int S, int C, bool use_smem) {
   if (!use_smem) return nullptr;
   A* ms = reinterpret_cast<A*>(smem_raw);
-  for (int k = threadIdx.x; k < S * C; k += blockDim.x) ms[k] = Conv<T>::to(mem[k]);
+  for (int k = threadIdx.x; k < S * C; k += blockDim.x) ms[k] = mgnet::to_acc(mem[k]);
   __syncthreads();
   return ms;
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32)
-fwd_kernel(const T* __restrict__ q, const T* __restrict__ mem, const typename Acc<T>::type* __restrict__ inv_mn,
-           T* W, typename Acc<T>::type* scratch, int64_t* __restrict__ top2, T* __restrict__ read, int64_t N,
-           int S, int C, typename Acc<T>::type eps, bool use_smem) {
-  using A = typename Acc<T>::type;
+fwd_kernel(const T* __restrict__ q, const T* __restrict__ mem, const mgnet::acc_t<T>* __restrict__ inv_mn,
+           T* W, mgnet::acc_t<T>* scratch, int64_t* __restrict__ top2, T* __restrict__ read, int64_t N,
+           int S, int C, mgnet::acc_t<T> eps, bool use_smem) {
+  using A = mgnet::acc_t<T>;
   const A* ms = stage_mem<T, A>(mem, S, C, use_smem);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int64_t n = static_cast<int64_t>(blockIdx.x) * kWarps + warp; n < N; n += static_cast<int64_t>(gridDim.x) * kWarps) {
@@ -122,7 +103,7 @@ fwd_kernel(const T* __restrict__ q, const T* __restrict__ mem, const typename Ac
 #pragma unroll
       for (int j = 0; j < SG; ++j) acc[j] = 0;
       for (int c = lane; c < C; c += 32) {
-        const A qv = Conv<T>::to(qr[c]);
+        const A qv = mgnet::to_acc(qr[c]);
         if (s0 == 0) qsq += qv * qv;
 #pragma unroll
         for (int j = 0; j < SG; ++j)
@@ -152,9 +133,9 @@ fwd_kernel(const T* __restrict__ q, const T* __restrict__ mem, const typename Ac
     }
     const A inv = A(1) / warp_sum(sum);
     for (int s = lane; s < S; s += 32) {
-      const T w = Conv<T>::from(sc[s] * inv);
+      const T w = mgnet::from_acc<T>(sc[s] * inv);
       W[n * S + s] = w;
-      sc[s] = Conv<T>::to(w);  // the read uses the weights as returned (rounded to T)
+      sc[s] = mgnet::to_acc(w);  // the read uses the weights as returned (rounded to T)
     }
     if (lane == 0) {
       top2[2 * n] = t.i1;
@@ -164,7 +145,7 @@ fwd_kernel(const T* __restrict__ q, const T* __restrict__ mem, const typename Ac
     for (int c = lane; c < C; c += 32) {
       A acc = 0;
       for (int s = 0; s < S; ++s) acc += sc[s] * mem_at<T, A>(ms, mem, s, c, C);
-      read[n * C + c] = Conv<T>::from(acc);
+      read[n * C + c] = mgnet::from_acc<T>(acc);
     }
     __syncwarp();
   }
@@ -173,10 +154,10 @@ fwd_kernel(const T* __restrict__ q, const T* __restrict__ mem, const typename Ac
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32)
 bwd_rows_kernel(const T* __restrict__ gW, const T* __restrict__ gR, const T* __restrict__ q, const T* __restrict__ mem,
-                const T* __restrict__ W, const typename Acc<T>::type* __restrict__ inv_mn,
-                typename Acc<T>::type* __restrict__ b, typename Acc<T>::type* __restrict__ gsc, T* __restrict__ gq,
-                int64_t N, int S, int C, typename Acc<T>::type eps, bool use_smem) {
-  using A = typename Acc<T>::type;
+                const T* __restrict__ W, const mgnet::acc_t<T>* __restrict__ inv_mn,
+                mgnet::acc_t<T>* __restrict__ b, mgnet::acc_t<T>* __restrict__ gsc, T* __restrict__ gq,
+                int64_t N, int S, int C, mgnet::acc_t<T> eps, bool use_smem) {
+  using A = mgnet::acc_t<T>;
   const A* ms = stage_mem<T, A>(mem, S, C, use_smem);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int64_t n = static_cast<int64_t>(blockIdx.x) * kWarps + warp; n < N; n += static_cast<int64_t>(gridDim.x) * kWarps) {
@@ -190,7 +171,7 @@ bwd_rows_kernel(const T* __restrict__ gW, const T* __restrict__ gR, const T* __r
 #pragma unroll
       for (int j = 0; j < SG; ++j) aq[j] = ag[j] = 0;
       for (int c = lane; c < C; c += 32) {
-        const A qv = Conv<T>::to(qr[c]), gv = Conv<T>::to(gr[c]);
+        const A qv = mgnet::to_acc(qr[c]), gv = mgnet::to_acc(gr[c]);
         if (s0 == 0) qsq += qv * qv;
 #pragma unroll
         for (int j = 0; j < SG; ++j)
@@ -214,14 +195,14 @@ bwd_rows_kernel(const T* __restrict__ gW, const T* __restrict__ gR, const T* __r
     __syncwarp();
     A wg = 0;  // sum_s W (grad_weights + grad_read . mem)
     for (int s = lane; s < S; s += 32) {
-      const A g = br[s] + Conv<T>::to(gW[n * S + s]);
+      const A g = br[s] + mgnet::to_acc(gW[n * S + s]);
       br[s] = g;
-      wg += Conv<T>::to(W[n * S + s]) * g;
+      wg += mgnet::to_acc(W[n * S + s]) * g;
     }
     wg = warp_sum(wg);
     A ss = 0;
     for (int s = lane; s < S; s += 32) {
-      const A gs = Conv<T>::to(W[n * S + s]) * (br[s] - wg);
+      const A gs = mgnet::to_acc(W[n * S + s]) * (br[s] - wg);
       const A scale = inv_qn * inv_mn[s];
       const A x = gs * (xr[s] * scale);
       xr[s] = x;
@@ -232,9 +213,9 @@ bwd_rows_kernel(const T* __restrict__ gW, const T* __restrict__ gR, const T* __r
     const A beta = qraw >= eps ? -ss * inv_qn * inv_qn : A(0);
     __syncwarp();
     for (int c = lane; c < C; c += 32) {
-      A acc = beta * Conv<T>::to(qr[c]);
+      A acc = beta * mgnet::to_acc(qr[c]);
       for (int s = 0; s < S; ++s) acc += br[s] * mem_at<T, A>(ms, mem, s, c, C);
-      gq[n * C + c] = Conv<T>::from(acc);
+      gq[n * C + c] = mgnet::from_acc<T>(acc);
     }
     __syncwarp();
   }
@@ -242,10 +223,10 @@ bwd_rows_kernel(const T* __restrict__ gW, const T* __restrict__ gR, const T* __r
 
 template <typename T>
 __global__ void __launch_bounds__(kGmemThreads)
-gmem_kernel(const T* __restrict__ W, const typename Acc<T>::type* __restrict__ b, const T* __restrict__ gR,
-            const T* __restrict__ q, typename Acc<T>::type* __restrict__ part, int64_t N, int S, int C,
+gmem_kernel(const T* __restrict__ W, const mgnet::acc_t<T>* __restrict__ b, const T* __restrict__ gR,
+            const T* __restrict__ q, mgnet::acc_t<T>* __restrict__ part, int64_t N, int S, int C,
             int64_t n_per_split) {
-  using A = typename Acc<T>::type;
+  using A = mgnet::acc_t<T>;
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   const int s0 = blockIdx.z * GS;
   const int64_t n_lo = static_cast<int64_t>(blockIdx.y) * n_per_split;
@@ -255,10 +236,10 @@ gmem_kernel(const T* __restrict__ W, const typename Acc<T>::type* __restrict__ b
 #pragma unroll
   for (int j = 0; j < GS; ++j) acc[j] = 0;
   for (int64_t n = n_lo; n < n_hi; ++n) {
-    const A gv = Conv<T>::to(gR[n * C + c]), qv = Conv<T>::to(q[n * C + c]);
+    const A gv = mgnet::to_acc(gR[n * C + c]), qv = mgnet::to_acc(q[n * C + c]);
 #pragma unroll
     for (int j = 0; j < GS; ++j)
-      if (s0 + j < S) acc[j] += Conv<T>::to(W[n * S + s0 + j]) * gv + b[n * S + s0 + j] * qv;
+      if (s0 + j < S) acc[j] += mgnet::to_acc(W[n * S + s0 + j]) * gv + b[n * S + s0 + j] * qv;
   }
 #pragma unroll
   for (int j = 0; j < GS; ++j)
@@ -280,7 +261,7 @@ unsigned row_blocks(int64_t N) {
 template <typename T>
 cudaError_t forward_typed(const void* q, const void* mem, const void* inv_mn, void* W, void* scratch, int64_t* top2,
                           void* read, int64_t N, int S, int C, double eps, cudaStream_t stream) {
-  using A = typename Acc<T>::type;
+  using A = mgnet::acc_t<T>;
   if (N == 0) return cudaSuccess;
   const size_t bytes = static_cast<size_t>(S) * C * sizeof(A);
   const bool use_smem = bytes <= kSmemLimit;
@@ -294,7 +275,7 @@ template <typename T>
 cudaError_t backward_rows_typed(const void* gW, const void* gR, const void* q, const void* mem, const void* W,
                                 const void* inv_mn, void* b, void* gsc, void* gq, int64_t N, int S, int C, double eps,
                                 cudaStream_t stream) {
-  using A = typename Acc<T>::type;
+  using A = mgnet::acc_t<T>;
   if (N == 0) return cudaSuccess;
   const size_t bytes = static_cast<size_t>(S) * C * sizeof(A);
   const bool use_smem = bytes <= kSmemLimit;
@@ -308,7 +289,7 @@ cudaError_t backward_rows_typed(const void* gW, const void* gR, const void* q, c
 template <typename T>
 cudaError_t gmem_typed(const void* W, const void* b, const void* gR, const void* q, void* part, int64_t N, int S,
                        int C, int splits, cudaStream_t stream) {
-  using A = typename Acc<T>::type;
+  using A = mgnet::acc_t<T>;
   if (C == 0 || splits <= 0) return cudaSuccess;
   const int64_t n_per_split = (N + splits - 1) / splits;
   const dim3 grid((C + kGmemThreads - 1) / kGmemThreads, splits, (S + GS - 1) / GS);
@@ -323,45 +304,25 @@ cudaError_t gmem_typed(const void* W, const void* b, const void* gR, const void*
 cudaError_t forward_launch(const void* q, const void* mem, const void* inv_mn, DType dtype, void* weights,
                            void* scratch, int64_t* top2, void* read, int64_t N, int S, int C, double eps,
                            cudaStream_t stream) {
-  switch (dtype) {
-    case DType::F32: return forward_typed<float>(q, mem, inv_mn, weights, scratch, top2, read, N, S, C, eps, stream);
-    case DType::F64: return forward_typed<double>(q, mem, inv_mn, weights, scratch, top2, read, N, S, C, eps, stream);
-    case DType::F16: return forward_typed<__half>(q, mem, inv_mn, weights, scratch, top2, read, N, S, C, eps, stream);
-    case DType::BF16:
-      return forward_typed<__nv_bfloat16>(q, mem, inv_mn, weights, scratch, top2, read, N, S, C, eps, stream);
-  }
-  return cudaErrorInvalidValue;
+  return MGNET_FLOAT_SWITCH(dtype, T, [&] {
+    return forward_typed<T>(q, mem, inv_mn, weights, scratch, top2, read, N, S, C, eps, stream);
+  });
 }
 
 cudaError_t backward_rows_launch(const void* grad_weights, const void* grad_read, const void* q, const void* mem,
                                  const void* weights, const void* inv_mn, DType dtype, void* b, void* gsc,
                                  void* grad_q, int64_t N, int S, int C, double eps, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::F32:
-      return backward_rows_typed<float>(grad_weights, grad_read, q, mem, weights, inv_mn, b, gsc, grad_q, N, S, C, eps,
-                                        stream);
-    case DType::F64:
-      return backward_rows_typed<double>(grad_weights, grad_read, q, mem, weights, inv_mn, b, gsc, grad_q, N, S, C, eps,
-                                         stream);
-    case DType::F16:
-      return backward_rows_typed<__half>(grad_weights, grad_read, q, mem, weights, inv_mn, b, gsc, grad_q, N, S, C, eps,
-                                         stream);
-    case DType::BF16:
-      return backward_rows_typed<__nv_bfloat16>(grad_weights, grad_read, q, mem, weights, inv_mn, b, gsc, grad_q, N, S,
-                                                C, eps, stream);
-  }
-  return cudaErrorInvalidValue;
+  return MGNET_FLOAT_SWITCH(dtype, T, [&] {
+    return backward_rows_typed<T>(grad_weights, grad_read, q, mem, weights, inv_mn, b, gsc, grad_q, N, S, C, eps,
+                                  stream);
+  });
 }
 
 cudaError_t gmem_launch(const void* weights, const void* b, const void* grad_read, const void* q, DType dtype,
                         void* part, int64_t N, int S, int C, int splits, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::F32: return gmem_typed<float>(weights, b, grad_read, q, part, N, S, C, splits, stream);
-    case DType::F64: return gmem_typed<double>(weights, b, grad_read, q, part, N, S, C, splits, stream);
-    case DType::F16: return gmem_typed<__half>(weights, b, grad_read, q, part, N, S, C, splits, stream);
-    case DType::BF16: return gmem_typed<__nv_bfloat16>(weights, b, grad_read, q, part, N, S, C, splits, stream);
-  }
-  return cudaErrorInvalidValue;
+  return MGNET_FLOAT_SWITCH(dtype, T, [&] {
+    return gmem_typed<T>(weights, b, grad_read, q, part, N, S, C, splits, stream);
+  });
 }
 
 int gmem_splits(int64_t N, int S, int C) {

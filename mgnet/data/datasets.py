@@ -154,12 +154,16 @@ def folder_videos(root, split, need_pose: bool = True) -> list[VideoItem]:
     sp = os.path.join(d, "scenes.json")
     if os.path.isfile(sp):
         try:
-            with open(sp) as f:
+            with open(sp, encoding="utf-8") as f:
                 scenes = json.load(f)
-        except ValueError:
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise DataError(sp, "not valid JSON") from None
         if not isinstance(scenes, dict):
             raise DataError(sp, "expected a JSON object {video name: scene}")
+        bad = [k for k, v in scenes.items() if isinstance(v, bool) or not isinstance(v, (str, int))]
+        if bad:
+            raise DataError(sp, f"the scene of video {bad[0]!r} must be a name or a number, "
+                                f"got {type(scenes[bad[0]]).__name__}")
     items = []
     for entry in sorted(os.listdir(d)):
         p = os.path.join(d, entry)
@@ -197,21 +201,29 @@ def type_names(kind: str, root) -> dict:
     p = os.path.join(os.fspath(root), "gt", "anomaly_types.json")
     if kind in ("synthetic", "shanghaitech") and os.path.isfile(p):
         try:
-            with open(p) as f:
+            with open(p, encoding="utf-8") as f:
                 return {int(k): str(v) for k, v in json.load(f).items()}
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             raise DataError(p, "not a JSON object {\"id\": \"name\"}") from None
     return {}
 
 
 def _load_array(path):
+    """A numeric array from an np.save file or a text array; DataError for anything else."""
     try:
-        return np.load(path, allow_pickle=False)
+        a = np.load(path, allow_pickle=False)
     except Exception:
         try:  # a plain-text array also passes
-            return np.loadtxt(path)
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "input contained no data": an empty array, checked below
+                a = np.loadtxt(path)
         except Exception:
             raise DataError(path, "not a numpy array file (np.save) or a text array") from None
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise DataError(path, f"expected a numeric array, got dtype {a.dtype}")
+    return a
 
 
 def load_gt(item: VideoItem, num_frames: int):
@@ -236,4 +248,6 @@ def load_types(item: VideoItem, num_frames: int):
     a = np.asarray(_load_array(item.types)).reshape(-1)
     if len(a) != num_frames:
         raise DataError(item.types, f"anomaly types have {len(a)} frames but the video has {num_frames}")
+    if not (np.isfinite(a).all() and (a == np.round(a)).all() and (a >= 0).all() and (a < 2 ** 31).all()):
+        raise DataError(item.types, "anomaly types must be integer ids >= 0")
     return a.astype(np.int64)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mgnet.data.errors import DataError
 from mgnet.data.tracker import track_detections
 
 __all__ = [
@@ -68,12 +69,23 @@ _COCO_PREFIX_COUNTS = (17, 26, 133, 136)
 _OPENPOSE_NAME = re.compile(r"_(\d+)_keypoints\.json$")
 
 
-class PoseFormatError(ValueError):
-    """A pose file that is empty, unreadable, of an unknown or mixed format, or inconsistent."""
+class PoseFormatError(DataError):
+    """A pose file that is empty, unreadable, of an unknown or mixed format, or inconsistent.
+    ``PoseFormatError(path, problem)``, or ``PoseFormatError(message)`` for a message naming the file."""
+
+    def __init__(self, path, problem=None):
+        if problem is None:
+            ValueError.__init__(self, path)
+            self.path, self.problem = None, path
+        else:
+            super().__init__(path, problem)
 
 
 def _err(path, msg: str) -> PoseFormatError:
-    return PoseFormatError(f"{path}: {msg}")
+    return PoseFormatError(path, msg)
+
+
+_INT64 = 2 ** 63 - 1
 
 
 _EXPECTED = (
@@ -86,15 +98,19 @@ _EXPECTED = (
 
 def _read_json(path: Path):
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise _err(path, f"cannot read pose file ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise _err(path, "not a UTF-8 text (JSON) file") from None
     if not text.strip():
         raise _err(path, "empty pose file")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise _err(path, f"not valid JSON ({e.msg} at line {e.lineno}); {_EXPECTED}") from None
+    except RecursionError:
+        raise _err(path, "JSON nested too deeply") from None
 
 
 def _kind_of_json(obj) -> str | None:
@@ -155,29 +171,54 @@ def detect_format(path) -> str:
 
 
 def _coco17(path, kps, where: str) -> np.ndarray:
-    """(K, 3) keypoints -> (17, 3) COCO-17."""
-    kps = np.asarray(kps, dtype=np.float32)
+    """(K, 3) keypoints -> (17, 3) COCO-17, finite numbers."""
+    try:
+        kps = np.asarray(kps, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise _err(path, f"{where}: keypoints must be numbers") from None
+    if kps.ndim not in (1, 2):
+        raise _err(path, f"{where}: keypoints must be a flat list [x, y, score] * K or K rows of 3")
     if kps.ndim == 1:
         if kps.size % 3:
             raise _err(path, f"{where}: {kps.size} keypoint values is not a multiple of 3 (x, y, score)")
         kps = kps.reshape(-1, 3)
     if kps.shape[0] not in _COCO_PREFIX_COUNTS or kps.shape[1] != 3:
         raise _err(path, f"{where}: {kps.shape[0]} keypoints; expected COCO-17 (or 26/133/136 starting with it)")
-    return kps[:17]
+    kps = kps[:17]
+    if not np.isfinite(kps).all() or np.abs(kps).max() > 1e7:
+        raise _err(path, f"{where}: keypoints hold NaN, inf or values beyond 1e7 pixels")
+    return kps.astype(np.float32)
 
 
 def _frame_number(path, name: str) -> int:
-    m = re.findall(r"\d+", Path(str(name)).stem)
+    if isinstance(name, bool) or not isinstance(name, (str, int)):
+        raise _err(path, f"frame/image id {name!r} is not a name or a number")
+    m = re.findall(r"[0-9]+", Path(str(name)).stem)
     if not m:
         raise _err(path, f"image_id {name!r} holds no frame number")
+    if len(m[-1]) > 18:
+        raise _err(path, f"frame number {m[-1]} in {name!r} is out of range")
     return int(m[-1])
+
+
+def _track_id(path, pid) -> int:
+    """A track (or MMPose frame) id as an int64-range integer: an int, an integral float, a digit string."""
+    try:
+        tid = int(pid) if not isinstance(pid, (bool, float)) else None
+    except (TypeError, ValueError):
+        tid = None
+    if isinstance(pid, float) and pid.is_integer():
+        tid = int(pid)
+    if tid is None or abs(tid) > _INT64 // 2:
+        raise _err(path, f"id {pid!r} is not an integer (or out of range)")
+    return tid
 
 
 def _group(path, entries: list[tuple[int, int, np.ndarray]]) -> PoseTracks:
     """(track id, frame, (17, 3)) triples -> tracks; a track seen twice in one frame is an error."""
     by_id: dict[int, dict[int, np.ndarray]] = {}
     for pid, frame, kp in entries:
-        frames = by_id.setdefault(int(pid), {})
+        frames = by_id.setdefault(_track_id(path, pid), {})
         if frame in frames:
             raise _err(path, f"track {pid} appears twice in frame {frame}")
         frames[frame] = kp
@@ -201,8 +242,8 @@ def _load_alphapose_tracked(path: Path, obj) -> PoseTracks:
     entries = []
     for pid, frames in obj.items():
         try:
-            tid = int(pid)
-        except ValueError:
+            tid = _track_id(path, pid)
+        except PoseFormatError:
             raise _err(path, f"person id {pid!r} is not an integer") from None
         for fid, det in frames.items():
             entries.append((tid, _frame_number(path, fid), _coco17(path, det["keypoints"], f"person {pid} frame {fid}")))
@@ -214,7 +255,8 @@ def _load_alphapose_tracked(path: Path, obj) -> PoseTracks:
 def _load_alphapose_results(path: Path, obj, **tracker_kw) -> PoseTracks:
     dets = [(_frame_number(path, d["image_id"]), _coco17(path, d["keypoints"], f"image {d['image_id']}")) for d in obj]
     ids = [d.get("idx") for d in obj]
-    if all(isinstance(i, int) or (isinstance(i, float) and i.is_integer()) for i in ids):
+    if all((isinstance(i, int) and not isinstance(i, bool) and abs(i) <= _INT64)
+           or (isinstance(i, float) and i.is_integer() and abs(i) <= _INT64) for i in ids):
         return _group(path, [(int(i), f, k) for i, (f, k) in zip(ids, dets)])
     return _track(path, dets, **tracker_kw)
 
@@ -228,7 +270,10 @@ def _load_openpose(path: Path, **tracker_kw) -> PoseTracks:
             raise _err(f, "OpenPose file name must end in _<frame number>_keypoints.json")
         frame = int(m.group(1))
         for k, person in enumerate(_read_json(f)["people"]):
-            vals = np.asarray(person.get("pose_keypoints_2d", []), dtype=np.float32)
+            try:
+                vals = np.asarray(person.get("pose_keypoints_2d", []), dtype=np.float64)
+            except (TypeError, ValueError, OverflowError):
+                raise _err(f, f"person {k}: pose_keypoints_2d must be numbers") from None
             if vals.size == 75:
                 table, layout = BODY25_TO_COCO17, "BODY_25"
             elif vals.size == 54:
@@ -236,7 +281,7 @@ def _load_openpose(path: Path, **tracker_kw) -> PoseTracks:
             else:
                 raise _err(f, f"person {k}: {vals.size} pose_keypoints_2d values; expected 75 (BODY_25) or 54 (COCO-18)")
             layouts.setdefault(layout, f)
-            dets.append((frame, vals.reshape(-1, 3)[list(table)]))
+            dets.append((frame, _coco17(f, vals.reshape(-1, 3)[list(table)], f"person {k}")))
             pid = person.get("person_id", -1)
             ids.append(pid[0] if isinstance(pid, list) and pid else pid)
     if len(layouts) > 1:
@@ -244,7 +289,7 @@ def _load_openpose(path: Path, **tracker_kw) -> PoseTracks:
                          f"(e.g. {layouts['BODY_25'].name}, {layouts['COCO-18'].name})")
     if not dets:
         raise _err(path, "empty pose folder (no people in any frame)")
-    if all(isinstance(i, int) and i >= 0 for i in ids):
+    if all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= _INT64 for i in ids):
         return _group(path, [(i, f, k) for i, (f, k) in zip(ids, dets)])
     return _track(path, dets, **tracker_kw)
 
@@ -256,17 +301,20 @@ def _load_mmpose(path: Path, obj, **tracker_kw) -> PoseTracks:
         frames, base = obj, 0  # MMPoseInferencer enumerates frames from 0
     dets, ids = [], []
     for fr in frames:
-        frame = int(fr["frame_id"]) - base
+        frame = _track_id(path, fr["frame_id"]) - base  # an integer like a track id (checked >= 0 below)
         for k, inst in enumerate(fr["instances"]):
-            xy = np.asarray(inst["keypoints"], dtype=np.float32)
-            sc = np.asarray(inst["keypoint_scores"], dtype=np.float32)
+            try:
+                xy = np.asarray(inst["keypoints"], dtype=np.float64)
+                sc = np.asarray(inst["keypoint_scores"], dtype=np.float64)
+            except (TypeError, ValueError, OverflowError):
+                raise _err(path, f"frame {fr['frame_id']} instance {k}: keypoints and scores must be numbers") from None
             if xy.ndim != 2 or xy.shape[1] != 2 or sc.shape != (xy.shape[0],):
                 raise _err(path, f"frame {fr['frame_id']} instance {k}: keypoints must be [[x, y]] * K with K keypoint_scores")
             dets.append((frame, _coco17(path, np.concatenate([xy, sc[:, None]], 1), f"frame {fr['frame_id']}")))
             ids.append(inst.get("track_id"))
     if not dets:
         raise _err(path, "empty pose file (no people)")
-    if all(isinstance(i, int) for i in ids):
+    if all(isinstance(i, int) and not isinstance(i, bool) and abs(i) <= _INT64 for i in ids):
         return _group(path, [(i, f, k) for i, (f, k) in zip(ids, dets)])
     return _track(path, dets, **tracker_kw)
 
@@ -297,7 +345,7 @@ def load_poses(path, fmt: str = "auto", **tracker_kw) -> PoseTracks:
                 tracks = _load_alphapose_results(path, obj, **tracker_kw)
             else:
                 tracks = _load_mmpose(path, obj, **tracker_kw)
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
         raise _err(path, f"malformed {detected} pose file (missing or mistyped field {e})") from None
     for pid, (frames, _) in tracks.items():
         if frames.size and frames.min() < 0:

@@ -37,9 +37,12 @@ class Track:
 
 def _as_int(key, path, what):
     try:
-        return int(key)
+        v = int(key)
     except (TypeError, ValueError):
         raise DataError(path, f"{what} {key!r} is not an integer") from None
+    if abs(v) >= 2 ** 62:
+        raise DataError(path, f"{what} {key!r} is out of range")
+    return v
 
 
 def parse_tracks(data, path="<pose json>") -> list[Track]:
@@ -76,8 +79,8 @@ def parse_tracks(data, path="<pose json>") -> list[Track]:
             s = det.get("scores", float(arr[:, 2].mean()))
             if isinstance(s, list):  # some AlphaPose versions write a one-element list
                 s = s[0] if s else 0.0
-            if not isinstance(s, (int, float)):
-                raise DataError(path, f"person {pid_key!r} frame {fkey!r}: \"scores\" must be a number")
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not -1e30 < s < 1e30:
+                raise DataError(path, f"person {pid_key!r} frame {fkey!r}: \"scores\" must be a finite number")
             fids.append(fid)
             kps.append(arr)
             scores.append(float(s))
@@ -102,8 +105,8 @@ def read_pose_json(path) -> list[Track]:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(path, f"not valid JSON ({e.msg} at line {e.lineno})") from None
-    except UnicodeDecodeError:
-        raise DataError(path, "not a text JSON file") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise DataError(path, "not a text JSON file (or nested too deeply)") from None
     return parse_tracks(data, path)
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import faults
 from . import datasets
 from .cache import FORMAT_VERSION, ClipStore
 from .crops import crop_squares, person_boxes, scene_images
@@ -163,6 +164,7 @@ def build_shard(plan: _Plan, cfg: dict, shard_dir: str, chash: str, pbar=None) -
     os.makedirs(tmp)
     try:
         _write_shard(plan, cfg, tmp, chash, pbar)
+        faults.point("prepare.shard")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -327,6 +329,7 @@ def _finalize(cfg, split, chash, items, store_dir, decoded_frames, seconds):
         scenes[it.name] = info["scene"]
     index = np.concatenate(index) if index else np.zeros((0, 7), np.int64)
     _atomic_save(os.path.join(store_dir, "index.npy"), index)
+    faults.point("prepare.index")
     meta = dict(format=FORMAT_VERSION, hash=chash, split=split, config=cfg, seg_len=cfg["seg_len"],
                 stride=stride_for(cfg, split), videos=[it.name for it in items], num_frames=num_frames,
                 frame_size=frame_size, scenes=scenes,

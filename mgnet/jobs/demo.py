@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Dict, List
 
-from mgnet import runs
+from mgnet import config_schema, runs
 from mgnet.engine import Dist
 from mgnet.evaluation import evaluate, format_table
 from mgnet.training import train
@@ -51,7 +51,7 @@ def check_targets(metrics: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mgnet demo", description=__doc__.split("\n\n")[0],
+    p = config_schema.ArgumentParser(prog="mgnet demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="small", choices=("tiny", "small", "full"), help="synthetic benchmark size")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
@@ -72,7 +72,7 @@ def main(argv) -> int:
     overrides = ["experiment=demo", f"data.synth.size={args.size}", f"data.synth.seed={args.seed}",
                  f"seed={args.seed}", f"train.out={args.out}",
                  "train.resume=true" if args.resume else "train.overwrite=true", *args.overrides]
-    cfg = runs.compose_config(overrides)
+    cfg = config_schema.compose(overrides)  # checked before any data or folder
     print(f"mgnet demo: {args.size} synthetic benchmark in {cfg.data.root}, run folder {cfg.train.out}",
           file=sys.stderr)
     ctx = Dist(str(cfg.train.device))  # one process group (torchrun) for training and evaluation

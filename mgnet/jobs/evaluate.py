@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from mgnet import runs
+from mgnet import config_schema
 from mgnet.evaluation import evaluate, format_table
 from mgnet.runs import RunDir
 
@@ -48,9 +48,11 @@ def main(argv) -> int:
     run, overrides = parse_argv(argv)
     if not run:
         raise ValueError("which run? `mgnet eval run=<run dir>`")
-    cfg = runs.load_config(RunDir(run).config)
+    cfg = config_schema.load_run_config(RunDir(run).config)
     if overrides:
+        config_schema.check_overrides(overrides)
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    cfg = config_schema.validate(cfg)  # checked before anything is scored or written
     metrics = evaluate(cfg, run)
     if metrics:
         print(format_table(metrics))

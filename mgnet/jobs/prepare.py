@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from mgnet import config_schema
 from mgnet.data import prepare
 
 
@@ -14,7 +15,7 @@ def usage() -> str:
 
 
 def main(argv) -> int:
-    dcfg = prepare.compose_data_config(argv)
+    dcfg = config_schema.compose(argv).data  # checked before any data is generated or prepared
     splits = list(dcfg.get("splits") or ["train", "test"])
     for split in splits:
         t = time.time()

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from mgnet import config_schema, faults
 from mgnet.data.pose_estimation.jobs import add_pose_estimator_args, extracted_poses, keep_cached_poses
 from mgnet.data.pose_formats import FORMATS
 from mgnet.engine import compile_model, load_run
@@ -52,7 +53,7 @@ from mgnet.runs import RunError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mgnet score", description="Score your own videos with a trained run.",
+    p = config_schema.ArgumentParser(prog="mgnet score", description="Score your own videos with a trained run.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", required=True, type=Path, help="a video file, a folder of frame images, or a folder of videos")
     p.add_argument("--poses", type=Path, default=None,
@@ -111,6 +112,7 @@ def _load_engine(args):
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
+    config_schema.check_args(config_schema.Score, args)  # first: the options, then the run's config
     if args.threads:
         torch.set_num_threads(args.threads)
     staged: list[Path] = []
@@ -141,14 +143,15 @@ def main(argv) -> int:
                                     args.batch_size, args.device, progress=True)
             meta["frames_per_second"] = round(len(src) / max(res.seconds, 1e-9), 2)
             tmp = args.out / f".{name}.partial{os.getpid()}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            for stale in (*args.out.glob(f".{name}.partial*"), *args.out.glob(f".{name}.old*")):
+                shutil.rmtree(stale, ignore_errors=True)  # left by a killed run for this video
             tmp.mkdir()
             staged.append(tmp)
             out = write_outputs(tmp, name, res, src, tracks, threshold, thr_source, fps, meta,
                                 {"merge_gap": args.merge_gap, "min_length": args.min_event},
                                 video=not args.no_video)
             keep_cached_poses(ppath, args.out / name, tmp)
+            faults.point("score.publish")
             publish(tmp, args.out / name)
             staged.remove(tmp)
             print(f"{name}: {len(src)} frames, {meta['frames_per_second']} frames/s ({meta['mode']}), "

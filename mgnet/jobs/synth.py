@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from mgnet import config_schema
 from mgnet.data import synth_variants, synthetic
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="mgnet synth", description=synthetic.__doc__.split("\n")[0])
+    ap = config_schema.ArgumentParser(prog="mgnet synth", description=synthetic.__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output folder (ShanghaiTech layout)")
     ap.add_argument("--size", default="small", choices=sorted(synthetic.SIZES), help="tiny (tests), small (demo), full")
     ap.add_argument("--seed", type=int, default=0)
@@ -24,6 +25,7 @@ def usage() -> str:
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
+    config_schema.check_args(config_schema.SynthArgs, args)  # before anything is generated
     meta = synthetic.generate(args.out, args.size, args.seed, args.workers, args.force, args.variant)
     vids = meta["videos"]
     n_train = sum(v["frames"] for v in vids.values() if v["split"] == "train")

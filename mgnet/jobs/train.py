@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import List
 
-from mgnet import runs
+from mgnet import config_schema
 from mgnet.training import train
 
 USAGE = """usage: mgnet train [--resume] [key=value ...]
@@ -40,7 +40,7 @@ def parse_argv(argv: List[str]) -> List[str]:
 
 
 def main(argv) -> int:
-    result = train(runs.compose_config(parse_argv(argv)))
+    result = train(config_schema.compose(parse_argv(argv)))  # checked before any data or folder
     if result["stopped"]:
         print(f"mgnet train: stopped early in {result['run'].root}; continue with --resume", file=sys.stderr)
     return 0

@@ -113,6 +113,19 @@ class ModelConfig:
     def __post_init__(self):
         def bad(name, why):
             raise ValueError(f"model.{name}={getattr(self, name)!r}: {why}")
+        # sizes first: the checks below divide by them
+        for name in ("depth", "heads", "n_b", "n_s", "n_r", "flow_steps", "flow_hidden", "c_app",
+                     "head_hidden", "scene_grid", "scene_conv_channels", "joints", "n_p", "n_a",
+                     "embed_dim", "lsta_k0", "lsta_k1", "lsta_dilation", "graph_max_hop"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        if self.flow_temporal_kernel is not None and self.flow_temporal_kernel < 1:
+            bad("flow_temporal_kernel", "must be null or >= 1")
+        if self.mlp_ratio <= 0:
+            bad("mlp_ratio", "must be > 0")
+        for name in ("alpha", "beta", "lambda_app", "lambda_mm", "sep_margin"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
         if self.seg_len <= 0 or self.seg_len % CUBE[0]:
             bad("seg_len", f"must be a positive multiple of {CUBE[0]} (cube time size)")
         if self.crop <= 0 or self.crop % CUBE[1]:
@@ -136,10 +149,6 @@ class ModelConfig:
             bad("lsta_order", f"runs on the eager backend only; model.ops_backend={self.ops_backend!r} has dense_first")
         if self.lsta_k0 % 2 == 0 or self.lsta_k1 % 2 == 0:
             bad("lsta_k0", "LSTA kernel sizes k0 and k1 must be odd")
-        for name in ("depth", "heads", "n_b", "n_s", "n_r", "flow_steps", "flow_hidden", "c_app",
-                     "head_hidden", "scene_grid", "scene_conv_channels", "joints", "n_p", "n_a"):
-            if getattr(self, name) < 1:
-                bad(name, "must be >= 1")
         for name in ("mem_temperature", "bsmm_temperature"):
             if getattr(self, name) <= 0:
                 bad(name, "must be > 0")

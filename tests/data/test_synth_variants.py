@@ -218,10 +218,10 @@ def test_variant_errors_and_cli(tmp_path, capsys):
     with pytest.raises(DataError, match="data.synth|variant"):
         prepare.data_config(dict(kind="synthetic", root=str(tmp_path), seg_len=16, train_stride=4, test_stride=1,
                                  crop_size=64, scene_size=64, synth={"size": "tiny", "variant": "nope"}))
-    from mgnet.jobs import synth
-    with pytest.raises(SystemExit):
-        synth.main(["--out", str(tmp_path / "y"), "--variant", "nope"])
-    assert "invalid choice" in capsys.readouterr().err
+    from mgnet import cli
+    assert cli.main(["synth", "--out", str(tmp_path / "y"), "--variant", "nope"]) == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
     # the default variant keeps the store hash it had before variants existed (no variant key)
     cfg = prepare.data_config(dict(kind="synthetic", root=str(tmp_path), seg_len=16, train_stride=4, test_stride=1,
                                    crop_size=64, scene_size=64, synth={"size": "tiny", "seed": 0, "variant": "default"}))

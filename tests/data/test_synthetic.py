@@ -145,11 +145,11 @@ def test_store_labels_follow_gt(stores):
 def test_cli(tiny, capsys):
     root = tiny[0]
     assert cli.main(["synth", "--out", root, "--size", "tiny", "--seed", "3"]) == 0  # same: kept as is
-    assert cli.main(["synth", "--out", root, "--size", "tiny", "--seed", "4"]) == 1
+    assert cli.main(["synth", "--out", root, "--size", "tiny", "--seed", "4"]) == 2
     assert "pass --force" in capsys.readouterr().err
     assert cli.main(["prepare", f"data.root={root}", "data.synth.size=tiny", "data.synth.seed=3", "data.splits=[test]"]) == 0
     assert "mgnet prepare: test:" in capsys.readouterr().out
-    assert cli.main(["prepare", "data=shanghaitech", f"data.root={root}/nope"]) == 1
+    assert cli.main(["prepare", "data=shanghaitech", f"data.root={root}/nope"]) == 2
     assert "nope: dataset root folder not found" in capsys.readouterr().err
 
 

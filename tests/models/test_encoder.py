@@ -28,6 +28,32 @@ def test_cube_embed_matches_reference_all_and_visible():
 
 
 def test_vit_attention_is_joint_space_time():
+    """One attention over all P = t*h*w cube tokens (joint), computed here from the layer's weights:
+    divided attention (time, then space, or either alone) gives a measurably different output."""
+    torch.manual_seed(0)
+    enc = VideoEncoder(8, 1, 2, GRID).eval()
+    with torch.no_grad():
+        for p in enc.parameters():           # weights large enough that attention is far from uniform
+            p.normal_(0.0, 0.5)
+    attn, x = enc.blocks[0].attn, _frames(1)
+    h = enc.blocks[0].norm1(enc.embed(x))                         # (1, 8, 8): 2 time steps x 2 x 2
+    q, k, v = (h @ attn.qkv.weight.T + attn.qkv.bias).view(1, 8, 3, 2, 4).unbind(2)  # (B, N, heads, 4)
+
+    def attention(allowed):
+        w = torch.einsum("bnhd,bmhd->bhnm", q, k) / 2.0           # / sqrt(head dim 4)
+        w = w.masked_fill(~allowed, float("-inf")).softmax(-1)
+        y = torch.einsum("bhnm,bmhd->bnhd", w, v).reshape(1, 8, 8)
+        return y @ attn.proj.weight.T + attn.proj.bias
+
+    t, s = torch.arange(8) // 4, torch.arange(8) % 4              # token = (t, y, x) in t-major order
+    joint = attention(torch.ones(8, 8, dtype=torch.bool))
+    in_time, in_space = attention(s[:, None] == s[None]), attention(t[:, None] == t[None])
+    with torch.no_grad():
+        out = attn(h)
+        torch.testing.assert_close(out, joint, rtol=1e-5, atol=1e-5)
+        for divided in (in_time, in_space):
+            assert (out - divided).abs().max() > 0.05
+    # and through the whole encoder: the last time step's token sees a change of cube 0 (time 0)
     enc = VideoEncoder(8, 1, 2, GRID).eval()
     x = _frames(1)
     y0 = enc(x)
