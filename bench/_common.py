@@ -14,7 +14,7 @@ import time
 
 import torch
 
-IMPLS = ("eager", "fused", "compile")
+IMPLS = ("eager", "fused", "compile", "fused+compile")
 
 
 def _sync(device):

@@ -19,6 +19,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from _common import IMPLS  # noqa: E402
+from mgnet.engine import cpu_features  # noqa: E402
 
 
 if os.environ.get("MGNET_BENCH_THREADS"):
@@ -66,7 +68,7 @@ def _rows(session):
     rows = []
     for (op, shape, pass_, device), impls in sorted(cases.items()):
         row = {"op": op, "shape": shape, "pass": pass_, "device": device}
-        for impl in ("eager", "fused", "compile"):
+        for impl in IMPLS:
             row[f"{impl}_ms"] = impls[impl][0] * 1e3 if impl in impls else None
             if impl in impls and impls[impl][1].get("clips"):
                 row[f"{impl}_clips_per_s"] = impls[impl][1]["clips"] / impls[impl][0]
@@ -74,6 +76,10 @@ def _rows(session):
             row["fused_vs_eager"] = row["eager_ms"] / row["fused_ms"]
         if row["compile_ms"] and row["fused_ms"]:
             row["fused_vs_compile"] = row["compile_ms"] / row["fused_ms"]
+        if row["compile_ms"] and row["fused+compile_ms"]:
+            row["fused+compile_vs_compile"] = row["compile_ms"] / row["fused+compile_ms"]
+        if row["eager_ms"] and row["fused+compile_ms"]:
+            row["fused+compile_vs_eager"] = row["eager_ms"] / row["fused+compile_ms"]
         if "fused" in impls:
             t, info = impls["fused"]
             if "flops" in info:
@@ -100,20 +106,23 @@ def pytest_sessionfinish(session, exitstatus):
     rows = _rows(session)
     if not rows:
         return
-    head = "| op | shape | pass | device | eager ms | fused ms | compile ms | fused/eager | fused/compile | fused rate | of ceiling |"
-    lines = [head, "|" + "---|" * 11]
+    head = ("| op | shape | pass | device | eager ms | fused ms | compile ms | fused+compile ms | fused/eager | "
+            "fused/compile | fused+compile/compile | fused rate | of ceiling |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         rate = (f"{r['fused_gflops']:.1f} GFLOP/s" if "fused_gflops" in r
                 else f"{r['fused_gbs']:.1f} GB/s" if "fused_gbs" in r else "-")
         if "fused_clips_per_s" in r or "eager_clips_per_s" in r:
-            rate = "clips/s e/f/c: " + "/".join(_fmt(r.get(f"{i}_clips_per_s"), ".1f")
-                                              for i in ("eager", "fused", "compile"))
+            rate = "clips/s e/f/c/fc: " + "/".join(_fmt(r.get(f"{i}_clips_per_s"), ".1f") for i in IMPLS)
         lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['device']} | {_fmt(r['eager_ms'], '.2f')} | "
                      f"{_fmt(r['fused_ms'], '.2f')} | {_fmt(r['compile_ms'], '.2f')} | "
+                     f"{_fmt(r['fused+compile_ms'], '.2f')} | "
                      f"{_ratio(r.get('fused_vs_eager'))} | {_ratio(r.get('fused_vs_compile'))} | "
+                     f"{_ratio(r.get('fused+compile_vs_compile'))} | "
                      f"{rate} | {_fmt(r.get('peak_fraction'), '.1%')} |")
     machine = {"host": platform.node(), "machine": platform.machine(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(),
+               "threads": torch.get_num_threads(), "cpu": cpu_features(),
+               "load": os.getloadavg() if hasattr(os, "getloadavg") else None,
                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                "ceilings": sorted({r["ceiling"] for r in rows if "ceiling" in r})}
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

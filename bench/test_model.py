@@ -10,6 +10,8 @@ Impls:    eager   every mgnet op on its reference (`mgnet.ops.backend("eager")`)
           fused   `auto`: the compiled C++ / CUDA / Triton kernels
           compile torch.compile of the eager model (the step's loss / the scores function), with the
                   ops' references inlined so that inductor sees plain PyTorch (see _inline_references)
+          fused+compile  the fast path of `train.compile` / `--compile`: mgnet.engine.compile_model, the
+                  fused kernels as opaque mgnet:: custom ops inside the inductor graph
 Batches are what ClipStore + default collate give (uint8 rgb and scene), made up here so that the
 benchmark does not depend on a prepared dataset.
 """
@@ -69,7 +71,19 @@ def _inline_references():
 
 
 def _backend_ctx(impl):
-    return ops.backend("auto" if impl == "fused" else "eager")
+    return ops.backend("eager" if impl in ("eager", "compile") else "auto")
+
+
+def _compiled(model, impl):
+    """The model with losses/scores compiled for the compile impls (a fresh dynamo cache each)."""
+    if impl in ("compile", "fused+compile"):
+        torch._dynamo.reset()
+        if impl == "compile":
+            model.losses, model.scores = torch.compile(model.losses), torch.compile(model.scores)
+        else:
+            from mgnet.engine import compile_model
+            compile_model(model)
+    return model
 
 
 def _model(cfg_name, device, stage):
@@ -82,18 +96,16 @@ def _model(cfg_name, device, stage):
     return cfg, model
 
 
-@pytest.mark.parametrize("impl", ["eager", "fused", "compile"])
+@pytest.mark.parametrize("impl", ["eager", "fused", "compile", "fused+compile"])
 @pytest.mark.parametrize("stage", [2, 3])
 @pytest.mark.parametrize("cfg_name,device,B", CASES)
 def test_train_step(benchmark, cfg_name, device, B, stage, impl):
     cfg, model = _model(cfg_name, device, stage)
     batch = synthetic_batch(cfg, B, device)
     opt = torch.optim.AdamW(model.stage_parameters(stage), lr=1e-4)
-    loss_fn = model.losses
     patch = _inline_references() if impl == "compile" else contextlib.nullcontext()
     with patch, _backend_ctx(impl):
-        if impl == "compile":
-            loss_fn = torch.compile(model.losses)
+        loss_fn = _compiled(model, impl).losses
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -106,17 +118,15 @@ def test_train_step(benchmark, cfg_name, device, B, stage, impl):
         bench_pedantic(benchmark, step, device=device, rounds=ROUNDS[device], warmup_rounds=0)
 
 
-@pytest.mark.parametrize("impl", ["eager", "fused", "compile"])
+@pytest.mark.parametrize("impl", ["eager", "fused", "compile", "fused+compile"])
 @pytest.mark.parametrize("cfg_name,device,B", CASES)
 def test_inference(benchmark, cfg_name, device, B, impl):
     cfg, model = _model(cfg_name, device, 4)
     model.eval()
     batch = synthetic_batch(cfg, B, device)
-    score_fn = model.scores
     patch = _inline_references() if impl == "compile" else contextlib.nullcontext()
     with patch, _backend_ctx(impl), torch.inference_mode():
-        if impl == "compile":
-            score_fn = torch.compile(model.scores)
+        score_fn = _compiled(model, impl).scores
 
         def run():
             return score_fn(batch)

@@ -140,6 +140,8 @@ class Train:
     stages: List[int] = spec([1, 2, 3, 4], choices=(0, 1, 2, 3, 4), nonempty=True)
     device: str = spec("auto", choices=DEVICES)
     amp: bool = True
+    precision: str = spec("auto", choices=("auto", "fp32", "bf16"))   # mgnet.engine.precision
+    compile: bool = False         # mgnet.engine.compile_model
     threads: Optional[int] = spec(None, ge=1)
     deterministic: bool = False   # bit-identical runs at any thread count (mgnet/determinism.py)
     num_workers: int = spec(0, ge=0)
@@ -163,6 +165,7 @@ class Eval:
     batch_size: int = spec(256, ge=1)
     plots: bool = True
     max_plots: int = spec(200, ge=0)
+    compile: bool = False         # mgnet.engine.compile_model (`mgnet eval --compile`)
     fusion: str = spec("z", choices=NORMS)
     combine: str = spec("pos_mean", choices=COMBINES)
 

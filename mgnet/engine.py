@@ -3,8 +3,8 @@ loading a model, opening a prepared split, and the one per-batch scoring functio
 
 ``score_batch`` is the only place a model's raw clip scores are computed: evaluation and the
 training-set statistics (``score_clips``), ``mgnet score`` offline and the online scorer
-(mgnet.inference) all call it, so they score a clip identically. ``amp`` (bf16 autocast) only
-acts on CUDA; the online scorer and ``mgnet score`` run without it, as before.
+(mgnet.inference) all call it, so they score a clip identically. ``amp`` (bf16 autocast) acts on
+CUDA, and on CPU when it is "bf16" (train.precision=bf16, see ``precision``); the online scorer and ``mgnet score`` run without it, as before.
 
 Layers (docs/architecture.md): jobs -> engine and the library modules -> models, data, ops.
 Nothing here imports a job.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import platform
 import sys
 import time
 import weakref
@@ -24,6 +25,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -103,15 +105,121 @@ class Dist:
             dist.destroy_process_group()
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA; a no-op context on CPU."""
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def cpu_features() -> Dict[str, Any]:
+    """The CPU's model, torch's dispatch level and whether it computes bf16 natively:
+    ``bf16_native`` needs AVX512-BF16 or AMX-BF16 (/proc/cpuinfo flags); without them torch's bf16
+    CPU kernels convert to fp32 and back (correct, usually slower than fp32)."""
+    flags, model = set(), platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                if key.strip() == "flags" and not flags:
+                    flags = set(val.split())
+                elif key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = val.strip()
+    except OSError:
+        pass
+    found = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    return {"model": model, "capability": torch.backends.cpu.get_cpu_capability(), "flags": found,
+            "bf16_native": bool(flags & {"avx512_bf16", "amx_bf16"})}
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def precision(cfg):
+    """The ``amp`` argument of autocast / score_clips for a config: ``train.precision`` auto (the
+    default) -> ``train.amp`` (bf16 autocast on CUDA only), fp32 -> False, bf16 -> "bf16" (bf16
+    autocast on CPU too)."""
+    mode = str(OmegaConf.select(cfg, "train.precision", default="auto"))
+    if mode not in PRECISIONS:
+        raise ValueError(f"train.precision={mode!r}: expected one of {', '.join(PRECISIONS)}")
+    return {"auto": bool(OmegaConf.select(cfg, "train.amp", default=True)), "fp32": False, "bf16": "bf16"}[mode]
+
+
+def autocast(device: torch.device, enabled):
+    """bf16 autocast: on CUDA when ``enabled``; on CPU as well when ``enabled == "bf16"``
+    (train.precision=bf16: native on AVX512-BF16 / AMX CPUs, see cpu_features; emulated through
+    fp32 elsewhere). The mgnet ops take bf16 inputs: a kernel without bf16 runs them in fp32
+    (ops/backends.in_float32). Otherwise a no-op context."""
+    if enabled and (device.type == "cuda" or enabled == "bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------- torch.compile (the fast path)
+COMPILE_FALLBACK = "torch.compile is not available here ({why}); running the model eager (same results, slower)"
+
+
+def compile_unavailable(device) -> str | None:
+    """Why inductor cannot compile for ``device`` here (None when it can): CPU code needs a C++ compiler."""
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile"
+    if torch.device(device).type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+            get_cpp_compiler()
+        except Exception as exc:  # noqa: BLE001  (any failure to find one means no CPU compile)
+            return f"no C++ compiler for inductor's CPU code: {exc}"
+    return None
+
+
+def _mark_batch_dynamic(args) -> None:
+    """Batch dimension of every tensor of a batch dict dynamic, so that a new batch size reuses the
+    compiled graph instead of compiling another one (maybe_: a size 1 may still specialise)."""
+    for a in args:
+        if isinstance(a, dict):
+            for v in a.values():
+                if torch.is_tensor(v) and v.dim() >= 1:
+                    torch._dynamo.maybe_mark_dynamic(v, 0)
+
+
+class _CompiledMethod:
+    """A model method run through torch.compile; on a compile failure it warns once (to stderr,
+    COMPILE_FALLBACK) and runs the eager method from then on. Errors of the model itself (raised
+    eagerly too) are re-raised unchanged by the eager rerun."""
+
+    def __init__(self, fn, backend, mode):
+        self.eager = fn
+        self.compiled = torch.compile(fn, backend=backend, mode=mode)
+        self.failed: str | None = None
+
+    def __call__(self, *args, **kwargs):
+        if self.failed is None:
+            _mark_batch_dynamic(args)
+            try:
+                return self.compiled(*args, **kwargs)
+            except torch._dynamo.exc.TorchDynamoException as exc:
+                inner = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
+                text = str(inner).strip()
+                self.failed = f"{type(inner).__name__}: {text.splitlines()[0] if text else ''}"
+                print("warning: " + COMPILE_FALLBACK.format(why=self.failed), file=sys.stderr, flush=True)
+        return self.eager(*args, **kwargs)
+
+
+def compile_model(model: torch.nn.Module, backend="inductor", mode: str | None = None) -> torch.nn.Module:
+    """Compile ``model.scores`` and ``model.losses`` in place (the module, its weights and its
+    state_dict are unchanged) and return the model. The ``mgnet::`` custom ops stay in the graph as
+    opaque calls (no graph break, tests/test_compile.py), so inductor fuses the ViT, norms and MLPs
+    around the project's kernels. Batch sizes share one graph (dynamic batch dimension). Where
+    compile is unavailable (no C++ compiler for CPU code, or the compile fails) it prints
+    COMPILE_FALLBACK once and the model runs eager."""
+    if isinstance(getattr(model, "scores", None), _CompiledMethod):
+        return model
+    if backend == "inductor":
+        why = compile_unavailable(next(model.parameters()).device)
+        if why is not None:
+            print("warning: " + COMPILE_FALLBACK.format(why=why), file=sys.stderr, flush=True)
+            return model
+    for name in ("scores", "losses"):
+        if hasattr(model, name):
+            setattr(model, name, _CompiledMethod(getattr(model, name), backend, mode))
+    return model
 
 
 # ---------------------------------------------------------------- model and data
@@ -172,9 +280,9 @@ def open_split(data_cfg, split: str, ctx: Dist):
 
 
 # ---------------------------------------------------------------- scoring
-def score_batch(model, batch: Dict[str, Any], device, amp: bool = False) -> Dict[str, np.ndarray]:
+def score_batch(model, batch: Dict[str, Any], device, amp: bool | str = False) -> Dict[str, np.ndarray]:
     """Raw per-clip scores ``{"mo", "app", "mm", "nll"[, "pose"]}`` (scoring.SCORE_KEYS) of one batch in the
-    ClipStore layout, as float64 numpy arrays; under inference_mode, bf16 autocast when ``amp`` on CUDA."""
+    ClipStore layout, as float64 numpy arrays; under inference_mode and autocast(device, amp)."""
     device = torch.device(device)
     with torch.inference_mode(), autocast(device, amp):
         out = model.scores(to_device(batch, device))
@@ -182,7 +290,7 @@ def score_batch(model, batch: Dict[str, Any], device, amp: bool = False) -> Dict
     return {k: out[k].float().cpu().numpy().astype(np.float64) for k in keys}
 
 
-def score_clips(model, store, batch_size: int, ctx=None, amp: bool = True, desc: str = "scoring",
+def score_clips(model, store, batch_size: int, ctx=None, amp: bool | str = True, desc: str = "scoring",
                 num_workers: int = 0) -> Dict[str, np.ndarray]:
     """Raw per-clip scores of every clip of ``store`` (batched, under inference_mode).
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from mgnet import engine, runs, scoring, tracking
 from mgnet.engine import Dist
@@ -130,8 +131,10 @@ def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
         log = log or runs.get_logger(None, ctx.rank)
         if model is None:
             model, _ = engine.load_run(run.root, device=ctx.device)
+        if OmegaConf.select(cfg, "eval.compile", default=False):
+            engine.compile_model(model)
         store = engine.open_split(cfg.data, "test", ctx)
-        clip = engine.score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp),
+        clip = engine.score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=engine.precision(cfg),
                            desc="test scores")
         if not ctx.main:
             return {}

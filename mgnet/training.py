@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
+from omegaconf import OmegaConf
 
 from mgnet import engine, faults, runs, scoring, tracking
 from mgnet.engine import Dist, autocast, load_model_state, model_identity, score_clips, to_device
@@ -154,7 +155,7 @@ def _data_dependent_init(model, store, cfg, stage: int, gbs: int, ctx: Dist) -> 
     batch = to_device(next(iter(DataLoader(store, batch_size=gbs, sampler=first,
                                            generator=torch.Generator().manual_seed(0)))), ctx.device)
     state = runs.rng_state()
-    with autocast(ctx.device, bool(cfg.train.amp)):
+    with autocast(ctx.device, engine.precision(cfg)):
         model.losses(batch, stage)
     runs.set_rng_state(state)
 
@@ -284,7 +285,7 @@ def train_stage(stage: int, model, store, cfg, run: RunDir, ctx: Dist, log, budg
                     batch = to_device(batch, ctx.device)
                     for g in opt.param_groups:
                         g["lr"] = _lr(step, total, float(scfg.lr), int(scfg.warmup))
-                    with autocast(ctx.device, bool(cfg.train.amp)):
+                    with autocast(ctx.device, engine.precision(cfg)):
                         out = fwd(batch)
                     loss = out["loss"]
                     opt.zero_grad(set_to_none=True)
@@ -358,7 +359,7 @@ def write_score_stats(model, store, cfg, run: RunDir, ctx: Dist, log) -> Optiona
     # S_pose / S_app of a training clip leave its own track / video out (MGNet.leave_own_track_out)
     leave_out = getattr(model, "leave_own_track_out", contextlib.nullcontext)
     with leave_out():
-        clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=bool(cfg.train.amp), desc="train scores")
+        clip = score_clips(model, store, int(cfg.eval.batch_size), ctx, amp=engine.precision(cfg), desc="train scores")
     if not ctx.main:
         return None
     names = [k for k in SCORE_KEYS + scoring.OPTIONAL_COMPONENTS if k in clip]
@@ -437,6 +438,8 @@ def train(cfg, ctx: Optional[Dist] = None) -> Dict[str, Any]:
         if cfg.train.get("deterministic", False):
             from mgnet import determinism
             restore_torch = determinism.enable(model, ctx.device)
+        if OmegaConf.select(cfg, "train.compile", default=False):
+            engine.compile_model(model)
         budget = {"steps": 0, "stop_after": cfg.train.stop_after_steps}
         loaded = None
         try:

@@ -14,7 +14,9 @@ from mgnet import config_schema
 from mgnet.evaluation import evaluate, format_table
 from mgnet.runs import RunDir
 
-USAGE = """usage: mgnet eval run=<run dir> [key=value ...]
+USAGE = """usage: mgnet eval run=<run dir> [--compile] [key=value ...]
+
+--compile: torch.compile the model (same as eval.compile=true; falls back to eager with a message)
 
 Scores the test split of a finished run; overrides apply to the run's config.yaml, e.g.
   mgnet eval run=runs/demo eval.sigma=3 eval.plots=false
@@ -33,6 +35,8 @@ def parse_argv(argv: List[str]) -> Tuple[Optional[str], List[str]]:
             run = a[4:]
         elif a == "--run":
             run = next(it, None)
+        elif a == "--compile":
+            overrides.append("eval.compile=true")
         elif a.startswith("-"):
             raise ValueError(f"unknown option {a!r}; `mgnet eval run=<dir> [key=value ...]`")
         else:

@@ -45,7 +45,7 @@ import torch
 from mgnet import config_schema, faults
 from mgnet.data.pose_estimation.jobs import add_pose_estimator_args, extracted_poses, keep_cached_poses
 from mgnet.data.pose_formats import FORMATS
-from mgnet.engine import load_run
+from mgnet.engine import compile_model, load_run
 from mgnet.inference import (ClipSpec, choose_threshold, load_score_stats, open_video_inputs, score_offline,
                              score_online)
 from mgnet.report.outputs import format_score, publish, write_outputs
@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-event", type=int, default=1, help="drop events shorter than this many frames")
     p.add_argument("--no-video", action="store_true", help="skip the annotated video")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate when the input does not say (frame folders)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (--engine torch; once, shared by every batch size; "
+                        "falls back to eager with a message where compile is unavailable)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,
@@ -88,6 +91,8 @@ def _load_engine(args):
     """(model, cfg or None, stats, spec, lambdas, sigma, source) of --engine torch (the run folder) or
     --engine onnx (an exported folder; mgnet.deploy.runtime, no model or training code imported)."""
     if args.engine == "onnx":
+        if args.compile:
+            raise ValueError("--compile applies to --engine torch (an exported model is already compiled)")
         if args.model is None:
             raise ValueError("--engine onnx needs --model (an `mgnet export --format onnx` folder)")
         from mgnet.deploy.runtime import load_exported
@@ -98,6 +103,8 @@ def _load_engine(args):
     if not (args.run / "config.yaml").is_file():
         raise RunError(f"{args.run}: not a run folder (no config.yaml)")
     model, cfg = load_run(args.run, device=args.device)
+    if args.compile:
+        compile_model(model)
     stats = load_score_stats(args.run)
     lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
     return model, cfg, stats, ClipSpec.from_config(cfg), lambdas, float(cfg.eval.sigma), args.run

@@ -405,7 +405,9 @@ class SegmentMemory(_Written):
         if not (self.exclude_own_track and track is not None):
             return out       # nothing masked, every distance finite (and no data-dependent branch: torch.export)
         lonely = ~torch.isfinite(out)      # fewer than k segments of other tracks: use every segment
-        if bool(lonely.any()):
+        # only exclusion can leave a query lonely; under torch.compile the fallback is computed
+        # unconditionally (torch.where picks it) instead of a host sync that would break the graph
+        if self.exclude_own_track and track is not None and (torch.compiler.is_compiling() or bool(lonely.any())):
             excl, self.exclude_own_track = self.exclude_own_track, False
             try:
                 out = torch.where(lonely, self.forward(pose, None, chunk), out)
