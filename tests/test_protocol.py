@@ -121,8 +121,8 @@ def test_protocol_tiny_end_to_end_reads_only_its_own_cell(tmp_path, monkeypatch,
     from mgnet.data import datasets, synthetic
     touched = []
     real_list, real_gen = datasets.list_videos, synthetic.generate
-    monkeypatch.setattr(datasets, "list_videos", lambda kind, root, split: touched.append(str(root)) or
-                        real_list(kind, root, split))
+    monkeypatch.setattr(datasets, "list_videos", lambda kind, root, split, **kw: touched.append(str(root)) or
+                        real_list(kind, root, split, **kw))
     monkeypatch.setattr(synthetic, "generate", lambda out, *a, **k: touched.append(str(out)) or real_gen(out, *a, **k))
     from mgnet.data.cache import ClipStore
     real_init = ClipStore.__init__

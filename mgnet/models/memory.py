@@ -386,11 +386,14 @@ class SegmentMemory(_Written):
         k = min(self.k, self._filled)
         c = min(k + 4, self._filled)     # candidates by the fast expansion, then exact distances
         best = best_i = None
+        # under torch.compile, views of buffers written under inference_mode break inductor: copy once
+        slots, tracks = ((self.slots.clone(), self.track.clone()) if torch.compiler.is_compiling()
+                         else (self.slots, self.track))
         for i in range(0, self._filled, chunk):      # running c smallest over chunks of the memory
-            m = self.slots[i:min(i + chunk, self._filled)]
+            m = slots[i:min(i + chunk, self._filled)]
             d2 = (q.pow(2).sum(1, keepdim=True) - 2 * q @ m.T + m.pow(2).sum(1)[None]).clamp_min(0)
             if self.exclude_own_track and track is not None:
-                own = track.to(self.track.device)[:, None] == self.track[i:i + m.shape[0]][None]
+                own = track.to(tracks.device)[:, None] == tracks[i:i + m.shape[0]][None]
                 d2 = d2.masked_fill(own, float("inf"))
             idx = torch.arange(i, i + m.shape[0], device=q.device).expand(q.shape[0], -1)
             cand = d2 if best is None else torch.cat([best, d2], 1)
@@ -399,7 +402,7 @@ class SegmentMemory(_Written):
             best_i = cidx.gather(1, pos)
         # |q - m| from the difference itself: the expansion's rounding depends on the batch's
         # matmul path, which S_pose's z-score would magnify (online scores must equal offline ones)
-        exact = (q[:, None, :] - self.slots[best_i]).pow(2).sum(-1).sqrt()
+        exact = (q[:, None, :] - slots[best_i]).pow(2).sum(-1).sqrt()
         exact = exact.masked_fill(~torch.isfinite(best), float("inf"))
         out = exact.topk(k, dim=1, largest=False).values.mean(1)
         if not (self.exclude_own_track and track is not None):
