@@ -156,6 +156,7 @@ def test_kill_inside_eval(ref):
     run = base / "eval-kill"
     shutil.copytree(base / "ref" / "checkpoints", run / "checkpoints")
     shutil.copy(base / "ref" / "config.yaml", run / "config.yaml")
+    shutil.copy(base / "ref" / "score_stats.json", run / "score_stats.json")   # eval fuses against it
     (run / "eval").mkdir()
     np.savez(run / "eval" / "frame_scores.npz", earlier=np.zeros(3))
     (run / "metrics.json").write_text('{"earlier": true}')

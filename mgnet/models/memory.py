@@ -235,15 +235,19 @@ class AppearanceMemory(_Written):
         self.register_buffer("slots", torch.zeros(slots, 6))
         self._init_filled()
         # two held-out memories for the training-set statistics: fold f is fitted on the cubes of
-        # the training videos whose index parity is not f (``fit(..., groups)``). Not saved: they
-        # serve the score_stats.json pass right after stage 4 (a run resumed after stage 4 writes
-        # its statistics with the in-sample memory)
-        self.register_buffer("fold_slots", torch.zeros(2, slots, 6), persistent=False)
-        self.register_buffer("fold_filled", torch.zeros(2, dtype=torch.long), persistent=False)
+        # the training videos whose index parity is not f (``fit(..., groups)``). Saved with the
+        # stage-4 checkpoint, so a run killed while scoring the training set and resumed writes the
+        # same score_stats.json as an uninterrupted one (tests/test_kill.py)
+        self.register_buffer("fold_slots", torch.zeros(2, slots, 6))
+        self.register_buffer("fold_filled", torch.zeros(2, dtype=torch.long))
         self._fold_filled = (0, 0)
         self.exclude_own_track = False
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1), persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._fold_filled = tuple(int(v) for v in self.fold_filled)
 
     def descriptors(self, rgb: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) uint8 (or float in [0, 1]) -> (B, P, 6) per-cube colour mean and std.
