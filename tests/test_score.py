@@ -15,6 +15,7 @@ from mgnet.inference import ClipSpec, find_pose_file, score_offline, video_input
 from tests.test_inference import LAMBDAS, STATS, assert_components_live, clip_tracks, tiny_model, write_clip_video
 from tests.test_report import dump_dom
 
+ONLINE_ATOL = 5e-5   # fused-score units (z); see test_online_cli_prints_final_frames_in_order_and_equals_offline
 VARIANTS = [("alphapose-tracked", {}), ("alphapose-results", {"with_ids": False}),
             ("openpose", {"openpose_layout": "BODY_25", "with_ids": False}),
             ("openpose", {"openpose_layout": "COCO-18", "with_ids": False}), ("mmpose", {"with_ids": False})]
@@ -151,11 +152,14 @@ def test_online_cli_prints_final_frames_in_order_and_equals_offline(run, scored,
     assert on["mode"] == "online" and on["latency_frames"] == ClipSpec().latency == 9
     a = np.array([np.nan if v is None else v for v in on["frames"]["score"]])
     b = np.array([np.nan if v is None else v for v in off["frames"]["score"]])
-    np.testing.assert_allclose(a, b, rtol=1e-5, equal_nan=True)
+    # online batches hold one frame's people, offline ones 64 clips: the kernels' float32 rounding
+    # differs by a few ulps of a raw score, which the z-score against the training spread
+    # magnifies (S_mm's spread is ~2 % of its value): ~1e-5 in fused units, nothing more
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=ONLINE_ATOL, equal_nan=True)
     assert len(on["events"]) == len(off["events"])
     for e, f in zip(on["events"], off["events"]):
         assert {k: v for k, v in e.items() if k != "peak_score"} == {k: v for k, v in f.items() if k != "peak_score"}
-        assert e["peak_score"] == pytest.approx(f["peak_score"], rel=1e-5)
+        assert e["peak_score"] == pytest.approx(f["peak_score"], rel=1e-5, abs=ONLINE_ATOL)
     assert on["frames_per_second"] > 0
     # the Python iterator API yields the same frames, in order
     from mgnet.inference import iter_scores
