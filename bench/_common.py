@@ -2,7 +2,8 @@
 
 Ceilings (measured once per run, on the device the benchmark uses):
   * compute peak: fp32 GEMM throughput of torch.mm (4096^2 on GPU with TF32 off, 2048^2 on CPU with
-    all threads) - the FMA rate this machine actually sustains, the ceiling a convolution could reach.
+    all threads) - the FMA rate this machine actually sustains, the ceiling a convolution could reach;
+    the bf16 GEMM beside it for the whole-model cases (the units built for lower precision).
   * memory bandwidth: a large device copy (256 MiB on CPU, 2 GiB on GPU), bytes read + written / time.
 Each benchmark calls `record(...)` with the FLOPs or the minimum bytes it must move; the suite's
 conftest turns the timings into GFLOP/s or GB/s, the fraction of the ceiling, and the summary table.
@@ -36,11 +37,14 @@ def time_fn(fn, device, reps=5, warmup=1) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def compute_peak_gflops(device: str = "cpu") -> float:
+def compute_peak_gflops(device: str = "cpu", dtype: str = "fp32") -> float:
+    """GEMM GFLOP/s of torch.mm on ``device`` in ``dtype`` ("fp32" or "bf16": on CPUs without
+    AVX512-BF16 / AMX, torch emulates bf16 through fp32 and this ceiling is below the fp32 one)."""
     dev = torch.device(device)
     n = 4096 if dev.type == "cuda" else 2048
-    a = torch.randn(n, n, device=dev)
-    b = torch.randn(n, n, device=dev)
+    dt_ = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a = torch.randn(n, n, device=dev).to(dt_)
+    b = torch.randn(n, n, device=dev).to(dt_)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
     dt = time_fn(lambda: torch.mm(a, b), device, reps=5)
@@ -72,6 +76,8 @@ def record(benchmark, *, op: str, shape: str, impl: str, pass_: str = "fwd", dev
     if flops is not None:
         info["flops"] = float(flops)
         info["peak_gflops"] = compute_peak_gflops(device)
+        if clips is not None:      # whole-model cases: the bf16 ceiling as well
+            info["peak_gflops_bf16"] = compute_peak_gflops(device, "bf16")
     if bytes_ is not None:
         info["bytes"] = float(bytes_)
         info["peak_gbs"] = memory_bandwidth_gbs(device)

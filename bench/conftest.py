@@ -80,7 +80,18 @@ def _rows(session):
             row["fused+compile_vs_compile"] = row["compile_ms"] / row["fused+compile_ms"]
         if row["eager_ms"] and row["fused+compile_ms"]:
             row["fused+compile_vs_eager"] = row["eager_ms"] / row["fused+compile_ms"]
-        if "fused" in impls:
+        flops_info = next((i for _, i in impls.values() if "peak_gflops_bf16" in i), None)
+        if flops_info is not None:       # whole model: useful GFLOP/s of every impl, vs fp32 and bf16 GEMM
+            for impl, (t, info) in impls.items():
+                row[f"{impl}_gflops"] = info["flops"] / t / 1e9
+            best = max(IMPLS, key=lambda i: row.get(f"{i}_gflops", 0.0))
+            row["best_impl"] = best
+            row["best_of_fp32"] = row[f"{best}_gflops"] / flops_info["peak_gflops"]
+            row["best_of_bf16"] = row[f"{best}_gflops"] / flops_info["peak_gflops_bf16"]
+            row["gflop_per_call"] = flops_info["flops"] / 1e9
+            row["ceiling"] = (f"{flops_info['peak_gflops']:.0f} GFLOP/s (fp32 GEMM), "
+                              f"{flops_info['peak_gflops_bf16']:.0f} GFLOP/s (bf16 GEMM)")
+        if "fused" in impls and flops_info is None:
             t, info = impls["fused"]
             if "flops" in info:
                 row["fused_gflops"] = info["flops"] / t / 1e9
@@ -114,6 +125,10 @@ def pytest_sessionfinish(session, exitstatus):
                 else f"{r['fused_gbs']:.1f} GB/s" if "fused_gbs" in r else "-")
         if "fused_clips_per_s" in r or "eager_clips_per_s" in r:
             rate = "clips/s e/f/c/fc: " + "/".join(_fmt(r.get(f"{i}_clips_per_s"), ".1f") for i in IMPLS)
+        if "best_impl" in r:
+            rate += (f"; {r['gflop_per_call']:.2f} GFLOP/call, GFLOP/s e/f/c/fc: "
+                     + "/".join(_fmt(r.get(f"{i}_gflops"), ".1f") for i in IMPLS)
+                     + f"; best ({r['best_impl']}) {r['best_of_fp32']:.1%} of fp32, {r['best_of_bf16']:.1%} of bf16 GEMM")
         lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['device']} | {_fmt(r['eager_ms'], '.2f')} | "
                      f"{_fmt(r['fused_ms'], '.2f')} | {_fmt(r['compile_ms'], '.2f')} | "
                      f"{_fmt(r['fused+compile_ms'], '.2f')} | "

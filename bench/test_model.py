@@ -18,6 +18,7 @@ benchmark does not depend on a prepared dataset.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import pytest
 import torch
@@ -70,6 +71,27 @@ def _inline_references():
             setattr(mod, name, fn)
 
 
+@functools.lru_cache(maxsize=None)
+def model_flops(cfg_name: str, device: str, B: int, what: str) -> float:
+    """Useful FLOPs of one call of a whole-model case (``what``: "train-s2", "train-s3", "infer"),
+    counted once, here, by torch's FlopCounterMode on the eager model with the ops' references
+    inlined (so their GEMMs and convolutions are visible): matmuls, convolutions and attention,
+    forward and (training) backward. Every impl of a case is rated against this one count."""
+    from torch.utils.flop_counter import FlopCounterMode
+    stage = 4 if what == "infer" else int(what[-1])
+    cfg, model = _model(cfg_name, device, stage)
+    batch = synthetic_batch(cfg, B, device)
+    counter = FlopCounterMode(display=False)
+    with _inline_references(), ops.backend("eager"), counter:
+        if what == "infer":
+            model.eval()
+            with torch.inference_mode():
+                model.scores(batch)
+        else:
+            model.losses(batch, stage)["loss"].backward()
+    return float(counter.get_total_flops())
+
+
 def _backend_ctx(impl):
     return ops.backend("eager" if impl in ("eager", "compile") else "auto")
 
@@ -114,7 +136,7 @@ def test_train_step(benchmark, cfg_name, device, B, stage, impl):
             opt.step()
         step()  # compile / first-touch outside the timed rounds
         record(benchmark, op="model", shape=f"{cfg_name} B={B}", impl=impl, pass_=f"train-s{stage}",
-               device=device, clips=B)
+               device=device, clips=B, flops=model_flops(cfg_name, device, B, f"train-s{stage}"))
         bench_pedantic(benchmark, step, device=device, rounds=ROUNDS[device], warmup_rounds=0)
 
 
@@ -133,6 +155,6 @@ def test_inference(benchmark, cfg_name, device, B, impl):
         out = run()
         assert set(out) >= {"mo", "app", "mm", "nll"} and all(v.shape == (B,) for v in out.values())
         record(benchmark, op="model", shape=f"{cfg_name} B={B}", impl=impl, pass_="infer",
-               device=device, clips=B)
+               device=device, clips=B, flops=model_flops(cfg_name, device, B, "infer"))
         bench_pedantic(benchmark, run, device=device, rounds=ROUNDS[device], warmup_rounds=0)
 
