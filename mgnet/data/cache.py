@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections import OrderedDict
 
 import numpy as np
@@ -33,12 +34,19 @@ INDEX_COLUMNS = ("video", "person", "start", "frame", "label", "row", "scene_row
 MAX_OPEN = 64
 
 
+def scene_code(scene) -> int:
+    """A scene name (ShanghaiTech's video prefix, UBnormal's Scene<k>, scenes.json) as a stable
+    non-negative int64 (CRC-32), the ``scene_id`` of a store's clips."""
+    return zlib.crc32(str(scene).encode("utf-8")) & 0x7FFFFFFF
+
+
 class ClipStore(Dataset):
     """A torch Dataset over one prepared split. ``store[i]`` is a dict of tensors:
 
     rgb uint8 (3, T, C, C) crops; pose float32 (2, T, 18) STG-NF-normalised xy; pose_conf float32
     (T, 18); scene uint8 (3, S, S) at the centre frame; video, person, start, frame (= start + T//2),
-    label (1 abnormal, 0 normal, -1 unknown) as int64 scalars.
+    label (1 abnormal, 0 normal, -1 unknown), scene_id (``scene_code`` of the video's scene) as int64
+    scalars.
     """
 
     def __init__(self, path):
@@ -102,6 +110,7 @@ class ClipStore(Dataset):
             "scene": torch.from_numpy(np.array(a["scene"][srow])),
             "video": torch.tensor(v), "person": torch.tensor(person), "start": torch.tensor(start),
             "frame": torch.tensor(frame), "label": torch.tensor(label),
+            "scene_id": torch.tensor(scene_code(self.scenes[self.videos[v]])),
         }
 
     def _video_file(self, name, what):

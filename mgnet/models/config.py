@@ -69,6 +69,8 @@ class ModelConfig:
     beta: float = 0.1
     lambda_app: float = 1.0
     lambda_mm: float = 1.0
+    lambda_mo: float = 1.0             # weight of S_mo in the project's fusion (eq. 16 has it at 1)
+    lambda_pose: float = 1.0           # weight of S_pose (model.n_seg > 0) in the project's fusion
     app_target_stopgrad: bool = False  # True: H_u gets no gradient from L_app (guards against collapse); app_target="memory"
     app_target: str = "cubes"          # S_app from the appearance memory ("cubes") or eq. 14's H_u(f_b) vs mask encoder ("memory", the paper)
     n_a: int = 256                     # appearance-memory slots (cube colour statistics), app_target="cubes"
@@ -87,6 +89,7 @@ class ModelConfig:
     # pose-segment memory behind S_pose (memory.SegmentMemory); 0 = off (no "pose" score)
     n_seg: int = 16384                 # normal training segments kept (a seeded random subset if more)
     seg_k: int = 1                     # S_pose = mean distance to the seg_k nearest kept segments
+    seg_scene: bool = True             # S_pose against the segments of the clip's own scene only (memory.SegmentMemory)
     # masking (eq. 5)
     mask_ratio: float = 0.5
     mask_seed: int = 0                 # the fixed complementary pair used by scores()
@@ -123,7 +126,7 @@ class ModelConfig:
             bad("flow_temporal_kernel", "must be null or >= 1")
         if self.mlp_ratio <= 0:
             bad("mlp_ratio", "must be > 0")
-        for name in ("alpha", "beta", "lambda_app", "lambda_mm", "sep_margin"):
+        for name in ("alpha", "beta", "lambda_app", "lambda_mm", "lambda_mo", "lambda_pose", "sep_margin"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if self.seg_len <= 0 or self.seg_len % CUBE[0]:

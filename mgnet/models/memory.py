@@ -343,19 +343,35 @@ class SegmentMemory(_Written):
     neighbours) at distance ~0, and statistics of training scores (what fusion normalises with)
     would not describe new normal clips.
 
+    Scenes (``by_scene``, ``model.seg_scene``): each kept segment also records the scene of its
+    training video, and the memory keeps one view descriptor per training video (``fit_views``:
+    the mean ``view_descriptor`` of its clips' scene images). A clip is placed in the scene of the
+    training video whose view it matches best (``scene_of``: nearest view by cosine; no label is
+    needed when scoring), and with ``by_scene`` its distance is taken to that scene's segments
+    only: a behavior normal in another scene but never seen in this one (sitting on a plaza
+    where people only walk) is then as far from the memory as an unseen motion, which is the
+    paper's definition of a scene-related anomaly (sec. 3.4) in the pose space.
+
     Why a memory beside STG-NF: the flow's NLL rates how typical the Gaussianised latent is, and
     a flow trained for a few hundred steps on a few thousand segments gives running or flailing
     segments likelihoods close to normal ones; the distance to the nearest normal segment does not
     depend on training and separates what the poses plainly show (README, "Method notes").
     """
 
-    def __init__(self, slots: int, dim: int, k: int = 1):
+    MAX_VIEWS = 1024     # training videos whose view is kept (a seeded subset beyond that)
+
+    def __init__(self, slots: int, dim: int, k: int = 1, by_scene: bool = False):
         super().__init__()
         self.k = int(k)
         self.register_buffer("slots", torch.zeros(slots, dim))
         self.register_buffer("track", torch.full((slots,), -1, dtype=torch.long))
+        self.register_buffer("scene", torch.full((slots,), -1, dtype=torch.long))
+        from .scene import VIEW_DIM
+        self.register_buffer("views", torch.zeros(self.MAX_VIEWS, VIEW_DIM))
+        self.register_buffer("view_scene", torch.full((self.MAX_VIEWS,), -1, dtype=torch.long))
         self._init_filled()
         self.exclude_own_track = False
+        self.by_scene = bool(by_scene)
 
     @staticmethod
     def features(pose: torch.Tensor) -> torch.Tensor:
@@ -366,24 +382,59 @@ class SegmentMemory(_Written):
     def track_ids(video: torch.Tensor, person: torch.Tensor) -> torch.Tensor:
         return video.long() * (1 << 32) + person.long()
 
+    @property
+    def num_views(self) -> int:
+        return int((self.view_scene >= 0).sum())
+
     @torch.no_grad()
-    def fit(self, seg: torch.Tensor, track: torch.Tensor, seed: int = 0) -> None:
-        """Keep (a seeded random subset of ``len(slots)`` of) the segments (N, D) and their track ids (N,)."""
+    def fit(self, seg: torch.Tensor, track: torch.Tensor, seed: int = 0, scene: Optional[torch.Tensor] = None) -> None:
+        """Keep (a seeded random subset of ``len(slots)`` of) the segments (N, D), their track ids
+        (N,) and scene codes (N,; all 0 when not given)."""
         seg = seg.reshape(seg.shape[0], -1).to(self.slots.dtype)
         if seg.shape[0] == 0:
             raise ValueError("SegmentMemory.fit: no segments")
+        scene = torch.zeros_like(track) if scene is None else scene
         n = self.slots.shape[0]
         if seg.shape[0] > n:
             g = torch.Generator().manual_seed(seed)
             pick = torch.randperm(seg.shape[0], generator=g)[:n].to(seg.device)
-            seg, track = seg[pick], track[pick]
+            seg, track, scene = seg[pick], track[pick], scene[pick]
         self.track.fill_(-1)
         self.track[:seg.shape[0]] = track.to(self.track.device)
+        self.scene.fill_(-1)
+        self.scene[:seg.shape[0]] = scene.to(self.scene.device)
         self._write_slots(seg)
 
-    def forward(self, pose: torch.Tensor, track: Optional[torch.Tensor] = None, chunk: int = 8192) -> torch.Tensor:
+    @torch.no_grad()
+    def fit_views(self, desc: torch.Tensor, video: torch.Tensor, scene: torch.Tensor, seed: int = 0) -> None:
+        """One view per training video: the normalised mean of its clips' view descriptors (N, VIEW_DIM)
+        grouped by ``video`` (N,), labelled with the video's scene code (``scene`` (N,))."""
+        vids, inv = torch.unique(video, return_inverse=True)
+        mean = torch.zeros(len(vids), desc.shape[1], dtype=torch.float64, device=desc.device)
+        mean.index_add_(0, inv, desc.to(torch.float64))
+        code = torch.zeros(len(vids), dtype=torch.long, device=desc.device).scatter_(0, inv, scene.long())
+        if len(vids) > self.MAX_VIEWS:
+            g = torch.Generator().manual_seed(seed)
+            pick = torch.randperm(len(vids), generator=g)[:self.MAX_VIEWS].to(desc.device)
+            mean, code = mean[pick], code[pick]
+        self.views.zero_()
+        self.view_scene.fill_(-1)
+        self.views[:len(mean)] = F.normalize(mean, dim=1).to(self.views.dtype)
+        self.view_scene[:len(code)] = code.to(self.view_scene.device)
+
+    def scene_of(self, desc: torch.Tensor) -> torch.Tensor:
+        """(B,) scene code of the training video whose view is nearest to each descriptor (B, VIEW_DIM);
+        -1 when no view was written."""
+        sim = desc.to(self.views.dtype) @ self.views.T                       # (B, MAX_VIEWS)
+        sim = sim.masked_fill((self.view_scene < 0)[None], float("-inf"))
+        return self.view_scene[sim.argmax(1)]
+
+    def forward(self, pose: torch.Tensor, track: Optional[torch.Tensor] = None, view: Optional[torch.Tensor] = None,
+                chunk: int = 8192) -> torch.Tensor:
         """S_pose (B,): mean distance to the k nearest kept segments; with ``exclude_own_track`` and
-        ``track`` (B,) given, segments of the clip's own track are skipped."""
+        ``track`` (B,) given, segments of the clip's own track are skipped; with ``by_scene`` and the
+        clips' view descriptors ``view`` (B, VIEW_DIM), only segments of the clip's scene count. A clip
+        left with fewer than k segments by these masks is measured against every segment."""
         if not self.is_fitted:
             raise RuntimeError("the segment memory is empty: stage 4 (MGNet.bsmm_write + bsmm_finish) fits it")
         q = self.features(pose).to(self.slots.dtype)
@@ -391,14 +442,17 @@ class SegmentMemory(_Written):
         c = min(k + 4, self._filled)     # candidates by the fast expansion, then exact distances
         best = best_i = None
         # under torch.compile, views of buffers written under inference_mode break inductor: copy once
-        slots, tracks = ((self.slots.clone(), self.track.clone()) if torch.compiler.is_compiling()
-                         else (self.slots, self.track))
+        slots, tracks, scenes = ((self.slots.clone(), self.track.clone(), self.scene.clone())
+                                 if torch.compiler.is_compiling() else (self.slots, self.track, self.scene))
+        own = self.exclude_own_track and track is not None
+        q_scene = self.scene_of(view) if self.by_scene and view is not None else None
         for i in range(0, self._filled, chunk):      # running c smallest over chunks of the memory
             m = slots[i:min(i + chunk, self._filled)]
             d2 = (q.pow(2).sum(1, keepdim=True) - 2 * q @ m.T + m.pow(2).sum(1)[None]).clamp_min(0)
-            if self.exclude_own_track and track is not None:
-                own = track.to(tracks.device)[:, None] == tracks[i:i + m.shape[0]][None]
-                d2 = d2.masked_fill(own, float("inf"))
+            if own:
+                d2 = d2.masked_fill(track.to(tracks.device)[:, None] == tracks[i:i + m.shape[0]][None], float("inf"))
+            if q_scene is not None:
+                d2 = d2.masked_fill(q_scene[:, None] != scenes[i:i + m.shape[0]][None], float("inf"))
             idx = torch.arange(i, i + m.shape[0], device=q.device).expand(q.shape[0], -1)
             cand = d2 if best is None else torch.cat([best, d2], 1)
             cidx = idx if best_i is None else torch.cat([best_i, idx], 1)
@@ -409,17 +463,18 @@ class SegmentMemory(_Written):
         exact = (q[:, None, :] - slots[best_i]).pow(2).sum(-1).sqrt()
         exact = exact.masked_fill(~torch.isfinite(best), float("inf"))
         out = exact.topk(k, dim=1, largest=False).values.mean(1)
-        if not (self.exclude_own_track and track is not None):
+        if not (own or q_scene is not None):
             return out       # nothing masked, every distance finite (and no data-dependent branch: torch.export)
-        lonely = ~torch.isfinite(out)      # fewer than k segments of other tracks: use every segment
-        # only exclusion can leave a query lonely; under torch.compile the fallback is computed
+        lonely = ~torch.isfinite(out)      # fewer than k segments left by the masks: use every segment
+        # only the masks can leave a query lonely; under torch.compile the fallback is computed
         # unconditionally (torch.where picks it) instead of a host sync that would break the graph
-        if self.exclude_own_track and track is not None and (torch.compiler.is_compiling() or bool(lonely.any())):
-            excl, self.exclude_own_track = self.exclude_own_track, False
+        if torch.compiler.is_compiling() or bool(lonely.any()):
+            excl, by_scene = self.exclude_own_track, self.by_scene
+            self.exclude_own_track = self.by_scene = False
             try:
-                out = torch.where(lonely, self.forward(pose, None, chunk), out)
+                out = torch.where(lonely, self.forward(pose, None, None, chunk), out)
             finally:
-                self.exclude_own_track = excl
+                self.exclude_own_track, self.by_scene = excl, by_scene
         return out
 
 

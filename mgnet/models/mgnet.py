@@ -49,7 +49,7 @@ from .encoder import VideoEncoder
 from .heads import ProjectionHead, STHead
 from .memory import AppearanceMemory, BehaviorSceneMatching, Memory, PoseMemory, SegmentMemory
 from .pretrain import MaskedCubeDecoder, PreExtractedEmbed, mae_loss
-from .scene import SceneFeatures
+from .scene import SceneFeatures, view_descriptor
 from .stgnf import STGNF
 
 try:
@@ -113,8 +113,8 @@ class MGNet(nn.Module):
             len_b = cfg.num_tokens * cfg.n_b
         self.bsmm = BehaviorSceneMatching(cfg.n_r, len_b, cfg.n_s, cfg.bsmm_temperature, cfg.bsmm_normalize)
         if cfg.n_seg:
-            self.seg_mem = SegmentMemory(cfg.n_seg, 2 * cfg.seg_len * cfg.joints, cfg.seg_k)
-        self._pending: List[tuple] = []     # stage 4: (frames, W_s, cube statistics, segments, tracks) until bsmm_finish
+            self.seg_mem = SegmentMemory(cfg.n_seg, 2 * cfg.seg_len * cfg.joints, cfg.seg_k, cfg.seg_scene)
+        self._pending: List[tuple] = []     # stage 4: (frames, W_s, cubes, segments, tracks, views, scenes) until bsmm_finish
         self._pending_gen = torch.Generator().manual_seed(cfg.mask_seed)
         self._sep_r = [0.0, 0]             # stage 4, tokens mode: sum and count of the writes' L_sep^r
         # the fixed complementary pair S_app uses at scoring (derived from cfg.mask_seed)
@@ -320,7 +320,7 @@ class MGNet(nn.Module):
         keys = (("pose",) if cfg.bsmm_behavior == "pose" or cfg.n_seg else ()) + ("rgb", "scene")
         self._check_batch(batch, keys)
         sep_r = None
-        frames = w_s = cubes = segs = tracks = None
+        frames = w_s = cubes = segs = tracks = views = scenes = None
         with self._backend(), _range("mgnet.bsmm_write"):
             if cfg.bsmm_behavior == "pose":
                 pose = self._pose(batch)
@@ -347,8 +347,10 @@ class MGNet(nn.Module):
                 cubes = (cubes, (tracks >> 32).repeat_interleave(k))   # each cube row's training video
             if cfg.n_seg:
                 segs = SegmentMemory.features(self._pose(batch)).float()
+                views = view_descriptor(batch["scene"])
+                scenes = self._scene_codes(batch, segs.shape[0])
         if frames is not None or cubes is not None or segs is not None:
-            self._pending.append((frames, w_s, cubes, segs, tracks))
+            self._pending.append((frames, w_s, cubes, segs, tracks, views, scenes))
         return {"sep_r": float("nan") if sep_r is None else sep_r, "filled": float(self.bsmm.num_filled),
                 "pending": float(len(self._pending))}
 
@@ -366,7 +368,9 @@ class MGNet(nn.Module):
             if self.cfg.app_target == "cubes":
                 self.app_mem.fit(torch.cat([p[2][0] for p in pending]), groups=torch.cat([p[2][1] for p in pending]))
             if self.cfg.n_seg:
-                self.seg_mem.fit(torch.cat([p[3] for p in pending]), torch.cat([p[4] for p in pending]))
+                tracks, scenes = torch.cat([p[4] for p in pending]), torch.cat([p[6] for p in pending])
+                self.seg_mem.fit(torch.cat([p[3] for p in pending]), tracks, scene=scenes)
+                self.seg_mem.fit_views(torch.cat([p[5] for p in pending]), tracks >> 32, scenes)
             if self.cfg.bsmm_behavior == "pose":
                 frames = torch.cat([p[0] for p in pending])
                 w_s = torch.cat([p[1] for p in pending])
@@ -382,6 +386,15 @@ class MGNet(nn.Module):
         if "video" in batch and "person" in batch:
             return SegmentMemory.track_ids(batch["video"], batch["person"]).to(dev)
         return torch.full((n,), -1, dtype=torch.long, device=dev)
+
+    @staticmethod
+    def _scene_codes(batch: Mapping, n: int) -> torch.Tensor:
+        """(n,) scene codes of a batch's clips (ClipStore's ``scene_id``: its video's scene); 0 where
+        the batch does not say (every clip then counts as one scene)."""
+        dev = batch["rgb"].device
+        if "scene_id" in batch:
+            return batch["scene_id"].long().to(dev)
+        return torch.zeros(n, dtype=torch.long, device=dev)
 
     @contextlib.contextmanager
     def leave_own_track_out(self):
@@ -445,7 +458,8 @@ class MGNet(nn.Module):
         out = {"mo": s_mo.float(), "app": s_app.float(), "mm": s_mm.float(), "nll": nll.float()}
         if self.cfg.n_seg:
             seg = self.seg_mem
-            out["pose"] = (seg(self._pose(batch), self._tracks(batch, B) if seg.exclude_own_track else None).float()
+            view = view_descriptor(batch["scene"]) if seg.by_scene else None
+            out["pose"] = (seg(self._pose(batch), self._tracks(batch, B) if seg.exclude_own_track else None, view).float()
                            if seg.is_fitted else s_mo.new_zeros(B))
         return out
 

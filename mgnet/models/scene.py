@@ -41,6 +41,23 @@ class SceneCNN(nn.Module):
         return F.adaptive_avg_pool2d(x, 2).flatten(1)
 
 
+VIEW_GRID = 16
+VIEW_DIM = 3 * VIEW_GRID ** 2
+
+
+def view_descriptor(scene: torch.Tensor) -> torch.Tensor:
+    """Which camera view a scene image (B, 3, S, S) shows -> (B, VIEW_DIM) unit vectors, for placing
+    a clip in the scene of the training video it was filmed like (memory.SegmentMemory.scene_of).
+
+    The image average-pooled to a 16 x 16 grid, each colour channel standardised over the grid:
+    a static view's layout survives, while a change of exposure or white balance (a gain and an
+    offset per channel, as between training and test days) cancels out."""
+    x = scene.float() / 255.0 if scene.dtype == torch.uint8 else scene.float()
+    x = F.adaptive_avg_pool2d(x, VIEW_GRID).flatten(2)                     # (B, 3, g*g)
+    x = (x - x.mean(2, keepdim=True)) / (x.std(2, keepdim=True) + 1e-3)
+    return F.normalize(x.flatten(1), dim=1)
+
+
 def _unit(x, standardise: bool = True):
     if standardise:
         x = (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-6)
@@ -83,4 +100,4 @@ class SceneFeatures(nn.Module):
         return F.normalize(torch.cat([layout, colour, conv], 1), dim=1)
 
 
-__all__ = ["SceneFeatures", "SceneCNN"]
+__all__ = ["SceneFeatures", "SceneCNN", "view_descriptor", "VIEW_DIM"]

@@ -2,6 +2,7 @@
 resume after an interruption, rebuild when the config changes, and every bad input."""
 import json
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -39,6 +40,7 @@ def test_test_split_contents(sht, tmp_path):
         p, s = int(x["person"]), int(x["start"])
         assert int(x["frame"]) == s + T // 2
         assert int(x["label"]) == gt[s + T // 2]
+        assert int(x["scene_id"]) == zlib.crc32(b"01") & 0x7FFFFFFF       # video 01_0001: scene "01"
         tr = tracks[p]
         k = np.searchsorted(tr.frames, s)
         kps18 = coco17_to_openpose18(tr.kps[k:k + T])

@@ -320,3 +320,32 @@ def test_appearance_memory_held_out_folds_for_training_statistics():
     assert mem._fold_filled == (0, 0)
     full = torch.cdist(d.reshape(-1, 6), mem.slots[:mem._filled]).min(1).values.view(2, -1).mean(1)
     np.testing.assert_allclose(mem(x, torch.tensor([0, 1])).numpy(), full.numpy(), rtol=1e-5)
+
+
+def test_segment_memory_by_scene_places_a_clip_by_its_view():
+    from mgnet.models.memory import SegmentMemory
+    from mgnet.models.scene import view_descriptor
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    view_a = torch.stack([xx, xx ** 2, 1 - xx])[None]                  # (1, 3, 32, 32) two camera views
+    view_b = torch.stack([yy, 1 - yy, yy ** 3])[None]
+    # the same view on another day (gain and offset per channel) keeps its descriptor; the other view does not
+    relit = view_a * torch.tensor([0.7, 0.9, 1.2]).view(1, 3, 1, 1) + 0.05
+    da, db, dr = view_descriptor(view_a), view_descriptor(view_b), view_descriptor(relit)
+    assert float(da @ dr.T) > 0.999 and float(da @ db.T) < 0.5
+    mem = SegmentMemory(slots=8, dim=4, k=1, by_scene=True)
+    segs = torch.tensor([[0., 0, 0, 0], [3., 0, 0, 0], [0., 0, 4, 0]])
+    mem.fit(segs, torch.tensor([1, 1, 2]), scene=torch.tensor([10, 10, 20]))
+    # training videos 0 and 1 film view a (scene 10), video 2 films view b (scene 20)
+    mem.fit_views(torch.cat([da, da, db]), torch.tensor([0, 1, 2]), torch.tensor([10, 10, 20]))
+    assert mem.num_views == 3
+    assert mem.scene_of(torch.cat([dr, db])).tolist() == [10, 20]
+    q = torch.tensor([[3., 0, 4, 0], [3., 0, 4, 0], [0., 0, 0, 0]]).view(3, 1, 2, 2)
+    # distances to segs 0, 1, 2: q0 = q1 (5, 4, 3), q2 (0, 3, 4); scene 10 holds segs 0-1, scene 20 seg 2
+    np.testing.assert_allclose(mem(q, view=torch.cat([dr, db, db])).numpy(), [4.0, 3.0, 4.0])
+    mem.by_scene = False
+    np.testing.assert_allclose(mem(q, view=torch.cat([dr, db, db])).numpy(), [3.0, 3.0, 0.0])
+    # a scene whose segments were all left out of the memory: measured against every segment
+    lone = SegmentMemory(slots=8, dim=4, by_scene=True)
+    lone.fit(segs[:2], torch.tensor([1, 1]), scene=torch.tensor([10, 10]))
+    lone.fit_views(torch.cat([da, db]), torch.tensor([0, 2]), torch.tensor([10, 20]))
+    np.testing.assert_allclose(lone(q[:1], view=db).numpy(), [4.0])
