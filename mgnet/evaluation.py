@@ -9,7 +9,8 @@ frames concatenated), macro AUC (mean over videos with both classes) and, where 
 provides anomaly types, the AUC over normal frames plus the frames of each type. Clip scores map to
 frames by STG-NF's protocol (mgnet.scoring.frame_scores). Writes ``<run>/metrics.json``,
 ``<run>/eval/frame_scores.npz`` (one fused array per test video keyed by its name, plus
-``<component>/<video>`` arrays and ``gt/<video>``) and ``<run>/plots/videos/<video>.png``.
+``<component>/<video>`` arrays and ``gt/<video>``), ``<run>/eval/clip_scores.npz`` (the raw clip
+scores of each component with the clips' video index, centre frame and person) and ``<run>/plots/videos/<video>.png``.
 """
 from __future__ import annotations
 
@@ -38,14 +39,14 @@ def compute_metrics(clip: Dict[str, np.ndarray], store, cfg, stats: Optional[Dic
     clips) and "fused_minmax" (eq. 16 with test-set min-max, the paper's protocol).
     Returns (metrics, frame curves ``{component: {video: (F,)}}``).
     """
-    lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    lambdas = scoring.fusion_lambdas(cfg.model)
     keys = SCORE_KEYS + tuple(k for k in OPTIONAL_KEYS if k in clip)
     comps = {k: clip[k] for k in keys}
     spec = scoring.fusion_spec(cfg, stats)
     comps["fused"] = scoring.fuse(comps, lambdas, stats=stats if spec["norm"] == "z" else None,
                                   norm=spec["norm"], combine=spec["combine"])
-    comps["fused_minmax"] = scoring.fuse({k: clip[k] for k in scoring.COMPONENTS}, lambdas, norm="minmax",
-                                         combine="sum")
+    comps["fused_minmax"] = scoring.fuse({k: clip[k] for k in scoring.COMPONENTS},  # eq. 16: S_mo at weight 1
+                                         {"app": lambdas["app"], "mm": lambdas["mm"]}, norm="minmax", combine="sum")
     labels = {}
     for name in store.videos:
         gt = store.gt(name)
@@ -152,7 +153,10 @@ def evaluate(cfg, run_dir, model=None, ctx=None, log=None) -> Dict[str, Any]:
         if cfg.eval.plots:
             metrics["plots"] = plot_videos(run, curves, int(cfg.eval.max_plots))
         # together: metrics.json never describes another evaluation's frame_scores.npz
+        # the raw clip scores too, so other fusions can be computed without scoring again
+        raw = {k: np.asarray(clip[k]) for k in ROW_KEYS + OPTIONAL_KEYS + ("video", "frame", "person") if k in clip}
         runs.atomic_write_all([(run.frame_scores, runs.npz_writer(arrays)),
+                               (run.clip_scores, runs.npz_writer(raw)),
                                (run.metrics, runs.json_writer(metrics))])
         tracking.log_eval(run.root, cfg, metrics)
         log.info("evaluated %d test videos (%d frames, sigma %g): fused micro AUC %.4f -> %s",

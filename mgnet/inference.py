@@ -319,7 +319,7 @@ def iter_scores(video, poses, run_dir, pose_format: str = "auto", device="cpu",
     stats = load_score_stats(run_dir)
     model, cfg = load_run(run_dir, device=device)
     spec = ClipSpec.from_config(cfg)
-    lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    lambdas = scoring.fusion_lambdas(cfg.model)
     src = open_frames(video)
     tracks = load_poses(poses, pose_format)
     check_frame_range(tracks, len(src), poses, video)

@@ -134,6 +134,13 @@ def stats_fusion(stats: Optional[Mapping]) -> tuple:
     return spec.get("norm", "minmax"), spec.get("combine", "sum")
 
 
+def fusion_lambdas(model_cfg) -> Dict[str, float]:
+    """The fusion weight of every component from the model config: ``model.lambda_mo``,
+    ``lambda_app``, ``lambda_mm`` (eq. 16's) and ``lambda_pose`` (S_pose)."""
+    get = (lambda k: model_cfg.get(k, 1.0)) if hasattr(model_cfg, "get") else (lambda k: getattr(model_cfg, k, 1.0))
+    return {k: float(get(f"lambda_{k}")) for k in COMPONENTS + OPTIONAL_COMPONENTS}
+
+
 def fusion_weights(names: Sequence[str], lambdas: Mapping[str, float]) -> np.ndarray:
     """(K,) float64: lambda_k of each fused component (1 where ``lambdas`` has none: mo, pose)."""
     return np.array([float(lambdas.get(k, 1.0)) for k in names], dtype=np.float64)

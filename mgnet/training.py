@@ -364,7 +364,7 @@ def write_score_stats(model, store, cfg, run: RunDir, ctx: Dist, log) -> Optiona
         return None
     names = [k for k in SCORE_KEYS + scoring.OPTIONAL_COMPONENTS if k in clip]
     stats: Dict[str, Any] = {name: scoring.summary_stats(clip[name]) for name in names}
-    lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    lambdas = scoring.fusion_lambdas(cfg.model)
     # the fusion online scoring applies (scoring.fuse reads it from here): eval.fusion / eval.combine
     stats["fusion"] = {k: v for k, v in scoring.fusion_spec(cfg, stats).items() if k != "note"}
     stats["fused"] = scoring.summary_stats(scoring.fuse(clip, lambdas, stats=stats))

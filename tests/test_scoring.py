@@ -111,3 +111,15 @@ def test_frame_auc_perfect_detector():
     assert scoring.frame_auc({"v": np.array([0, 0, 1.0, 1.0, 0])}, labels)["micro"] == 1.0
     with pytest.raises(ValueError, match="3 scores but 5 labels"):
         scoring.frame_auc({"v": np.zeros(3)}, labels)
+
+
+def test_fusion_lambdas_weight_every_component():
+    from types import SimpleNamespace
+    cfg = SimpleNamespace(lambda_mo=0.0, lambda_app=2.0, lambda_mm=1.0, lambda_pose=3.0)
+    lam = scoring.fusion_lambdas(cfg)
+    assert lam == {"mo": 0.0, "app": 2.0, "mm": 1.0, "pose": 3.0}
+    stats = {k: {"mean": 1.0, "std": 0.5} for k in ("mo", "app", "mm", "pose")}
+    comps = {"mo": np.array([9.0]), "app": np.array([2.0]), "mm": np.array([0.0]), "pose": np.array([1.5])}
+    # z: mo 16 (weight 0), app 2, mm -2 (clipped to 0 by pos_mean), pose 1 -> (0 + 2*2 + 0 + 3*1) / 6
+    got = scoring.fuse(comps, lam, stats=stats, norm="z", combine="pos_mean")
+    np.testing.assert_allclose(got, [7.0 / 6.0])

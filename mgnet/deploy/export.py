@@ -129,6 +129,7 @@ def run_export(run_dir: Path, fmt: str, out: Path, do_verify: bool = False, batc
                threads=None, log=print) -> dict:
     """Export ``run_dir`` into ``out``; returns the metadata (with timings, and the check with verify)."""
     import torch
+    from mgnet import scoring
     from mgnet.deploy.module import ClipScorer
     from mgnet.engine import load_run
     from mgnet.inference import ClipSpec, load_score_stats
@@ -143,7 +144,7 @@ def run_export(run_dir: Path, fmt: str, out: Path, do_verify: bool = False, batc
     model, cfg = load_run(run_dir)
     stats = load_score_stats(run_dir)
     spec = ClipSpec.from_config(cfg)
-    lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    lambdas = scoring.fusion_lambdas(cfg.model)
     if threads:
         torch.set_num_threads(threads)
     scorer = ClipScorer(model, stats, lambdas).eval()

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from mgnet import config_schema, faults
+from mgnet import config_schema, faults, scoring
 from mgnet.data.pose_estimation.jobs import add_pose_estimator_args, extracted_poses, keep_cached_poses
 from mgnet.data.pose_formats import FORMATS
 from mgnet.engine import compile_model, load_run
@@ -106,7 +106,7 @@ def _load_engine(args):
     if args.compile:
         compile_model(model)
     stats = load_score_stats(args.run)
-    lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    lambdas = scoring.fusion_lambdas(cfg.model)
     return model, cfg, stats, ClipSpec.from_config(cfg), lambdas, float(cfg.eval.sigma), args.run
 
 
