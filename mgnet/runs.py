@@ -7,7 +7,7 @@ Layout of ``<run>/``::
     checkpoints/stage{k}.pt     a finished stage (model state, loss history)
     checkpoints/stage{k}.last.pt  the latest in-stage snapshot (model, optimizer, step, RNG states);
                                 deleted when the stage finishes
-    metrics.json  score_stats.json  eval/frame_scores.npz  plots/*.png
+    metrics.json  score_stats.json  eval/frame_scores.npz  eval/clip_scores.npz  plots/*.png
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
 interrupted write never leaves a truncated file under the final name. Checkpoints hold only
@@ -233,6 +233,7 @@ class RunDir:
     metrics = property(lambda self: self.root / "metrics.json")
     score_stats = property(lambda self: self.root / "score_stats.json")
     frame_scores = property(lambda self: self.root / "eval" / "frame_scores.npz")
+    clip_scores = property(lambda self: self.root / "eval" / "clip_scores.npz")
     plots = property(lambda self: self.root / "plots")
     ckpt_dir = property(lambda self: self.root / "checkpoints")
 
