@@ -48,6 +48,7 @@ import torch
 from tqdm import tqdm
 
 from mgnet import faults, scoring
+from mgnet.data import foreground
 from mgnet.data.crops import crop_squares, person_boxes, scene_images
 from mgnet.data.pose_formats import check_frame_range, load_poses
 from mgnet.data.poses import Track, coco17_to_openpose18, normalize_pose
@@ -151,11 +152,12 @@ def fused_scores(raw: Mapping[str, np.ndarray], stats: Mapping, lambdas: Mapping
 
 
 def clip_batch(kps17: np.ndarray, crops: np.ndarray, scenes: np.ndarray, frame_size,
-               persons=None, starts=None, spec: ClipSpec = ClipSpec()) -> dict:
+               persons=None, starts=None, spec: ClipSpec = ClipSpec(), *, fg: np.ndarray) -> dict:
     """A model batch (ClipStore layout) from B windows.
 
     kps17 (B, T, 17, 3) pixel keypoints; crops (B, T, 3, c, c) uint8; scenes (B, 3, S, S) uint8 of
-    the centre frames; frame_size (W, H).
+    the centre frames; frame_size (W, H); fg (B, T, g, g) uint8 the crops' foreground occupancy
+    (mgnet.data.foreground).
     """
     kps17 = np.asarray(kps17, dtype=np.float32)
     b = len(kps17)
@@ -167,6 +169,7 @@ def clip_batch(kps17: np.ndarray, crops: np.ndarray, scenes: np.ndarray, frame_s
         "pose": torch.from_numpy(np.ascontiguousarray(pose.transpose(0, 3, 1, 2))),
         "pose_conf": torch.from_numpy(np.ascontiguousarray(k18[..., 2].astype(np.float32))),
         "scene": torch.from_numpy(np.ascontiguousarray(scenes)),
+        "fg": torch.from_numpy(np.ascontiguousarray(fg, dtype=np.uint8)),
         "video": torch.zeros(b, dtype=torch.int64),
         "person": torch.from_numpy(np.zeros(b, np.int64) if persons is None else np.asarray(persons, np.int64)),
         "start": torch.from_numpy(starts),
@@ -182,10 +185,11 @@ class _Track:
         self.frames: deque = deque(maxlen=maxlen)
         self.kps: deque = deque(maxlen=maxlen)
         self.crops: deque = deque(maxlen=maxlen)
+        self.fg: deque = deque(maxlen=maxlen)
         self.length = 0  # frames in the segment so far (not capped)
 
     def reset(self):
-        for q in (self.frames, self.kps, self.crops):
+        for q in (self.frames, self.kps, self.crops, self.fg):
             q.clear()
         self.length = 0
 
@@ -193,13 +197,21 @@ class _Track:
 class OnlineScorer:
     """Push frames one at a time; get each frame's score once it is final (see module docstring).
 
-    model: a trained MGNet in eval mode; stats: the run's score_stats.json; lambdas {"app", "mm"};
-    frame_size (W, H) of the stream; batch_size: windows scored per model call at most.
+    model: a trained MGNet in eval mode; stats: the run's score_stats.json; lambdas: the fusion
+    weights (scoring.fusion_lambdas); frame_size (W, H) of the stream; batch_size: windows scored
+    per model call at most; background: the camera's empty scene and noise threshold
+    ``(image (H, W, 3) uint8, tau)`` (mgnet.data.foreground.video_background), when known. Without
+    it the scorer estimates one from the stream: the median of every ``BG_EVERY``-th frame pushed so
+    far, up to foreground.BG_FRAMES of them, so S_app (foreground occupancy) settles once the
+    people of the first frames have moved on.
     """
+    BG_EVERY = 10
 
     def __init__(self, model, stats: Mapping, lambdas: Mapping, frame_size, spec: ClipSpec = ClipSpec(),
-                 device="cpu", batch_size: int = 64):
+                 device="cpu", batch_size: int = 64, background: tuple | None = None):
         self.model, self.stats, self.lambdas = model, stats, dict(lambdas)
+        self._background = background
+        self._bg_samples: list = [] if background is None else None
         self.frame_size = tuple(int(v) for v in frame_size)
         self.spec, self.device, self.batch_size = spec, device, int(batch_size)
         self._tracks: dict[int, _Track] = {}
@@ -212,17 +224,26 @@ class OnlineScorer:
     def latency(self) -> int:
         return self.spec.latency
 
-    def _crop(self, frame: int, kps: np.ndarray) -> np.ndarray:
-        box = person_boxes(coco17_to_openpose18(kps[None]), self.spec.box_expand, self.spec.box_min_conf)
-        return crop_squares(self._images[frame], box, self.spec.crop_size)[0]
-
     def _append(self, tr: _Track, pid: int, frame: int, kps: np.ndarray, windows: list):
         tr.frames.append(frame)
         tr.kps.append(kps)
-        tr.crops.append(self._crop(frame, kps))
+        box = person_boxes(coco17_to_openpose18(kps[None]), self.spec.box_expand, self.spec.box_min_conf)
+        crop = crop_squares(self._images[frame], box, self.spec.crop_size)
+        bg, tau = self._background
+        tr.crops.append(crop[0])
+        tr.fg.append(foreground.occupancy(crop, crop_squares(bg, box, self.spec.crop_size), tau)[0])
         tr.length += 1
         if tr.length >= self.spec.seg_len:
-            windows.append((pid, np.stack(tr.kps), np.stack(tr.crops), tr.frames[0]))
+            windows.append((pid, np.stack(tr.kps), np.stack(tr.crops), tr.frames[0], np.stack(tr.fg)))
+
+    def _update_background(self, frame: int, image: np.ndarray) -> None:
+        """The running background estimate (no background given): every BG_EVERY-th frame joins
+        the sample until it holds foreground.BG_FRAMES frames."""
+        if self._bg_samples is None or len(self._bg_samples) >= foreground.BG_FRAMES:
+            return
+        if not self._bg_samples or frame % self.BG_EVERY == 0:
+            self._bg_samples.append(image)
+            self._background = foreground.video_background(np.stack(self._bg_samples))
 
     def push(self, frame: int, image: np.ndarray, poses: Mapping[int, np.ndarray]) -> list[FrameScore]:
         """Add frame ``frame`` (its RGB image (H, W, 3) uint8 and ``{track_id: (17, 3) keypoints}``);
@@ -235,6 +256,7 @@ class OnlineScorer:
             self._next_emit = frame
         self._last = frame
         self._images[frame] = np.asarray(image)
+        self._update_background(frame, self._images[frame])
         T, gap = self.spec.seg_len, self.spec.max_gap
         windows: list = []
         for pid, kps in poses.items():
@@ -265,9 +287,10 @@ class OnlineScorer:
             chunk = windows[i:i + self.batch_size]
             scenes = scene_images(np.stack([self._images[w[3] + c] for w in chunk]), self.spec.scene_size)
             batch = clip_batch(np.stack([w[1] for w in chunk]), np.stack([w[2] for w in chunk]), scenes,
-                               self.frame_size, [w[0] for w in chunk], [w[3] for w in chunk], self.spec)
+                               self.frame_size, [w[0] for w in chunk], [w[3] for w in chunk], self.spec,
+                               fg=np.stack([w[4] for w in chunk]))
             fused = fused_scores(score_batch(self.model, batch, self.device), self.stats, self.lambdas)
-            for j, (pid, _, _, start) in enumerate(chunk):
+            for j, (pid, _, _, start, _) in enumerate(chunk):
                 comps = {k: float(fused[k][j]) for k in SCORE_KEYS}
                 self._pending.setdefault(start + c, {})[pid] = (float(fused["score"][j]), comps)
 
@@ -323,7 +346,9 @@ def iter_scores(video, poses, run_dir, pose_format: str = "auto", device="cpu",
     src = open_frames(video)
     tracks = load_poses(poses, pose_format)
     check_frame_range(tracks, len(src), poses, video)
-    yield from _replay(OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size), src, tracks)
+    # a recorded video: its background from the whole file, as offline scoring (and training) use
+    scorer = OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size, background=video_background(src))
+    yield from _replay(scorer, src, tracks)
 
 
 # ----------------------------------------------------------------------------- offline
@@ -357,6 +382,12 @@ def _per_frame(n: int, centres, pids, fused: dict) -> VideoScores:
     return VideoScores(score, comps, dict(sorted(persons.items())), dict(sorted(pcomps.items())))
 
 
+def video_background(src) -> tuple:
+    """(background image, noise threshold) of a whole video source, as mgnet.data.prepare computes
+    it for the prepared stores (mgnet.data.foreground)."""
+    return foreground.video_background(src.get(foreground.sample_indices(len(src))))
+
+
 def offline_batches(src, tracks, spec: ClipSpec, batch_size: int = 64, progress: bool = False):
     """Every window of every track (stride 1, gaps <= max_gap interpolated, as mgnet.data.prepare
     cuts them) as model batches in the ClipStore layout; the video is decoded once."""
@@ -373,6 +404,8 @@ def offline_batches(src, tracks, spec: ClipSpec, batch_size: int = 64, progress:
             need.setdefault(f, []).append((si, r))
         centres.update((s.frames[window_starts(len(s), T, 1)] + c).tolist())
     crops = [np.zeros((len(s), 3, spec.crop_size, spec.crop_size), np.uint8) for s in segs]
+    fgs = [np.zeros((len(s), foreground.GRID, foreground.GRID), np.uint8) for s in segs]
+    bg, tau = video_background(src) if need else (None, 0.0)
     scenes = {}
     for start, chunk in src.iter_chunks(64):
         for i, image in enumerate(chunk):
@@ -382,8 +415,11 @@ def offline_batches(src, tracks, spec: ClipSpec, batch_size: int = 64, progress:
                 # boxes from the 18 OpenPose joints, as mgnet.data.prepare computes them for training
                 boxes = person_boxes(coco17_to_openpose18(np.stack([segs[si].kps[r] for si, r in rows])),
                                      spec.box_expand, spec.box_min_conf)
-                for (si, r), crop in zip(rows, crop_squares(image, boxes, spec.crop_size)):
+                cut = crop_squares(image, boxes, spec.crop_size)
+                occ = foreground.occupancy(cut, crop_squares(bg, boxes, spec.crop_size), tau)
+                for (si, r), crop, o in zip(rows, cut, occ):
                     crops[si][r] = crop
+                    fgs[si][r] = o
             if f in centres:
                 scenes[f] = scene_images(image[None], spec.scene_size)[0]
     wins = [(si, int(st)) for si, s in enumerate(segs) for st in window_starts(len(s), T, 1)]
@@ -396,7 +432,8 @@ def offline_batches(src, tracks, spec: ClipSpec, batch_size: int = 64, progress:
                          np.stack([crops[si][st:st + T] for si, st in chunk]),
                          np.stack([scenes[int(segs[si].frames[st]) + c] for si, st in chunk]),
                          src.size, [segs[si].person for si, _ in chunk],
-                         [int(segs[si].frames[st]) for si, st in chunk], spec)
+                         [int(segs[si].frames[st]) for si, st in chunk], spec,
+                         fg=np.stack([fgs[si][st:st + T] for si, st in chunk]))
 
 
 def score_offline(model, src, tracks, spec: ClipSpec, stats, lambdas, sigma: float = 0.0,
@@ -433,7 +470,8 @@ def score_online(model, src, tracks, spec: ClipSpec, stats, lambdas, batch_size:
     t0 = time.perf_counter()
     n = len(src)
     results = []
-    for fs in _replay(OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size), src, tracks):
+    scorer = OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size, background=video_background(src))
+    for fs in _replay(scorer, src, tracks):
         results.append(fs)
         if on_frame is not None:
             on_frame(fs)

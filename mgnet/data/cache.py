@@ -6,6 +6,7 @@ Layout of one split's store (``<cache_dir>/<split>/``), written by `mgnet.data.p
     index.npy                    (N, 7) int64 per window: video, person, start, frame, label, row, scene_row
     shards/<video>/rgb.npy       (R, 3, C, C) uint8 crops, one row per (track segment, frame)
     shards/<video>/kps.npy       (R, 18, 3) float32 pixel x, y, confidence (OpenPose-18 order)
+    shards/<video>/fg.npy        (R, 8, 8) uint8 foreground occupancy of each crop (data/foreground.py)
     shards/<video>/scene.npy     (Q, 3, S, S) uint8 scene images of the windows' centre frames
     shards/<video>/gt.npy        per-frame labels (1 = abnormal), if known
     shards/<video>/types.npy     per-frame anomaly type ids, if known
@@ -29,7 +30,7 @@ from torch.utils.data import Dataset
 from .errors import DataError
 from .poses import normalize_pose
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2    # 2: shards hold fg.npy (foreground occupancy of every crop)
 INDEX_COLUMNS = ("video", "person", "start", "frame", "label", "row", "scene_row")
 MAX_OPEN = 64
 
@@ -44,7 +45,8 @@ class ClipStore(Dataset):
     """A torch Dataset over one prepared split. ``store[i]`` is a dict of tensors:
 
     rgb uint8 (3, T, C, C) crops; pose float32 (2, T, 18) STG-NF-normalised xy; pose_conf float32
-    (T, 18); scene uint8 (3, S, S) at the centre frame; video, person, start, frame (= start + T//2),
+    (T, 18); scene uint8 (3, S, S) at the centre frame; fg uint8 (T, 8, 8) the crops' foreground
+    occupancy (data/foreground.py, fraction x 255); video, person, start, frame (= start + T//2),
     label (1 abnormal, 0 normal, -1 unknown), scene_id (``scene_code`` of the video's scene) as int64
     scalars.
     """
@@ -86,7 +88,7 @@ class ClipStore(Dataset):
         arrs = self._open.get(v)
         if arrs is None:
             d = os.path.join(self.path, "shards", self.videos[v])
-            arrs = {k: np.load(os.path.join(d, k + ".npy"), mmap_mode="r") for k in ("rgb", "kps", "scene")}
+            arrs = {k: np.load(os.path.join(d, k + ".npy"), mmap_mode="r") for k in ("rgb", "kps", "scene", "fg")}
             self._open[v] = arrs
             if len(self._open) > MAX_OPEN:
                 self._open.popitem(last=False)
@@ -108,6 +110,7 @@ class ClipStore(Dataset):
             "pose": torch.from_numpy(np.ascontiguousarray(pose)),
             "pose_conf": torch.from_numpy(np.ascontiguousarray(kps[..., 2])),
             "scene": torch.from_numpy(np.array(a["scene"][srow])),
+            "fg": torch.from_numpy(np.array(a["fg"][row:row + T])),
             "video": torch.tensor(v), "person": torch.tensor(person), "start": torch.tensor(start),
             "frame": torch.tensor(frame), "label": torch.tensor(label),
             "scene_id": torch.tensor(scene_code(self.scenes[self.videos[v]])),

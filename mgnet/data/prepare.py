@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import faults
-from . import datasets
+from . import datasets, foreground
 from .cache import FORMAT_VERSION, ClipStore
 from .crops import crop_squares, person_boxes, scene_images
 from .errors import DataError
@@ -86,7 +86,8 @@ def stride_for(cfg: dict, split: str) -> int:
 
 def config_hash(cfg: dict, split: str) -> str:
     key = {k: cfg.get(k) for k in HASHED}
-    key.update(split=split, stride=stride_for(cfg, split), format=FORMAT_VERSION, synth=cfg.get("synth"))
+    key.update(split=split, stride=stride_for(cfg, split), format=FORMAT_VERSION, synth=cfg.get("synth"),
+               foreground=foreground.VERSION)
     if cfg["kind"] == "synthetic":
         key["synth_version"] = SYNTH_VERSION  # regenerated content invalidates the store
         if "variant" in (cfg.get("synth") or {}):
@@ -176,6 +177,7 @@ def _write_shard(plan: _Plan, cfg: dict, tmp: str, chash: str, pbar) -> None:
     C, S = cfg["crop_size"], cfg["scene_size"]
     R = len(plan.row_frame)
     rgb = np.lib.format.open_memmap(os.path.join(tmp, "rgb.npy"), "w+", np.uint8, (R, 3, C, C))
+    fg = np.zeros((R, foreground.GRID, foreground.GRID), np.uint8)   # foreground occupancy of each crop
     scene = np.zeros((len(plan.scene_frames), 3, S, S), np.uint8)
     boxes = person_boxes(plan.row_kps, cfg["box_expand"], cfg["box_min_conf"]) if R else np.zeros((0, 3), np.float32)
     order = np.argsort(plan.row_frame, kind="stable")
@@ -183,6 +185,7 @@ def _write_shard(plan: _Plan, cfg: dict, tmp: str, chash: str, pbar) -> None:
     needed = np.unique(plan.row_frame)
     if len(needed):
         src = open_frames(plan.item.frames)
+        bg, tau = foreground.video_background(src.get(foreground.sample_indices(plan.n_frames)))
         chunk = cfg["decode_chunk"]
         contiguous = not os.path.isdir(plan.item.frames)  # video files: read consecutive runs
         i = 0
@@ -200,6 +203,7 @@ def _write_shard(plan: _Plan, cfg: dict, tmp: str, chash: str, pbar) -> None:
                 if b > a:
                     rows = order[a:b]
                     rgb[rows] = crop_squares(frames[k], boxes[rows], C)
+                    fg[rows] = foreground.occupancy(rgb[rows], crop_squares(bg, boxes[rows], C), tau)
             sel = np.nonzero(np.isin(idx, plan.scene_frames))[0]
             if len(sel):
                 scene[np.searchsorted(plan.scene_frames, idx[sel])] = scene_images(frames[sel], S)
@@ -209,6 +213,7 @@ def _write_shard(plan: _Plan, cfg: dict, tmp: str, chash: str, pbar) -> None:
     rgb.flush()
     del rgb
     np.save(os.path.join(tmp, "kps.npy"), plan.row_kps)
+    np.save(os.path.join(tmp, "fg.npy"), fg)
     np.save(os.path.join(tmp, "scene.npy"), scene)
     np.save(os.path.join(tmp, "windows.npy"), plan.windows)
     if plan.gt is not None:

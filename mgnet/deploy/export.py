@@ -34,6 +34,7 @@ JOINTS18 = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l
 def metadata(run_dir: Path, cfg, spec, stats, lambdas, fmt: str, scorer) -> dict:
     import torch
     from mgnet import runs
+    from mgnet.data.foreground import GRID
     from mgnet.deploy.module import INPUTS
     T, c, s = spec.seg_len, spec.crop_size, spec.scene_size
     model_cfg = runs.to_container(cfg.model)
@@ -42,7 +43,8 @@ def metadata(run_dir: Path, cfg, spec, stats, lambdas, fmt: str, scorer) -> dict
         "model_config_hash": runs.config_hash(model_cfg),
         "inputs": {"rgb": {"shape": ["batch", 3, T, c, c], "dtype": "uint8"},
                    "pose": {"shape": ["batch", 2, T, 18], "dtype": "float32"},
-                   "scene": {"shape": ["batch", 3, s, s], "dtype": "uint8"}},
+                   "scene": {"shape": ["batch", 3, s, s], "dtype": "uint8"},
+                   "fg": {"shape": ["batch", T, GRID, GRID], "dtype": "uint8"}},
         "input_order": list(INPUTS), "outputs": list(scorer.outputs),
         "clip": {**asdict(spec), "centre": spec.centre, "latency_frames": spec.latency},
         "keypoints": {"layout": "openpose18", "joints": list(JOINTS18),
@@ -106,7 +108,7 @@ def verify(scorer, exported, cfg, batch_size: int) -> dict:
     got = {k: [] for k in names}
     secs = {"torch": 0.0, "exported": 0.0}
     for b in DataLoader(store, batch_size=batch_size, shuffle=False):
-        args = (b["rgb"], b["pose"], b["scene"])
+        args = (b["rgb"], b["pose"], b["scene"], b["fg"])
         t0 = time.perf_counter()
         with torch.inference_mode():
             r = [v.numpy() for v in scorer(*args)]

@@ -4,6 +4,7 @@ Inputs (the model batch `mgnet score` builds per clip, mgnet.inference.clip_batc
     rgb   (B, 3, T, crop, crop) uint8   the person's crops over the clip
     pose  (B, 2, T, 18) float32         OpenPose-18 x, y, STG-NF-normalised (mgnet.data.poses)
     scene (B, 3, S, S) uint8            the scene image of the clip's centre frame
+    fg    (B, T, 8, 8) uint8            the crops' foreground occupancy (mgnet.data.foreground)
 Outputs, each (B,), in the order ``outputs(components)`` gives (per export: the run's fused
 components, written into metadata.json and the ONNX metadata as "outputs"):
     score              the fused score, as mgnet.inference.fused_scores computes it
@@ -30,7 +31,7 @@ import torch.nn as nn
 
 from mgnet import scoring
 
-INPUTS = ("rgb", "pose", "scene")
+INPUTS = ("rgb", "pose", "scene", "fg")
 
 
 class NotAffineError(ValueError):
@@ -80,7 +81,7 @@ def component_affine(stats: Mapping, name: str, norm: str, normalize: Callable =
 
 
 class ClipScorer(nn.Module):
-    """A trained MGNet plus the run's fusion: forward(rgb, pose, scene) -> ``self.outputs`` (tuple)."""
+    """A trained MGNet plus the run's fusion: forward(rgb, pose, scene, fg) -> ``self.outputs`` (tuple)."""
 
     def __init__(self, model: nn.Module, stats: Mapping, lambdas: Mapping):
         super().__init__()
@@ -96,8 +97,8 @@ class ClipScorer(nn.Module):
         self.register_buffer("norm_shift", torch.from_numpy(ab[:, 1].copy()))          # (K,) float64
         self.register_buffer("weights", torch.from_numpy(scoring.fusion_weights(self.components, lambdas)))
 
-    def forward(self, rgb: torch.Tensor, pose: torch.Tensor, scene: torch.Tensor):
-        out = self.model.scores({"rgb": rgb, "pose": pose, "scene": scene})
+    def forward(self, rgb: torch.Tensor, pose: torch.Tensor, scene: torch.Tensor, fg: torch.Tensor):
+        out = self.model.scores({"rgb": rgb, "pose": pose, "scene": scene, "fg": fg})
         raw = torch.stack([out[k] for k in self.components], 1)                 # (B, K) float32
         norm = raw.to(torch.float64) * self.norm_scale + self.norm_shift          # (B, K)
         score = scoring.combine_parts(norm, self.weights, self.combine)
@@ -106,6 +107,7 @@ class ClipScorer(nn.Module):
 
 def example_inputs(spec, batch: int = 2) -> tuple:
     """Zero inputs of the shapes and dtypes of INPUTS for a ClipSpec."""
+    from mgnet.data.foreground import GRID
     T, c, s = spec.seg_len, spec.crop_size, spec.scene_size
     return (torch.zeros(batch, 3, T, c, c, dtype=torch.uint8), torch.zeros(batch, 2, T, 18),
-            torch.zeros(batch, 3, s, s, dtype=torch.uint8))
+            torch.zeros(batch, 3, s, s, dtype=torch.uint8), torch.zeros(batch, T, GRID, GRID, dtype=torch.uint8))

@@ -2,7 +2,7 @@
 for model.pt2. Imports neither mgnet.models nor any training code.
 
 ``load_exported(folder)`` gives an ExportedModel with the run's clip geometry (``spec``), score
-statistics, lambdas and eval sigma from metadata.json, ``forward(rgb, pose, scene)`` -> the
+statistics, lambdas and eval sigma from metadata.json, ``forward(rgb, pose, scene, fg)`` -> the
 export's outputs (``outputs``, from metadata.json "outputs") as numpy arrays, and ``scores(batch)`` ->
 the raw {mo, app, mm[, pose], nll} of a model batch as MGNet.scores returns them, so
 mgnet.engine.score_batch, OnlineScorer and `mgnet score` use it in place of the torch model and
@@ -40,16 +40,17 @@ class ExportedModel:
         self.outputs = tuple(meta["outputs"])
         self.raw_keys = tuple(k[len("raw_"):] for k in self.outputs if k.startswith("raw_")) + ("nll",)
 
-    def forward(self, rgb, pose, scene) -> tuple:
+    def forward(self, rgb, pose, scene, fg) -> tuple:
         """``outputs`` of one batch of clips, numpy arrays (B,) each."""
-        return tuple(self._run(_numpy(rgb, np.uint8), _numpy(pose, np.float32), _numpy(scene, np.uint8)))
+        return tuple(self._run(_numpy(rgb, np.uint8), _numpy(pose, np.float32), _numpy(scene, np.uint8),
+                               _numpy(fg, np.uint8)))
 
     __call__ = forward
 
     def scores(self, batch) -> dict:
         """Raw per-clip {mo, app, mm[, pose], nll} of a model batch (mgnet.inference.clip_batch), as torch tensors."""
         import torch
-        out = dict(zip(self.outputs, self.forward(batch["rgb"], batch["pose"], batch["scene"])))
+        out = dict(zip(self.outputs, self.forward(batch["rgb"], batch["pose"], batch["scene"], batch["fg"])))
         return {k: torch.from_numpy(np.asarray(out["nll" if k == "nll" else f"raw_{k}"])) for k in self.raw_keys}
 
     def eval(self):

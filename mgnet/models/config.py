@@ -72,7 +72,8 @@ class ModelConfig:
     lambda_mo: float = 1.0             # weight of S_mo in the project's fusion (eq. 16 has it at 1)
     lambda_pose: float = 1.0           # weight of S_pose (model.n_seg > 0) in the project's fusion
     app_target_stopgrad: bool = False  # True: H_u gets no gradient from L_app (guards against collapse); app_target="memory"
-    app_target: str = "cubes"          # S_app from the appearance memory ("cubes") or eq. 14's H_u(f_b) vs mask encoder ("memory", the paper)
+    app_target: str = "cubes"          # S_app from the foreground-occupancy memory ("foreground"), the cube colour memory ("cubes") or eq. 14's H_u(f_b) vs mask encoder ("memory", the paper)
+    n_fg: int = 16384                  # app_target="foreground": normal occupancy maps kept (a seeded subset if more)
     n_a: int = 256                     # appearance-memory slots (cube colour statistics), app_target="cubes"
     app_topk: float = 0.1              # app_target="cubes": S_app = mean of the largest fraction of the per-cube distances
     app_target_norm: bool = False      # f_u standardised over the batch (BatchNorm, no affine): no constant target (README "Method notes")
@@ -157,14 +158,16 @@ class ModelConfig:
                 bad(name, "must be > 0")
         if self.bsmm_behavior not in ("pose", "tokens"):
             bad("bsmm_behavior", "must be 'pose' or 'tokens'")
-        if self.app_target not in ("cubes", "memory"):
-            bad("app_target", "must be 'cubes' or 'memory'")
+        if self.app_target not in ("foreground", "cubes", "memory"):
+            bad("app_target", "must be 'foreground', 'cubes' or 'memory'")
         if not 0.0 < self.app_topk <= 1.0:
             bad("app_topk", "must be in (0, 1]")
         if self.lsta_layers < 0:
             bad("lsta_layers", "must be >= 0")
         if self.app_norm not in ("none", "clip"):
             bad("app_norm", "must be 'none' or 'clip'")
+        if self.n_fg < 1:
+            bad("n_fg", "must be >= 1")
         if self.n_seg < 0:
             bad("n_seg", "must be >= 0 (0: no segment memory)")
         if self.seg_k < 1:

@@ -13,16 +13,18 @@ Stages (set_stage):
   1  STG-NF                                   loss = NLL (bits/dim)
   2  RGB encoder + H_B + behavior/scene memory loss = L_mo + beta (L_sep^b + L_sep^s)
   3  mask encoder + mask head + H_u           loss = alpha L_app   (RGB encoder, memories frozen)
-     (app_target="memory", the paper's S_app; with "cubes" stage 3 has nothing to train)
+     (app_target="memory", the paper's S_app; with "foreground" or "cubes" stage 3 trains nothing)
   4  nothing trained; bsmm_write(batch) for every training batch, then bsmm_finish(), writes the
      pose and appearance memories and the Behavior-Scene Matching Memory (eq. 9)
 L_sep^r of eq. (12) belongs to the BSMM, which is written, not trained: bsmm_finish reports it.
 
 Two places differ from the paper by default, each behind a config switch that restores it
 (README "Method notes" has the measurements):
-  app_target="cubes"   S_app is the appearance memory's score (AppearanceMemory: distance of each
-      cube's colour statistics to the nearest normal prototype, mean of the largest app_topk
-      fraction) instead of eq. (14)'s H_u(f_b) vs mask encoder ("memory", the paper).
+  app_target="foreground"  S_app is the distance of the clip's foreground occupancy map (what in
+      the person's crop differs from the camera's empty scene, data/foreground.py) to the nearest
+      normal one of its scene (SegmentMemory) - "cubes" (AppearanceMemory: distance of each cube's
+      colour statistics to the nearest normal prototype, mean of the largest app_topk fraction) is
+      the other option - instead of eq. (14)'s H_u(f_b) vs mask encoder ("memory", the paper).
   bsmm_behavior="pose" W_b of eq. (8) is the clip's addressing of the pose memory (PoseMemory),
       not e_b's addressing of the behavior memory ("tokens", the paper).
 
@@ -43,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..data.foreground import GRID as FG_GRID
 from ..data.masking import complementary_masks, visible_indices
 from .config import ModelConfig
 from .encoder import VideoEncoder
@@ -106,6 +109,9 @@ class MGNet(nn.Module):
             self.app_norm = nn.BatchNorm1d(cfg.c_app, affine=False)
         if cfg.app_target == "cubes":
             self.app_mem = AppearanceMemory(cfg.n_a, cfg.grid, cfg.app_topk, cfg.app_norm)
+        if cfg.app_target == "foreground":
+            # normal foreground-occupancy maps of the person crops (data/foreground.py), by scene
+            self.fg_mem = SegmentMemory(cfg.n_fg, FG_GRID * FG_GRID, 1, cfg.seg_scene)
         if cfg.bsmm_behavior == "pose":
             self.pose_mem = PoseMemory(cfg.n_p, cfg.joints, cfg.bsmm_temperature)
             len_b = cfg.n_p
@@ -153,8 +159,8 @@ class MGNet(nn.Module):
         _check_stage(stage)
         if stage == 0 and self.cfg.rgb_pretrain != "mae":
             return ()                                   # no stage 0 without model.rgb_pretrain=mae
-        if stage == 3 and self.cfg.app_target == "cubes":
-            return ()                                   # S_app reads the appearance memory (stage 4)
+        if stage == 3 and self.cfg.app_target != "memory":
+            return ()                                   # S_app reads an appearance memory (stage 4)
         if stage == 3 and self.cfg.app_target_norm:
             return STAGE_MODULES[3] + ("app_norm",)     # batch statistics while training
         return STAGE_MODULES[stage]
@@ -193,7 +199,8 @@ class MGNet(nn.Module):
         T, c = cfg.seg_len, cfg.crop
         spec = {"rgb": ((3, T, c, c), f"(B, 3, T={T}, {c}, {c}) uint8"),
                 "pose": ((2, T, cfg.joints), f"(B, 2, T={T}, {cfg.joints}) float"),
-                "scene": ((3, None, None), "(B, 3, S, S) uint8")}
+                "scene": ((3, None, None), "(B, 3, S, S) uint8"),
+                "fg": ((T, FG_GRID, FG_GRID), f"(B, T={T}, {FG_GRID}, {FG_GRID}) uint8 foreground occupancy")}
         dev = self.bsmm.slots.device
         B = None
         for k in keys:
@@ -317,10 +324,11 @@ class MGNet(nn.Module):
         2.3 KB per clip for the poses (T=16) and 0.8 KB for the cubes, ~1 GB for 330k clips.
         """
         cfg = self.cfg
-        keys = (("pose",) if cfg.bsmm_behavior == "pose" or cfg.n_seg else ()) + ("rgb", "scene")
+        keys = ((("pose",) if cfg.bsmm_behavior == "pose" or cfg.n_seg else ()) + ("rgb", "scene")
+                + (("fg",) if cfg.app_target == "foreground" else ()))
         self._check_batch(batch, keys)
         sep_r = None
-        frames = w_s = cubes = segs = tracks = views = scenes = None
+        frames = w_s = cubes = segs = tracks = views = scenes = fgs = None
         with self._backend(), _range("mgnet.bsmm_write"):
             if cfg.bsmm_behavior == "pose":
                 pose = self._pose(batch)
@@ -347,10 +355,13 @@ class MGNet(nn.Module):
                 cubes = (cubes, (tracks >> 32).repeat_interleave(k))   # each cube row's training video
             if cfg.n_seg:
                 segs = SegmentMemory.features(self._pose(batch)).float()
+            if cfg.app_target == "foreground":
+                fgs = self._fg_maps(batch)
+            if segs is not None or fgs is not None:
                 views = view_descriptor(batch["scene"])
-                scenes = self._scene_codes(batch, segs.shape[0])
-        if frames is not None or cubes is not None or segs is not None:
-            self._pending.append((frames, w_s, cubes, segs, tracks, views, scenes))
+                scenes = self._scene_codes(batch, tracks.shape[0])
+        if frames is not None or cubes is not None or segs is not None or fgs is not None:
+            self._pending.append((frames, w_s, cubes, segs, tracks, views, scenes, fgs))
         return {"sep_r": float("nan") if sep_r is None else sep_r, "filled": float(self.bsmm.num_filled),
                 "pending": float(len(self._pending))}
 
@@ -367,10 +378,14 @@ class MGNet(nn.Module):
         with self._backend(), _range("mgnet.bsmm_finish"):
             if self.cfg.app_target == "cubes":
                 self.app_mem.fit(torch.cat([p[2][0] for p in pending]), groups=torch.cat([p[2][1] for p in pending]))
-            if self.cfg.n_seg:
+            knn = [(m, i) for m, i in ((getattr(self, "seg_mem", None), 3), (getattr(self, "fg_mem", None), 7))
+                   if m is not None]
+            if knn:   # the pose-segment and foreground memories: descriptors, tracks, scenes and views
                 tracks, scenes = torch.cat([p[4] for p in pending]), torch.cat([p[6] for p in pending])
-                self.seg_mem.fit(torch.cat([p[3] for p in pending]), tracks, scene=scenes)
-                self.seg_mem.fit_views(torch.cat([p[5] for p in pending]), tracks >> 32, scenes)
+                views = torch.cat([p[5] for p in pending])
+                for mem, i in knn:
+                    mem.fit(torch.cat([p[i] for p in pending]), tracks, scene=scenes)
+                    mem.fit_views(views, tracks >> 32, scenes)
             if self.cfg.bsmm_behavior == "pose":
                 frames = torch.cat([p[0] for p in pending])
                 w_s = torch.cat([p[1] for p in pending])
@@ -388,6 +403,11 @@ class MGNet(nn.Module):
         return torch.full((n,), -1, dtype=torch.long, device=dev)
 
     @staticmethod
+    def _fg_maps(batch: Mapping) -> torch.Tensor:
+        """(B, GRID^2) a clip's foreground occupancy map: the mean over its T frames, in [0, 1]."""
+        return batch["fg"].float().mean(1).flatten(1) / 255.0
+
+    @staticmethod
     def _scene_codes(batch: Mapping, n: int) -> torch.Tensor:
         """(n,) scene codes of a batch's clips (ClipStore's ``scene_id``: its video's scene); 0 where
         the batch does not say (every clip then counts as one scene)."""
@@ -402,7 +422,8 @@ class MGNet(nn.Module):
         segments of the clip's own track (otherwise each training clip finds itself at distance
         0) and S_app uses the appearance memory fitted without the clip's video's parity; so the
         statistics describe new normal clips, which is what fusion normalises against."""
-        mems = [m for m in (getattr(self, "seg_mem", None), getattr(self, "app_mem", None)) if m is not None]
+        mems = [m for m in (getattr(self, "seg_mem", None), getattr(self, "app_mem", None),
+                            getattr(self, "fg_mem", None)) if m is not None]
         old = [m.exclude_own_track for m in mems]
         for m in mems:
             m.exclude_own_track = True
@@ -433,6 +454,12 @@ class MGNet(nn.Module):
             if self.cfg.app_target == "cubes":
                 video = (self._tracks(batch, B) >> 32) if self.app_mem.exclude_own_track else None
                 s_app = self.app_mem(rgb, video) if self.app_mem.is_fitted else s_mo.new_zeros(B)
+            elif self.cfg.app_target == "foreground":
+                self._check_batch(batch, ("fg",))
+                fm = self.fg_mem
+                s_app = (fm(self._fg_maps(batch), self._tracks(batch, B) if fm.exclude_own_track else None,
+                            view_descriptor(batch["scene"]) if fm.by_scene else None)
+                         if fm.is_fitted else s_mo.new_zeros(B))
             else:
                 v1, v2 = self.score_visible1.repeat(B, 1), self.score_visible2.repeat(B, 1)   # copies: see __init__
                 w_b, f_b, _ = self._behavior_memory(e_b)
@@ -452,7 +479,7 @@ class MGNet(nn.Module):
                 if not self._warned_empty_bsmm:
                     warnings.warn("MGNet.scores: the Behavior-Scene Matching Memory is empty (stage 4 "
                                   "not run); 'mm' scores are 0" + (" and so are 'app' scores (appearance memory)"
-                                  if self.cfg.app_target == "cubes" else ""), RuntimeWarning, stacklevel=2)
+                                  if self.cfg.app_target != "memory" else ""), RuntimeWarning, stacklevel=2)
                     self._warned_empty_bsmm = True
                 s_mm = s_mo.new_zeros(B)
         out = {"mo": s_mo.float(), "app": s_app.float(), "mm": s_mm.float(), "nll": nll.float()}

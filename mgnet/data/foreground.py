@@ -1,0 +1,63 @@
+"""Foreground occupancy of the person crops: what in each crop is not the camera's empty scene.
+
+A surveillance camera is static, so each video's background is the per-pixel median of frames
+spread over the video (people move on; what stays is the scene). A crop's foreground is where
+it differs from the same square of that background by more than the video's noise, and its
+occupancy is the fraction of foreground pixels in each cell of a GRID x GRID grid over the crop:
+a walker fills the cells along the body; a bicycle, a cart or a big box next to the person fills
+cells that a walker leaves empty, whatever its colour (the appearance memory of
+``model.app_target="foreground"``, models/memory.SegmentMemory over these maps, scores that).
+
+    bg, tau = video_background(frames)                # frames (N, H, W, 3) uint8, sampled over the video
+    occ = occupancy(crops, background_crops, tau)     # (R, 3, C, C) uint8 x2 -> (R, GRID, GRID) uint8
+
+The threshold ``tau`` is set once per video from the sampled frames themselves: TAU_BASE plus
+TAU_NOISE times the median absolute difference of a frame from the background (summed over the
+three channels), i.e. the video's sensor and compression noise, so a noisy camera does not light
+up everywhere and one video's crops are thresholded alike offline, online and in training.
+Occupancy is stored as uint8 (fraction x 255).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+GRID = 8              # occupancy cells per side of a crop
+BG_FRAMES = 48        # frames sampled over a video for its background
+TAU_BASE = 30.0       # |frame - background| summed over RGB (0..765) counted as foreground above
+TAU_NOISE = 3.0       # ... TAU_BASE + TAU_NOISE * the video's median |frame - background|
+VERSION = 1           # of the definition above (part of the prepared store's hash)
+
+
+def sample_indices(num_frames: int, k: int = BG_FRAMES) -> np.ndarray:
+    """Up to ``k`` frame indices spread evenly over a video of ``num_frames`` frames."""
+    if num_frames < 1:
+        raise ValueError("sample_indices: a video without frames has no background")
+    return np.unique(np.linspace(0, num_frames - 1, min(num_frames, k)).round().astype(np.int64))
+
+
+def video_background(frames: np.ndarray) -> tuple:
+    """(background (H, W, 3) uint8, tau float) from frames (N, H, W, 3) uint8 spread over one video."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"video_background: frames must be (N, H, W, 3) with N >= 1, got {frames.shape}")
+    bg = np.median(frames, axis=0).round().astype(np.uint8)
+    noise = float(np.median(np.abs(frames.astype(np.int16) - bg.astype(np.int16)).sum(-1)))
+    return bg, TAU_BASE + TAU_NOISE * noise
+
+
+def occupancy(crops: np.ndarray, background_crops: np.ndarray, tau: float, grid: int = GRID) -> np.ndarray:
+    """Foreground fraction per grid cell (R, grid, grid) uint8 (x 255) of crops (R, 3, C, C) uint8
+    against the same squares of the background (R, 3, C, C) uint8."""
+    crops, background_crops = np.asarray(crops), np.asarray(background_crops)
+    if crops.shape != background_crops.shape or crops.ndim != 4 or crops.shape[1] != 3:
+        raise ValueError(f"occupancy: crops {crops.shape} and background crops {background_crops.shape} "
+                         "must both be (R, 3, C, C)")
+    diff = np.abs(crops.astype(np.int16) - background_crops.astype(np.int16)).sum(1)     # (R, C, C)
+    fg = torch.from_numpy((diff > tau).astype(np.float32))[:, None]
+    fg = F.adaptive_avg_pool2d(fg, grid)[:, 0].numpy()     # cell means (exact blocks when grid divides C)
+    return np.round(fg * 255.0).astype(np.uint8)
+
+
+__all__ = ["GRID", "BG_FRAMES", "VERSION", "sample_indices", "video_background", "occupancy"]
