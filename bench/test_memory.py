@@ -26,6 +26,14 @@ machine's peak. fwd+bwd: 788 MFLOP -> >= 4.35 ms / 8.7-9.4 ms against eager's 12
 2.8x / 2.4x. The C++ kernel runs the forward at ~80-90 % and the backward at ~75-90 % of that ceiling
 (best of 40-50 interleaved calls, 2026-11-29: 2 threads fwd 1.60 ms, bwd 3.31 ms; 1 thread fwd 3.0-3.3
 ms, bwd 6.6-6.8 ms), so what is left to gain in this regime is small.
+
+Bound of the many regime (CPU, 1 thread, 2026-12-07, machine shared with another job): copy 15.4-17.2
+GB/s and GEMM 82-90 GFLOP/s give 12.1-13.5 ms for the forward's 209 MB and 12 ms for its 1.0 GFLOP
+(the two products, N*S*C FMAs each: it is compute-bound as much as bandwidth-bound at 1 thread), and
+36-40 ms for fwd+bwd (622 MB, 3.0 GFLOP). The fused forward's block kernel (rows_forward) takes ~18 ms
+with q and read in cache; fresh outputs cost ~5 ms more in page zeroing alone (a 100 MB read tensor on
+huge pages: torch.empty + fill 11.7 ms against 6.8 ms into an existing one), which no kernel avoids.
+Measured: forward 51 -> 30 ms (~40 % of the bound), fwd+bwd 148 -> 102-107 ms (~35 %).
 """
 import pytest
 import torch

@@ -10,6 +10,9 @@
 
 #include <cmath>
 #include <cstdint>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #ifndef MGNET_VEC_BYTES
 #if defined(__AVX512F__)
@@ -61,8 +64,124 @@ template <typename T> inline Vec<T> vloadf(const T* p) {  // foldable load
   return *reinterpret_cast<const typename VecOf<T>::unaligned*>(p);
 }
 template <typename T> inline void vstore(T* p, Vec<T> v) { *reinterpret_cast<typename VecOf<T>::unaligned*>(p) = v; }
+// Streaming (non-temporal) store of one vector to a vector-aligned address: the line is written to memory
+// without being read first (a plain store of a line not in cache reads it: a write-only output then
+// costs twice its bytes) and without evicting the working set. Falls back to vstore where the ISA has
+// none. Call vstream_fence() after the last one, before another thread may read what was written.
+inline void vstream(float* p, Vec<float> v) {
+#if MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 64
+  _mm512_stream_ps(p, (__m512)v);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 32
+  _mm256_stream_ps(p, (__m256)v);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 16
+  _mm_stream_ps(p, (__m128)v);
+#else
+  *reinterpret_cast<Vec<float>*>(p) = v;
+#endif
+}
+inline void vstream(double* p, Vec<double> v) {
+#if MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 64
+  _mm512_stream_pd(p, (__m512d)v);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 32
+  _mm256_stream_pd(p, (__m256d)v);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 16
+  _mm_stream_pd(p, (__m128d)v);
+#else
+  *reinterpret_cast<Vec<double>*>(p) = v;
+#endif
+}
+inline void vstream_fence() {
+#if MGNET_VEC_ONE_REGISTER
+  _mm_sfence();
+#endif
+}
 template <typename T> inline Vec<T> vzero() { return Vec<T>{}; }
 template <typename T> inline Vec<T> vbcast(T x) { return vzero<T>() + x; }
+// Broadcast of a value read from memory: one vbroadcastss / vbroadcastsd (vbcast's 0 + x is an add first,
+// kept there because it maps -0 to +0 and callers' results are pinned to it).
+inline vfloat vsplat(const float* p) {
+#if MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 64
+  return (vfloat)_mm512_set1_ps(*p);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 32
+  return (vfloat)_mm256_broadcast_ss(p);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 16
+  return (vfloat)_mm_load1_ps(p);
+#else
+  vfloat v;
+  for (int l = 0; l < lanes<float>(); ++l) v[l] = *p;
+  return v;
+#endif
+}
+inline vdouble vsplat(const double* p) {
+#if MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 64
+  return (vdouble)_mm512_set1_pd(*p);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 32
+  return (vdouble)_mm256_broadcast_sd(p);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 16
+  return (vdouble)_mm_load1_pd(p);
+#else
+  vdouble v;
+  for (int l = 0; l < lanes<double>(); ++l) v[l] = *p;
+  return v;
+#endif
+}
+// a * b + c rounded once where the ISA has FMA (a * b + c otherwise). -ffp-contract=fast contracts most
+// such expressions, but not all (GCC leaves some as mul + add depending on the code around them): two
+// paths that must give the same bits use these.
+inline vfloat vfma(vfloat a, vfloat b, vfloat c) {
+#if MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 64
+  return (vfloat)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 32 && defined(__FMA__)
+  return (vfloat)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 16 && defined(__FMA__)
+  return (vfloat)_mm_fmadd_ps((__m128)a, (__m128)b, (__m128)c);
+#else
+  return a * b + c;
+#endif
+}
+inline vdouble vfma(vdouble a, vdouble b, vdouble c) {
+#if MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 64
+  return (vdouble)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 32 && defined(__FMA__)
+  return (vdouble)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 16 && defined(__FMA__)
+  return (vdouble)_mm_fmadd_pd((__m128d)a, (__m128d)b, (__m128d)c);
+#else
+  return a * b + c;
+#endif
+}
+template <typename T> inline T sfma(T a, T b, T c) {
+#if defined(__FMA__)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+// Lane-wise square root (libm per lane where the ISA has no vector instruction for this width).
+inline vfloat vsqrt(vfloat x) {
+#if MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 64
+  return (vfloat)_mm512_sqrt_ps((__m512)x);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 32
+  return (vfloat)_mm256_sqrt_ps((__m256)x);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 16
+  return (vfloat)_mm_sqrt_ps((__m128)x);
+#else
+  for (int l = 0; l < lanes<float>(); ++l) x[l] = std::sqrt(x[l]);
+  return x;
+#endif
+}
+inline vdouble vsqrt(vdouble x) {
+#if MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 64
+  return (vdouble)_mm512_sqrt_pd((__m512d)x);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 32
+  return (vdouble)_mm256_sqrt_pd((__m256d)x);
+#elif MGNET_VEC_ONE_REGISTER && MGNET_VEC_BYTES == 16
+  return (vdouble)_mm_sqrt_pd((__m128d)x);
+#else
+  for (int l = 0; l < lanes<double>(); ++l) x[l] = std::sqrt(x[l]);
+  return x;
+#endif
+}
 template <typename T> inline T hsum(Vec<T> v) {
   T s = 0;
   for (int l = 0; l < lanes<T>(); ++l) s += v[l];

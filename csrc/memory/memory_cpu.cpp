@@ -3,7 +3,10 @@
 //   score   = normalize(q) @ normalize(mem).T    normalize(v) = v / max(||v||, eps), eps = 1e-12
 //   weights = softmax(score, dim=1);  read = weights @ mem;  top2 = two best slots (ties -> lower index)
 //
-// Forward, one pass over q:
+// Forward, one pass over q. The many-query regime (S <= kRowsMaxS slots, not wide: the behavior
+// memory's 131072 x 192 x 10) takes rows_forward (below, before forward_impl): blocks of one vector's
+// lanes of queries, register blocks sized for AVX2, softmax and top-2 across the block's queries, read
+// with streaming stores. Otherwise:
 //   A. per query tile (TQ rows; threads own contiguous runs of tiles): dot products against every slot
 //      (TQ x SB register-blocked accumulators, vectorised over the width, reduced with a shuffle tree),
 //      query norms on the fly, cosine scores from the slot norms computed once, safe softmax (max
@@ -63,8 +66,16 @@ using namespace mgnet::vec;
 
 constexpr double kEps = 1e-12;  // mgnet.ops.memory.EPS (F.normalize's eps)
 constexpr int TQ = 4;           // queries per tile
+// The TQ x SB and TQ x CV register blocks must fit the vector registers with their operands: 4 x 4
+// accumulators + 4 + 1 operands spill with AVX2's 16 registers (the backward of the many-query regime ran
+// ~20 % slower), so they halve there; AVX-512 has 32.
+#if MGNET_VEC_BYTES == 64
 constexpr int SB = 4;           // slots per register block of the dot products
 constexpr int CV = 4;           // vectors per register block of the slot combinations (read, grad_q)
+#else
+constexpr int SB = 2;
+constexpr int CV = 2;
+#endif
 constexpr int64_t CW = 512;     // width chunk (elements) of the parallel read
 
 // --------------------------------------------------------------------------- dot products
@@ -132,9 +143,9 @@ inline void combine_block(const T* A, int64_t lda, const T* mem, int64_t S, int6
     for (int v = 0; v < NV; ++v) mv[v] = vload(mem + s * C + c + v * L);
 #pragma GCC unroll 8
     for (int i = 0; i < NQ; ++i) {
-      Vec<T> a = vbcast<T>(A[i * lda + s]);
+      Vec<T> a = vsplat(A + i * lda + s);
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[i][v] += a * mv[v];
+      for (int v = 0; v < NV; ++v) acc[i][v] = vfma(a, mv[v], acc[i][v]);  // as rows_combine: same bits
     }
   }
 #pragma GCC unroll 8
@@ -153,7 +164,7 @@ void combine_tile(const T* A, int64_t lda, const T* mem, int64_t S, int64_t C, i
   for (; c < c1; ++c)
     for (int i = 0; i < NQ; ++i) {
       T acc = HASX ? beta[i] * x[i * C + c] : T(0);
-      for (int64_t s = 0; s < S; ++s) acc += A[i * lda + s] * mem[s * C + c];
+      for (int64_t s = 0; s < S; ++s) acc = sfma(A[i * lda + s], mem[s * C + c], acc);
       out[i * C + c] = acc;
     }
 }
@@ -163,22 +174,40 @@ void combine_tile(const T* A, int64_t lda, const T* mem, int64_t S, int64_t C, i
 template <typename T, int NQ>
 void gmem_accumulate(const T* W, const T* B, int64_t ld, const T* g, const T* q, int64_t S, int64_t C, T* part) {
   constexpr int L = lanes<T>();
-  int64_t c = 0;
-  for (; c + L <= C; c += L) {
-    Vec<T> gv[NQ], qv[NQ];
+  // slots outer: the 2 NQ broadcasts of a slot's coefficients are made once, not once per vector of the
+  // width (they were a third of the instructions), and the rows of g and q are re-read from L1 as FMA
+  // operands; two vectors per step give two independent chains. Per element the order of the updates is
+  // unchanged.
+  const int64_t cv = C / L * L;
+  for (int64_t s = 0; s < S; ++s) {
+    Vec<T> wv[NQ], bv[NQ];
 #pragma GCC unroll 8
-    for (int i = 0; i < NQ; ++i) { gv[i] = vload(g + i * C + c); qv[i] = vload(q + i * C + c); }
-    for (int64_t s = 0; s < S; ++s) {
-      Vec<T> acc = vloadf(part + s * C + c);
+    for (int i = 0; i < NQ; ++i) { wv[i] = vsplat(W + i * ld + s); bv[i] = vsplat(B + i * ld + s); }
+    T* ps = part + s * C;
+    int64_t c = 0;
+    for (; c + 2 * L <= cv; c += 2 * L) {
+      Vec<T> a0 = vloadf(ps + c), a1 = vloadf(ps + c + L);
 #pragma GCC unroll 8
       for (int i = 0; i < NQ; ++i) {  // two separate updates: two FMAs (a + (x + y) would be mul, fma, add)
-        acc += vbcast<T>(W[i * ld + s]) * gv[i];
-        acc += vbcast<T>(B[i * ld + s]) * qv[i];
+        a0 += wv[i] * vloadf(g + i * C + c);
+        a1 += wv[i] * vloadf(g + i * C + c + L);
+        a0 += bv[i] * vloadf(q + i * C + c);
+        a1 += bv[i] * vloadf(q + i * C + c + L);
       }
-      vstore(part + s * C + c, acc);
+      vstore(ps + c, a0);
+      vstore(ps + c + L, a1);
+    }
+    for (; c < cv; c += L) {
+      Vec<T> a0 = vloadf(ps + c);
+#pragma GCC unroll 8
+      for (int i = 0; i < NQ; ++i) {
+        a0 += wv[i] * vloadf(g + i * C + c);
+        a0 += bv[i] * vloadf(q + i * C + c);
+      }
+      vstore(ps + c, a0);
     }
   }
-  for (; c < C; ++c)
+  for (int64_t c = C / L * L; c < C; ++c)
     for (int64_t s = 0; s < S; ++s) {
       T acc = part[s * C + c];
       for (int i = 0; i < NQ; ++i) acc += W[i * ld + s] * g[i * C + c] + B[i * ld + s] * q[i * C + c];
@@ -468,12 +497,228 @@ bool is_wide(int64_t N, int64_t S, int64_t C) {
   return S * C * int64_t(sizeof(T)) > 256 * 1024 && N <= 2048;
 }
 
+// --------------------------------------------------------------------------- many-query regime
+// Forward of the many-query regime (the behavior memory: 131072 queries of width 192 against 10 slots),
+// a stream over q at the machine's bandwidth and FMA rate. Blocks of L queries (L = lanes<T>(): 8 fp32
+// with AVX2), one pass over q:
+//   1. raw dots: per 2 queries x up to 5 slots (+ the 2 squared norms in the first slot group), 15 vector
+//      registers, so that it fits AVX2's 16 (the 4 x 4 blocks of dots_tile spill there); the slots are
+//      read from Mp, mem packed once (rows padded with zeros to a whole vector, 10 x 192 fp32: 7.5 KiB,
+//      L1-resident). The accumulators are stored unreduced, R[j][i] (slot j, query i; j = S: the norm),
+//   2. reduce_lanes of R[j][0..L) gives slot j's dot products of the L queries as one vector: the
+//      cosine, the safe softmax (vexp of S vectors) and the top-2 run across the block's queries, lane i
+//      being query i, with selects instead of the per-query compare branches (random scores mispredict),
+//   3. read = W @ mem of the block, 2 queries x 4 vectors per register block, written with streaming
+//      stores when the rows are vector-aligned (read is write-only: no read-for-ownership of 100 MB).
+// Per element the arithmetic of read is combine_tile's (acc = 0; acc += w_s m_s, s = 0..S-1, FMA), so the
+// width-split read (few queries per thread) gives the same bits.
+constexpr int64_t kRowsMaxS = 32;       // above, the block's raw accumulators ((S+1) L vectors) leave L1
+
+template <typename T>
+bool use_rows(int64_t N, int64_t S, int64_t C) {
+  return !is_wide<T>(N, S, C) && S <= kRowsMaxS;
+}
+
+// Raw accumulators of NQ rows of x (ldx apart) against NS packed slots (Mp + j * Cp, zero-padded past C):
+// R[j * L + i] = sum over vectors of x_i * m_j (lanes unreduced); with NORM also Rn[i] = x_i * x_i.
+template <typename T, int NQ, int NS, bool NORM>
+inline void raw_dots(const T* x, int64_t ldx, const T* Mp, int64_t Cp, int64_t C, Vec<T>* R, Vec<T>* Rn) {
+  constexpr int L = lanes<T>();
+  Vec<T> acc[NQ][NS], nacc[NQ];
+#pragma GCC unroll 8
+  for (int i = 0; i < NQ; ++i) {
+    nacc[i] = vzero<T>();
+#pragma GCC unroll 8
+    for (int j = 0; j < NS; ++j) acc[i][j] = vzero<T>();
+  }
+  auto step = [&](const Vec<T>(&xv)[NQ], int64_t c) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NS; ++j) {
+      const Vec<T> mv = vload(Mp + j * Cp + c);
+#pragma GCC unroll 8
+      for (int i = 0; i < NQ; ++i) acc[i][j] += xv[i] * mv;
+    }
+    if (NORM)
+#pragma GCC unroll 8
+      for (int i = 0; i < NQ; ++i) nacc[i] += xv[i] * xv[i];
+  };
+  int64_t c = 0;
+  for (; c + L <= C; c += L) {
+    Vec<T> xv[NQ];
+#pragma GCC unroll 8
+    for (int i = 0; i < NQ; ++i) xv[i] = vload(x + i * ldx + c);
+    step(xv, c);
+  }
+  if (c < C) {  // the last, partial vector: x's lanes past C are zero (Mp's are too)
+    Vec<T> xv[NQ];
+    for (int i = 0; i < NQ; ++i) {
+      T t[L] = {};
+      for (int64_t k = c; k < C; ++k) t[k - c] = x[i * ldx + k];
+      xv[i] = vloadf(t);
+    }
+    step(xv, c);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < NQ; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NS; ++j) R[j * L + i] = acc[i][j];
+    if (NORM) Rn[i] = nacc[i];
+  }
+}
+
+template <typename T, int NQ>
+void raw_dots_all(const T* x, int64_t ldx, const T* Mp, int64_t Cp, int64_t S, int64_t C, Vec<T>* R) {
+  constexpr int L = lanes<T>();
+  Vec<T>* Rn = R + S * L;
+  for (int64_t s = 0; s < S; s += 5) {
+    const bool first = s == 0;
+    Vec<T>* Rs = R + s * L;
+    const T* Ms = Mp + s * Cp;
+    switch (std::min<int64_t>(5, S - s) + (first ? 8 : 0)) {
+      case 13: raw_dots<T, NQ, 5, true>(x, ldx, Ms, Cp, C, Rs, Rn); break;
+      case 12: raw_dots<T, NQ, 4, true>(x, ldx, Ms, Cp, C, Rs, Rn); break;
+      case 11: raw_dots<T, NQ, 3, true>(x, ldx, Ms, Cp, C, Rs, Rn); break;
+      case 10: raw_dots<T, NQ, 2, true>(x, ldx, Ms, Cp, C, Rs, Rn); break;
+      case 9: raw_dots<T, NQ, 1, true>(x, ldx, Ms, Cp, C, Rs, Rn); break;
+      case 5: raw_dots<T, NQ, 5, false>(x, ldx, Ms, Cp, C, Rs, Rn); break;
+      case 4: raw_dots<T, NQ, 4, false>(x, ldx, Ms, Cp, C, Rs, Rn); break;
+      case 3: raw_dots<T, NQ, 3, false>(x, ldx, Ms, Cp, C, Rs, Rn); break;
+      case 2: raw_dots<T, NQ, 2, false>(x, ldx, Ms, Cp, C, Rs, Rn); break;
+      case 1: raw_dots<T, NQ, 1, false>(x, ldx, Ms, Cp, C, Rs, Rn); break;
+      default: break;
+    }
+  }
+}
+
+// out_i[c .. c + NV L) = sum_s wt[s * L + i0 + i] * Mp[s][...] for NQ queries of the block.
+template <typename T, int NQ, int NV, bool STREAM>
+inline void rows_combine_block(const T* wt, int i0, const T* Mp, int64_t Cp, int64_t S, int64_t c, T* out,
+                               int64_t ldo) {
+  constexpr int L = lanes<T>();
+  Vec<T> acc[NQ][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[i][v] = vzero<T>();
+  for (int64_t s = 0; s < S; ++s) {
+    Vec<T> mv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) mv[v] = vload(Mp + s * Cp + c + v * L);
+#pragma GCC unroll 8
+    for (int i = 0; i < NQ; ++i) {
+      const Vec<T> a = vsplat(wt + s * L + i0 + i);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] = vfma(a, mv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      if (STREAM) vstream(out + i * ldo + c + v * L, acc[i][v]);
+      else vstore(out + i * ldo + c + v * L, acc[i][v]);
+    }
+}
+
+template <typename T, int NQ, int NV, bool STREAM>
+void rows_combine(const T* wt, int i0, const T* Mp, int64_t Cp, int64_t S, int64_t C, T* out) {
+  constexpr int L = lanes<T>();
+  int64_t c = 0;
+  for (; c + NV * L <= C; c += NV * L) rows_combine_block<T, NQ, NV, STREAM>(wt, i0, Mp, Cp, S, c, out, C);
+  for (; c + L <= C; c += L) rows_combine_block<T, NQ, 1, STREAM>(wt, i0, Mp, Cp, S, c, out, C);
+  for (; c < C; ++c)
+    for (int i = 0; i < NQ; ++i) {
+      T acc = T(0);
+      for (int64_t s = 0; s < S; ++s) acc = sfma(wt[s * L + i0 + i], Mp[s * Cp + c], acc);
+      out[i * C + c] = acc;
+    }
+}
+
+// Weights, top-2 and (with read != nullptr) read of the query blocks [bb, be) (L queries each).
+template <typename T>
+void rows_forward(const T* q, const T* Mp, int64_t Cp, const T* inv_mn, int64_t N, int64_t S, int64_t C, int64_t bb,
+                  int64_t be, T* W, T* read, int64_t* top2) {
+  constexpr int L = lanes<T>();
+  std::vector<Vec<T>> R((S + 1) * L), sc(S);
+  std::vector<T> wt(S * L);
+  const bool stream = read != nullptr && C % L == 0 && reinterpret_cast<uintptr_t>(read) % sizeof(Vec<T>) == 0;
+  for (int64_t b = bb; b < be; ++b) {
+    const int64_t n0 = b * L, nq = std::min<int64_t>(L, N - n0);
+    const T* qb = q + n0 * C;
+    if (nq < L) std::fill(R.begin(), R.end(), vzero<T>());  // lanes of absent queries: 0, never written
+    int64_t i = 0;
+    for (; i + 2 <= nq; i += 2) raw_dots_all<T, 2>(qb + i * C, C, Mp, Cp, S, C, R.data() + i);
+    if (i < nq) raw_dots_all<T, 1>(qb + i * C, C, Mp, Cp, S, C, R.data() + i);
+    // lane i of each vector below is query n0 + i
+    const Vec<T> n2 = reduce_lanes(R.data() + S * L);
+    const Vec<T> qn = vsqrt(n2), eps = vbcast<T>(T(kEps));
+    const Vec<T> inv_qn = vbcast<T>(T(1)) / (qn < eps ? eps : qn);  // 1 / max(||q||, eps), as std::max
+    Vec<T> v1 = vzero<T>(), v2 = vbcast<T>(-std::numeric_limits<T>::infinity()), i1 = vzero<T>(), i2 = vzero<T>();
+    for (int64_t s = 0; s < S; ++s) {
+      const Vec<T> v = reduce_lanes(R.data() + s * L) * inv_qn * inv_mn[s];
+      sc[s] = v;
+      if (s == 0) { v1 = v; continue; }
+      const Vec<T> js = vbcast<T>(T(s));
+      const auto gt1 = v > v1, gt2 = v > v2;  // strict '>': an equal score keeps the lower index
+      v2 = gt1 ? v1 : (gt2 ? v : v2);
+      i2 = gt1 ? i1 : (gt2 ? js : i2);
+      v1 = gt1 ? v : v1;
+      i1 = gt1 ? js : i1;
+    }
+    Vec<T> sum = vzero<T>();
+    for (int64_t s = 0; s < S; ++s) {
+      sc[s] = vexp(sc[s] - v1);  // v1: the row's maximum, subtracted by the safe softmax
+      sum += sc[s];
+    }
+    const Vec<T> inv = vbcast<T>(T(1)) / sum;
+    for (int64_t s = 0; s < S; ++s) vstore(wt.data() + s * L, sc[s] * inv);
+    for (int64_t k = 0; k < nq; ++k) {
+      T* w = W + (n0 + k) * S;
+      for (int64_t s = 0; s < S; ++s) w[s] = wt[s * L + k];
+      top2[(n0 + k) * 2] = int64_t(i1[k]);
+      top2[(n0 + k) * 2 + 1] = S == 1 ? 0 : int64_t(i2[k]);
+    }
+    if (read == nullptr) continue;
+    T* rb = read + n0 * C;
+    i = 0;
+    if (stream) {
+      for (; i + 4 <= nq; i += 4) rows_combine<T, 4, 3, true>(wt.data(), int(i), Mp, Cp, S, C, rb + i * C);
+      for (; i + 2 <= nq; i += 2) rows_combine<T, 2, 3, true>(wt.data(), int(i), Mp, Cp, S, C, rb + i * C);
+    }
+    for (; i + 4 <= nq; i += 4) rows_combine<T, 4, 3, false>(wt.data(), int(i), Mp, Cp, S, C, rb + i * C);
+    for (; i + 2 <= nq; i += 2) rows_combine<T, 2, 3, false>(wt.data(), int(i), Mp, Cp, S, C, rb + i * C);
+    if (i < nq) rows_combine<T, 1, 3, false>(wt.data(), int(i), Mp, Cp, S, C, rb + i * C);
+  }
+  if (stream) vstream_fence();
+}
+
+template <typename T>
+void split_read(const T* W, const T* mem, int64_t N, int64_t S, int64_t C, T* read);
+
 template <typename T>
 void forward_impl(const T* q, const T* mem, int64_t N, int64_t S, int64_t C, T* W, T* read, int64_t* top2) {
   constexpr int L = lanes<T>();
   const int64_t Sp = round_up(S, L);
   std::vector<T> mn(S), mraw(S), inv_mn(Sp, T(0));
   slot_norms(mem, S, C, mn.data(), mraw.data(), inv_mn.data());
+
+  if (use_rows<T>(N, S, C)) {
+    const int64_t Cp = round_up(C, L), nblk = (N + L - 1) / L;
+    std::vector<T> Mp(S * Cp, T(0));
+    for (int64_t s = 0; s < S; ++s) std::memcpy(Mp.data() + s * Cp, mem + s * C, sizeof(T) * C);
+    // read fused into the block sweep when every thread has enough blocks, else split over the width
+    // below (the same bits either way)
+    const bool fused = nblk >= 4 * at::get_num_threads();
+    const int64_t nch = thread_chunks(nblk);
+    at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t ch = cb; ch < ce; ++ch)
+        rows_forward<T>(q, Mp.data(), Cp, inv_mn.data(), N, S, C, nblk * ch / nch, nblk * (ch + 1) / nch, W,
+                        fused ? read : nullptr, top2);
+    });
+    if (fused) return;
+    split_read<T>(W, mem, N, S, C, read);
+    return;
+  }
 
   const int64_t ntiles = (N + TQ - 1) / TQ;
   const int64_t nch = thread_chunks(ntiles);
@@ -539,8 +784,13 @@ void forward_impl(const T* q, const T* mem, int64_t N, int64_t S, int64_t C, T* 
     }
   });
   if (fused_read || wide) return;
+  split_read<T>(W, mem, N, S, C, read);
+}
 
-  // read = W @ mem over (width chunk, tile): a thread keeps its chunk of mem in cache across tiles
+// read = W @ mem over (width chunk, tile): a thread keeps its chunk of mem in cache across tiles
+template <typename T>
+void split_read(const T* W, const T* mem, int64_t N, int64_t S, int64_t C, T* read) {
+  const int64_t ntiles = (N + TQ - 1) / TQ;
   const int64_t ncc = std::max<int64_t>(1, (C + CW - 1) / CW);
   at::parallel_for(0, ntiles * ncc, 1, [&](int64_t b, int64_t e) {
     for (int64_t u = b; u < e; ++u) {
