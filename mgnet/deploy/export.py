@@ -69,7 +69,7 @@ def export_program(scorer, spec):
     from mgnet.deploy.module import example_inputs
     batch = torch.export.Dim("batch", min=1)
     args = example_inputs(spec, 2)
-    ep = torch.export.export(scorer, args, dynamic_shapes=({0: batch}, {0: batch}, {0: batch}), strict=False)
+    ep = torch.export.export(scorer, args, dynamic_shapes=tuple({0: batch} for _ in args), strict=False)
     ep = ep.run_decompositions(decompositions())
     left = custom_ops_in(ep.graph)
     if left:

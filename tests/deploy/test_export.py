@@ -13,7 +13,7 @@ import torch
 
 from mgnet.cli import main as cli
 from mgnet import scoring
-from mgnet.deploy.module import NotAffineError, component_affine, norm_output
+from mgnet.deploy.module import INPUTS, NotAffineError, component_affine, norm_output
 
 TOL = 1e-4
 
@@ -26,12 +26,12 @@ def _reference_scores(run):
     from mgnet.engine import Dist, open_split
     model, cfg = load_run(run)
     stats = load_score_stats(run)
-    lambdas = {"app": float(cfg.model.lambda_app), "mm": float(cfg.model.lambda_mm)}
+    lambdas = {k: float(cfg.model[f"lambda_{k}"]) for k in ("mo", "app", "mm", "pose")}
     ctx = Dist("cpu")
     store = open_split(cfg.data, "test", ctx)
     ctx.close()
     items = [store[i] for i in range(len(store))]
-    inputs = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in ("rgb", "pose", "scene")}
+    inputs = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in INPUTS}
     parts = []
     with torch.inference_mode():
         for lo in range(0, len(items), 128):
@@ -56,7 +56,7 @@ def _check_against_reference(model, reference):
     assert n > 6
     got = {k: [] for k in ref}
     for lo, hi in [(0, 1), (1, 6)] + [(lo, min(lo + 128, n)) for lo in range(6, n, 128)]:
-        out = dict(zip(model.outputs, model.forward(*(inputs[k][lo:hi] for k in ("rgb", "pose", "scene")))))
+        out = dict(zip(model.outputs, model.forward(*(inputs[k][lo:hi] for k in INPUTS))))
         for k in got:
             assert out[k].shape == (hi - lo,)
             got[k].append(out[k])
@@ -78,7 +78,7 @@ def test_onnx_export_scores_every_test_clip_like_torch(onnx_export, reference):
     stats = reference[2]
     assert meta["score_stats"] == stats and meta["threshold"]["value"] == stats["fused"]["p99"]
     assert meta["clip"]["seg_len"] == 16 and meta["keypoints"]["layout"] == "openpose18"
-    assert len(meta["keypoints"]["joints"]) == 18 and set(meta["lambdas"]) == {"app", "mm"}
+    assert len(meta["keypoints"]["joints"]) == 18 and set(meta["lambdas"]) == {"mo", "app", "mm", "pose"}
     assert meta["fusion"]["norm"] == "z" and meta["fusion"]["combine"] == "pos_mean"
     assert meta["outputs"] == ["score", "mo", "app", "mm", "s_pose", "nll", "raw_mo", "raw_app", "raw_mm", "raw_pose"]
     proto = onnx.load(str(folder / "model.onnx"))
