@@ -1,18 +1,19 @@
-"""Choose the scoring defaults on the validation protocol: every candidate fusion (and S_pose with or
-without its scene conditioning) scored on every finished cell of a `mgnet protocol` run, without
-training again.
+"""Choose the scoring defaults on the validation protocol: every candidate S_app, S_pose and fusion
+scored on every finished cell of a `mgnet protocol` run, without training again.
 
     python bench/protocol_choices.py runs/protocol-selection            # -> choices.json, choices.md there
 
 A cell's run folder holds its model (stage 4), score_stats.json and eval/clip_scores.npz (the raw
-test clip scores). S_pose is recomputed both ways from the prepared stores (the segment memory
-alone, no network): against every kept training segment (``by_scene`` off) and against the
-segments of the clip's own scene (on), on the test split and, leaving each clip's own track out,
-on the training split for its z-score statistics. Each candidate is then a fusion of the raw
-components (mgnet.scoring.fuse: normalisation, weights, combine) and is rated by the frame AUCs of
-mgnet.scoring's protocol, mean and minimum over cells. Candidates are few and fixed below, chosen
-for a reason that holds on real footage, not searched: the defaults are the best mean micro AUC
-among them, and the table shows how close the others come.
+test clip scores of S_mo, S_app (cube colour memory), S_mm and STG-NF). From the prepared stores
+(rebuilt with the foreground occupancy maps when older) the two nearest-neighbour memories are
+fitted afresh, as stage 4 fits them (models/memory.SegmentMemory, k=1): pose segments (S_pose) and
+foreground occupancy maps (S_app with ``model.app_target=foreground``), each over every training
+clip and by scene; test scores, and training scores with each clip's own track left out for the
+z-score statistics. Each candidate is then a fusion of raw components (mgnet.scoring.fuse:
+normalisation, weights, combine) rated by the frame AUCs of mgnet.scoring's protocol, mean and
+minimum over cells. The candidates are few and fixed below, each with a reason that holds on real
+footage, not searched: the defaults are the best mean micro AUC among them, and the table shows
+how close the others come.
 """
 from __future__ import annotations
 
@@ -30,32 +31,52 @@ from mgnet.data.prepare import prepare_split
 from mgnet.models.scene import view_descriptor
 from mgnet.protocol import TYPES
 
-# (name, S_pose scene-conditioned?, norm, combine, weights {component: lambda}; 0 drops a component).
-# The component sets: all four, and each one left out, S_pose global vs by scene; three combines.
-SETS = {"all": {"mo": 1, "app": 1, "mm": 1, "pose": 1}, "no S_mo": {"mo": 0, "app": 1, "mm": 1, "pose": 1},
-        "no S_app": {"mo": 1, "app": 0, "mm": 1, "pose": 1}, "no S_mm": {"mo": 1, "app": 1, "mm": 0, "pose": 1},
+# Candidates: which S_app ("cubes": the cube colour memory; "fg": the foreground-occupancy memory),
+# S_pose and S_app's memory by scene or over every training clip, the normalisation and combine,
+# and the weights {component: lambda} (0 drops a component).
+ALL = {"mo": 1, "app": 1, "mm": 1, "pose": 1}
+CANDIDATES = [("eq.16 minmax sum (paper; S_app cubes)", "cubes", False, "minmax", "sum", {**ALL, "pose": 0}),
+              ("z pos_mean all, S_app cubes, global", "cubes", False, "z", "pos_mean", ALL),
+              ("z pos_mean all, S_app cubes, by scene", "cubes", True, "z", "pos_mean", ALL)]
+SETS = {"all": ALL, "no S_mo": {**ALL, "mo": 0}, "no S_mm": {**ALL, "mm": 0},
         "S_pose + S_app": {"mo": 0, "app": 1, "mm": 0, "pose": 1}}
-CANDIDATES = [("eq.16 minmax sum (paper)", False, "minmax", "sum", {"mo": 1, "app": 1, "mm": 1, "pose": 0}),
-              ("z pos_mean all, S_pose global", False, "z", "pos_mean", SETS["all"])]
-CANDIDATES += [(f"z {combine} {name}, S_pose scene", True, "z", combine, w)
-               for combine in ("pos_mean", "sum", "max") for name, w in SETS.items()]
+CANDIDATES += [(f"z {combine} {name}, S_app fg, {'by scene' if sc else 'global'}", "fg", sc, "z", combine, w)
+               for sc in (True, False) for combine in ("pos_mean", "sum", "max") for name, w in SETS.items()]
+
+
+def _knn(model, dim: int, by_scene: bool):
+    """A SegmentMemory like the model's (at least 16384 slots, k=1) for other descriptors."""
+    from mgnet.models.memory import SegmentMemory
+    return SegmentMemory(max(int(model.cfg.n_seg), 16384), dim, 1, by_scene)
 
 
 @torch.no_grad()
-def s_pose(model, store, by_scene: bool, leave_out: bool, batch_size: int = 256) -> np.ndarray:
-    """S_pose of every clip of ``store`` from the model's segment memory alone."""
-    seg = model.seg_mem
-    old = seg.by_scene, seg.exclude_own_track
-    seg.by_scene, seg.exclude_own_track = by_scene, leave_out
+def knn_scores(mem, desc_tr, tracks, scenes, views, desc_te, views_te) -> tuple:
+    """(test scores, training scores with each clip's own track left out) of a freshly fitted memory."""
+    mem.fit(torch.from_numpy(desc_tr), torch.from_numpy(tracks), scene=torch.from_numpy(scenes))
+    mem.fit_views(torch.from_numpy(views), torch.from_numpy(tracks) >> 32, torch.from_numpy(scenes))
     out = []
-    try:
-        loader = torch.utils.data.DataLoader(store, batch_size=batch_size)
-        for b in loader:
-            track = model._tracks(b, b["rgb"].shape[0]) if leave_out else None
-            out.append(seg(model._pose(b), track, view_descriptor(b["scene"]) if by_scene else None).double().numpy())
-    finally:
-        seg.by_scene, seg.exclude_own_track = old
-    return np.concatenate(out)
+    for leave, d, v, tr in ((False, desc_te, views_te, None), (True, desc_tr, views, tracks)):
+        mem.exclude_own_track = leave
+        s = [mem(torch.from_numpy(d[i:i + 512]), None if tr is None else torch.from_numpy(tr[i:i + 512]),
+                 torch.from_numpy(v[i:i + 512])).double().numpy() for i in range(0, len(d), 512)]
+        out.append(np.concatenate(s))
+    return out[0], out[1]
+
+
+def store_arrays(store):
+    """Per clip of a prepared store, as the model's stage 4 and scores() take them: the foreground
+    occupancy map (MGNet._fg_maps), the pose segment, the view descriptor, the track id and the
+    scene code."""
+    from mgnet.models.mgnet import MGNet
+    fg, pose, views, scenes = [], [], [], []
+    for b in torch.utils.data.DataLoader(store, batch_size=512):
+        fg.append(MGNet._fg_maps(b).numpy())
+        pose.append(b["pose"].reshape(len(b["pose"]), -1).numpy())
+        views.append(view_descriptor(b["scene"]).numpy())
+        scenes.append(b["scene_id"].numpy())
+    tracks = store.column("video").astype(np.int64) * (1 << 32) + store.column("person").astype(np.int64)
+    return (np.concatenate(fg), np.concatenate(pose), np.concatenate(views), tracks, np.concatenate(scenes))
 
 
 def aucs(fused: np.ndarray, clip: Dict[str, np.ndarray], store, sigma: float) -> Dict[str, float]:
@@ -76,29 +97,32 @@ def cell_candidates(cell_dir: str) -> Dict[str, Dict[str, float]]:
     model, _ = engine.load_run(cell_dir)
     clip = dict(np.load(os.path.join(cell_dir, "eval", "clip_scores.npz")))
     stats0 = json.load(open(os.path.join(cell_dir, "score_stats.json")))
-    train_store, test_store = prepare_split(cfg.data, "train"), prepare_split(cfg.data, "test")
-    pose, stats = {}, {}
-    for by_scene in (False, True):
-        pose[by_scene] = s_pose(model, test_store, by_scene, False)
-        stats[by_scene] = dict(stats0, pose=scoring.summary_stats(s_pose(model, train_store, by_scene, True)))
-    # how often a test clip is placed in its own video's scene (diagnostic of view matching)
-    seg, hits = model.seg_mem, []
-    for b in torch.utils.data.DataLoader(test_store, batch_size=512):
-        hits.append((seg.scene_of(view_descriptor(b["scene"])) == b["scene_id"]).float().numpy())
-    placed = float(np.concatenate(hits).mean())
+    tr, te = prepare_split(cfg.data, "train"), prepare_split(cfg.data, "test")   # (re)built with fg.npy
+    fg_tr, pose_tr, views_tr, tracks_tr, scenes_tr = store_arrays(tr)
+    fg_te, pose_te, views_te, _, scenes_te = store_arrays(te)
+    comp, stats = {}, {}
+    for sc in (False, True):
+        for key, d_tr, d_te in (("pose", pose_tr, pose_te), ("fg", fg_tr, fg_te)):
+            s_te, s_tr = knn_scores(_knn(model, d_tr.shape[1], sc), d_tr, tracks_tr, scenes_tr, views_tr, d_te, views_te)
+            comp[(key, sc)], stats[(key, sc)] = s_te, scoring.summary_stats(s_tr)
+    placed = float((model.seg_mem.scene_of(torch.from_numpy(views_te)).numpy() == scenes_te).mean())
     res = {"_scene_placement": {"micro": placed}}
     sigma = float(cfg.eval.sigma)
-    for name, by_scene, norm, combine, w in CANDIDATES:
-        comps = {k: clip[k] for k in scoring.COMPONENTS}
-        if w.get("pose"):
-            comps["pose"] = pose[by_scene]
-        fused = scoring.fuse(comps, {k: float(v) for k, v in w.items()}, stats=stats[by_scene] if norm == "z" else None,
+    for name, app, sc, norm, combine, w in CANDIDATES:
+        comps = {"mo": clip["mo"], "mm": clip["mm"], "pose": comp[("pose", sc)],
+                 "app": clip["app"] if app == "cubes" else comp[("fg", sc)]}
+        st = dict(stats0, pose=stats[("pose", sc)], **({"app": stats[("fg", sc)]} if app == "fg" else {}))
+        if not w.get("pose"):
+            comps.pop("pose")
+        fused = scoring.fuse(comps, {k: float(v) for k, v in w.items()}, stats=st if norm == "z" else None,
                              norm=norm, combine=combine)
-        res[name] = aucs(fused, clip, test_store, sigma)
-    for by_scene in (False, True):
-        res[f"S_pose alone ({'scene' if by_scene else 'global'})"] = aucs(pose[by_scene], clip, test_store, sigma)
+        res[name] = aucs(fused, clip, te, sigma)
+    for sc in (False, True):
+        tag = "by scene" if sc else "global"
+        res[f"S_pose alone ({tag})"] = aucs(comp[("pose", sc)], clip, te, sigma)
+        res[f"S_app fg alone ({tag})"] = aucs(comp[("fg", sc)], clip, te, sigma)
     for k in ("mo", "app", "mm", "nll"):
-        res[f"S_{k} alone"] = aucs(clip[k], clip, test_store, sigma)
+        res[f"S_{k} alone" + (" (cubes)" if k == "app" else "")] = aucs(clip[k], clip, te, sigma)
     return res
 
 
