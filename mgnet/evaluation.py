@@ -45,8 +45,9 @@ def compute_metrics(clip: Dict[str, np.ndarray], store, cfg, stats: Optional[Dic
     spec = scoring.fusion_spec(cfg, stats)
     comps["fused"] = scoring.fuse(comps, lambdas, stats=stats if spec["norm"] == "z" else None,
                                   norm=spec["norm"], combine=spec["combine"])
-    comps["fused_minmax"] = scoring.fuse({k: clip[k] for k in scoring.COMPONENTS},  # eq. 16: S_mo at weight 1
-                                         {"app": lambdas["app"], "mm": lambdas["mm"]}, norm="minmax", combine="sum")
+    # eq. 16 as the paper reports it: S_mo + S_app + S_mm (lambda_app = lambda_mm = 1), test-set min-max
+    comps["fused_minmax"] = scoring.fuse({k: clip[k] for k in scoring.COMPONENTS}, {"app": 1.0, "mm": 1.0},
+                                         norm="minmax", combine="sum")
     labels = {}
     for name in store.videos:
         gt = store.gt(name)

@@ -47,7 +47,8 @@ class FakeStore(torch.utils.data.Dataset):
         vi, p, s = self.rows[i]
         lab = int(self._gt[self.videos[vi]][s + T_LEN // 2]) if self.split == "test" else -1
         return {"rgb": self.rgb[i], "pose": self.pose[i], "pose_conf": torch.ones(T_LEN, J),
-                "scene": self.rgb[i, :, 0], "video": torch.tensor(vi), "person": torch.tensor(p),
+                "scene": self.rgb[i, :, 0], "fg": self.rgb[i, 0, :, :8, :8].contiguous(),
+                "video": torch.tensor(vi), "person": torch.tensor(p),
                 "start": torch.tensor(s), "frame": torch.tensor(s + T_LEN // 2), "label": torch.tensor(lab)}
 
     def gt(self, name):

@@ -20,7 +20,8 @@ def _batch(cfg, B=3, seed=0):
     return {"rgb": torch.randint(0, 256, (B, 3, T, c, c), dtype=torch.uint8, generator=g),
             "pose": torch.randn(B, 2, T, 18, generator=g),
             "scene": torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8, generator=g),
-            "label": torch.zeros(B, dtype=torch.int64)}
+            "label": torch.zeros(B, dtype=torch.int64),
+            "fg": torch.randint(0, 256, (B, T, 8, 8), dtype=torch.uint8, generator=g)}
 
 
 @pytest.fixture
