@@ -91,7 +91,7 @@ def test_prepare_on_a_full_disk_stops_with_one_line_and_no_half_store(tiny_data,
 
     def save(file, arr, *a, **k):
         n["calls"] += 1
-        if n["calls"] == 6:   # kps.npy, scene.npy, windows.npy, gt.npy, types.npy: the second video's first
+        if n["calls"] == 7:   # kps, fg, scene, windows, gt, types .npy: the second video's first
             return _full_disk_after(64)(file)
         return real(file, arr, *a, **k)
     monkeypatch.setattr(np, "save", save)

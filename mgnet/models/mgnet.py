@@ -295,9 +295,9 @@ class MGNet(nn.Module):
         self._check_batch(batch, ("rgb",))
         cfg = self.cfg
         rgb = batch["rgb"]
-        if cfg.app_target == "cubes":
-            raise ValueError("stage 3 trains nothing with model.app_target='cubes' (S_app reads the "
-                             "appearance memory written in stage 4); use app_target='memory' for eq. (6)")
+        if cfg.app_target != "memory":
+            raise ValueError(f"stage 3 trains nothing with model.app_target={cfg.app_target!r} (S_app reads "
+                             "an appearance memory written in stage 4); use app_target='memory' for eq. (6)")
         with torch.no_grad():                                              # RGB encoder + memory frozen
             _, f_b, _ = self._behavior_memory(self.rgb_encoder(rgb))
         f_u = self._f_u(f_b)

@@ -34,9 +34,9 @@ def tiny():
 
 @pytest.fixture
 def tiny_default():
-    """The defaults: appearance memory (app_target=cubes) and pose memory (bsmm_behavior=pose)."""
+    """The cube colour appearance memory (app_target=cubes) and the pose memory (bsmm_behavior=pose)."""
     torch.manual_seed(0)
-    cfg = ModelConfig.small(**TINY)
+    cfg = ModelConfig.small(**TINY, app_target="cubes")
     return MGNet(cfg), cfg
 
 
@@ -323,3 +323,30 @@ def test_losses_and_scores_under_bf16_autocast(tiny):
     ref = model.scores(b)
     torch.testing.assert_close(s["nll"], ref["nll"])           # STG-NF stays in float32
     torch.testing.assert_close(s["mo"], ref["mo"], rtol=0.05, atol=0.05)
+
+
+def test_foreground_s_app_is_the_nearest_normal_occupancy_map():
+    """app_target=foreground (the default): S_app = distance of the clip's mean 8x8 occupancy map
+    (fg / 255 averaged over T) to the nearest one written in stage 4, within the clip's scene."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.small(**TINY)
+    assert cfg.app_target == "foreground" and cfg.seg_scene
+    model = MGNet(cfg).eval()
+    assert model.stage_modules(3) == ()
+    model.set_stage(4)
+    written = _batch(cfg, B=5, seed=1)
+    written["scene_id"] = torch.tensor([3, 3, 3, 7, 7])
+    written["video"], written["person"] = torch.arange(5), torch.zeros(5, dtype=torch.long)   # one view per video
+    written["scene"][3:] = 255 - written["scene"][3:]      # scene 7 looks different from scene 3
+    model.bsmm_write(written)
+    b = _batch(cfg, B=2, seed=2)
+    b["scene"] = written["scene"][[0, 4]]                  # clip 0 filmed like scene 3, clip 1 like scene 7
+    with torch.no_grad():
+        s = model.scores(b)
+    maps = lambda x: x["fg"].double().mean(1).reshape(len(x["fg"]), -1) / 255.0   # noqa: E731
+    d = torch.cdist(maps(b), maps(written))                # (2, 5)
+    want = torch.stack([d[0, :3].min(), d[1, 3:].min()]).float()
+    torch.testing.assert_close(s["app"], want, rtol=1e-5, atol=1e-5)
+    model.set_stage(3)
+    with pytest.raises(ValueError, match="stage 3 trains nothing with model.app_target='foreground'"):
+        model.losses(_batch(cfg), 3)
