@@ -189,17 +189,9 @@ def test_cpu_result_independent_of_thread_count():
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
-# The CPU kernel's many-query path (blocks of one vector's lanes of queries): whole and partial blocks
-# (N mod 8 = 0..7: pairs, a single query, the 4-query read), widths that are a whole number of vectors
-# (streaming stores, fp32 and fp64) or not, S = 1, one slot group (5), a partial second one (6, 11), the
-# largest S it takes (32) and the first it leaves to the tile path (33). N = 45, 51 at 2 threads have
-# fewer than 4 blocks per thread: the read is then split over the width, and must give the same bits.
-MANY = [(1027, 64, 10), (203, 192, 6), (45, 64, 11), (51, 40, 5), (130, 24, 1), (77, 33, 32), (66, 48, 33)]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("shape", MANY, ids=[f"N{n}-C{c}-S{s}" for n, c, s in MANY])
-def test_cpu_many_query_blocks(shape, dtype):
+def _cpu_at_1_and_2_threads(shape, dtype):
+    """The C++ kernel's outputs and gradients at 1 and at 2 threads, the 1-thread run checked
+    against the reference (forward, gradients, top-2)."""
     if SKIP_EXT:
         pytest.skip("no C++ kernels")
     q, mem, gw, gr = make(*shape, dtype=dtype)
@@ -219,6 +211,21 @@ def test_cpu_many_query_blocks(shape, dtype):
     torch.testing.assert_close(gq, gq0, **tol)
     torch.testing.assert_close(gm, gm0, **{k: v * 10 for k, v in tol.items()})
     check_top2(t, q, mem, 1e-5 if dtype == torch.float32 else 1e-12)
+    return outs
+
+
+# The CPU kernel's many-query path (blocks of one vector's lanes of queries): whole and partial blocks
+# (N mod 8 = 0..7: pairs, a single query, the 4-query read), widths that are a whole number of vectors
+# (streaming stores, fp32 and fp64) or not, S = 1, one slot group (5), a partial second one (6, 11), the
+# largest S it takes (32) and the first it leaves to the tile path (33). N = 45, 51 at 2 threads have
+# fewer than 4 blocks per thread: the read is then split over the width, and must give the same bits.
+MANY = [(1027, 64, 10), (203, 192, 6), (45, 64, 11), (51, 40, 5), (130, 24, 1), (77, 33, 32), (66, 48, 33)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("shape", MANY, ids=[f"N{n}-C{c}-S{s}" for n, c, s in MANY])
+def test_cpu_many_query_blocks(shape, dtype):
+    outs = _cpu_at_1_and_2_threads(shape, dtype)
     for a, b in zip(outs[0][:3], outs[1][:3]):  # the forward: every query alone, any split
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     for a, b in zip(outs[0][3:], outs[1][3:]):  # the gradients: partials fixed by the size alone
@@ -232,25 +239,7 @@ def test_cpu_wide_regime(shape, dtype):
     """The C++ kernel's wide path (mem larger than L2: dot products blocked over the width, read and the
     gradients in packed column blocks with a zero-padded last block; above 2048 queries the gradients
     take the unpacked width sweep) against the reference, and 1 vs 2 threads."""
-    if SKIP_EXT:
-        pytest.skip("no C++ kernels")
-    q, mem, gw, gr = make(*shape, dtype=dtype)
-    w0, r0, t0, gq0, gm0 = run_reference(q, mem, gw, gr)
-    n = torch.get_num_threads()
-    outs = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            outs.append(run("cpu", q, mem, gw, gr))
-    finally:
-        torch.set_num_threads(n)
-    tol = TOL[dtype]
-    w, r, t, gq, gm = outs[0]
-    torch.testing.assert_close(w, w0, **tol)
-    torch.testing.assert_close(r, r0, **tol)
-    torch.testing.assert_close(gq, gq0, **tol)
-    torch.testing.assert_close(gm, gm0, **{k: v * 10 for k, v in tol.items()})
-    check_top2(t, q, mem, 1e-5 if dtype == torch.float32 else 1e-12)
+    outs = _cpu_at_1_and_2_threads(shape, dtype)
     same = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-12)
     for a, b in zip(outs[0], outs[1]):  # only grad_mem's norm term is summed per thread
         torch.testing.assert_close(a, b, **same)
