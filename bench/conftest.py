@@ -90,7 +90,7 @@ def _rows(session):
             row["best_of_bf16"] = row[f"{best}_gflops"] / flops_info["peak_gflops_bf16"]
             row["gflop_per_call"] = flops_info["flops"] / 1e9
             row["ceiling"] = (f"{flops_info['peak_gflops']:.0f} GFLOP/s (fp32 GEMM), "
-                              f"{flops_info['peak_gflops_bf16']:.0f} GFLOP/s (bf16 GEMM)")
+                              f"{flops_info['peak_gflops_bf16']:.3g} GFLOP/s (bf16 GEMM)")
         if "fused" in impls and flops_info is None:
             t, info = impls["fused"]
             if "flops" in info:
