@@ -347,7 +347,8 @@ def iter_scores(video, poses, run_dir, pose_format: str = "auto", device="cpu",
     tracks = load_poses(poses, pose_format)
     check_frame_range(tracks, len(src), poses, video)
     # a recorded video: its background from the whole file, as offline scoring (and training) use
-    scorer = OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size, background=video_background(src))
+    scorer = OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size,
+                          background=foreground.source_background(src))
     yield from _replay(scorer, src, tracks)
 
 
@@ -382,12 +383,6 @@ def _per_frame(n: int, centres, pids, fused: dict) -> VideoScores:
     return VideoScores(score, comps, dict(sorted(persons.items())), dict(sorted(pcomps.items())))
 
 
-def video_background(src) -> tuple:
-    """(background image, noise threshold) of a whole video source, as mgnet.data.prepare computes
-    it for the prepared stores (mgnet.data.foreground)."""
-    return foreground.video_background(src.get(foreground.sample_indices(len(src))))
-
-
 def offline_batches(src, tracks, spec: ClipSpec, batch_size: int = 64, progress: bool = False):
     """Every window of every track (stride 1, gaps <= max_gap interpolated, as mgnet.data.prepare
     cuts them) as model batches in the ClipStore layout; the video is decoded once."""
@@ -405,7 +400,7 @@ def offline_batches(src, tracks, spec: ClipSpec, batch_size: int = 64, progress:
         centres.update((s.frames[window_starts(len(s), T, 1)] + c).tolist())
     crops = [np.zeros((len(s), 3, spec.crop_size, spec.crop_size), np.uint8) for s in segs]
     fgs = [np.zeros((len(s), foreground.GRID, foreground.GRID), np.uint8) for s in segs]
-    bg, tau = video_background(src) if need else (None, 0.0)
+    bg, tau = foreground.source_background(src) if need else (None, 0.0)
     scenes = {}
     for start, chunk in src.iter_chunks(64):
         for i, image in enumerate(chunk):
@@ -470,7 +465,8 @@ def score_online(model, src, tracks, spec: ClipSpec, stats, lambdas, batch_size:
     t0 = time.perf_counter()
     n = len(src)
     results = []
-    scorer = OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size, background=video_background(src))
+    scorer = OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size,
+                          background=foreground.source_background(src))
     for fs in _replay(scorer, src, tracks):
         results.append(fs)
         if on_frame is not None:

@@ -8,7 +8,7 @@ a walker fills the cells along the body; a bicycle, a cart or a big box next to 
 cells that a walker leaves empty, whatever its colour (the appearance memory of
 ``model.app_target="foreground"``, models/memory.SegmentMemory over these maps, scores that).
 
-    bg, tau = video_background(frames)                # frames (N, H, W, 3) uint8, sampled over the video
+    bg, tau = source_background(open_frames(video))   # or video_background(frames (N, H, W, 3) uint8)
     occ = occupancy(crops, background_crops, tau)     # (R, 3, C, C) uint8 x2 -> (R, GRID, GRID) uint8
 
 The threshold ``tau`` is set once per video from the sampled frames themselves: TAU_BASE plus
@@ -47,6 +47,12 @@ def video_background(frames: np.ndarray) -> tuple:
     return bg, TAU_BASE + TAU_NOISE * noise
 
 
+def source_background(src) -> tuple:
+    """(background, tau) of a whole frame source (mgnet.data.video.open_frames): its frames at
+    ``sample_indices(len(src))``. What the prepared stores, `mgnet score` and replayed videos use."""
+    return video_background(src.get(sample_indices(len(src))))
+
+
 def occupancy(crops: np.ndarray, background_crops: np.ndarray, tau: float, grid: int = GRID) -> np.ndarray:
     """Foreground fraction per grid cell (R, grid, grid) uint8 (x 255) of crops (R, 3, C, C) uint8
     against the same squares of the background (R, 3, C, C) uint8."""
@@ -60,4 +66,4 @@ def occupancy(crops: np.ndarray, background_crops: np.ndarray, tau: float, grid:
     return np.round(fg * 255.0).astype(np.uint8)
 
 
-__all__ = ["GRID", "BG_FRAMES", "VERSION", "sample_indices", "video_background", "occupancy"]
+__all__ = ["GRID", "BG_FRAMES", "VERSION", "sample_indices", "video_background", "source_background", "occupancy"]

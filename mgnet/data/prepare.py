@@ -185,7 +185,7 @@ def _write_shard(plan: _Plan, cfg: dict, tmp: str, chash: str, pbar) -> None:
     needed = np.unique(plan.row_frame)
     if len(needed):
         src = open_frames(plan.item.frames)
-        bg, tau = foreground.video_background(src.get(foreground.sample_indices(plan.n_frames)))
+        bg, tau = foreground.source_background(src)
         chunk = cfg["decode_chunk"]
         contiguous = not os.path.isdir(plan.item.frames)  # video files: read consecutive runs
         i = 0
