@@ -44,10 +44,11 @@ CANDIDATES += [(f"z {combine} {name}, S_app fg, {'by scene' if sc else 'global'}
                for sc in (True, False) for combine in ("pos_mean", "sum", "max") for name, w in SETS.items()]
 
 
-def _knn(model, dim: int, by_scene: bool):
-    """A SegmentMemory like the model's (at least 16384 slots, k=1) for other descriptors."""
+def _knn(slots: int, dim: int, by_scene: bool):
+    """A SegmentMemory as stage 4 builds it (k=1): ``slots`` is model.n_seg for pose segments,
+    model.n_fg for foreground maps."""
     from mgnet.models.memory import SegmentMemory
-    return SegmentMemory(max(int(model.cfg.n_seg), 16384), dim, 1, by_scene)
+    return SegmentMemory(slots, dim, 1, by_scene)
 
 
 @torch.no_grad()
@@ -102,8 +103,10 @@ def cell_candidates(cell_dir: str) -> Dict[str, Dict[str, float]]:
     fg_te, pose_te, views_te, _, scenes_te = store_arrays(te)
     comp, stats = {}, {}
     for sc in (False, True):
-        for key, d_tr, d_te in (("pose", pose_tr, pose_te), ("fg", fg_tr, fg_te)):
-            s_te, s_tr = knn_scores(_knn(model, d_tr.shape[1], sc), d_tr, tracks_tr, scenes_tr, views_tr, d_te, views_te)
+        for key, slots, d_tr, d_te in (("pose", int(cfg.model.n_seg), pose_tr, pose_te),
+                                       ("fg", int(cfg.model.get("n_fg", 16384)), fg_tr, fg_te)):
+            mem = _knn(slots, d_tr.shape[1], sc)
+            s_te, s_tr = knn_scores(mem, d_tr, tracks_tr, scenes_tr, views_tr, d_te, views_te)
             comp[(key, sc)], stats[(key, sc)] = s_te, scoring.summary_stats(s_tr)
     placed = float((model.seg_mem.scene_of(torch.from_numpy(views_te)).numpy() == scenes_te).mean())
     res = {"_scene_placement": {"micro": placed}}
