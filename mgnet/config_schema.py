@@ -11,7 +11,7 @@ The schema (one dataclass per group; a field's type is its type, ``spec(...)`` a
 the choices)::
 
     Root     seed, data: Data, model: ModelConfig (+ preset), train: Train, eval: Eval
-    Data     kind, root, cache_dir, splits, seg_len, strides, sizes, max_gap, box_*, decode_chunk,
+    Data     kind, root, cache_dir, splits, seg_len, strides, sizes, max_gap, max_jump, box_*, decode_chunk,
              synth: Synth (data=synthetic only)
     Train    out, resume, overwrite, stages, device, ..., stage1..3: Stage, stage4: Stage4
     Eval     sigma, batch_size, plots, max_plots
@@ -108,6 +108,7 @@ class Data:
     crop_size: int = spec(64, ge=8)
     scene_size: int = spec(64, ge=8)
     max_gap: int = spec(2, ge=0)
+    max_jump: float = spec(0.5, ge=0.0)          # split tracks at identity switches (data/windows.py)
     box_expand: float = spec(0.2, ge=0.0)
     box_min_conf: float = spec(0.1, ge=0.0, le=1.0)
     decode_chunk: int = spec(64, ge=1)

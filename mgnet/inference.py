@@ -12,7 +12,9 @@ the training set (the run's ``score_stats.json``) and fused by eq. 16 (``mgnet.s
 
 A person's clip covers frames ``start .. start + T - 1`` and scores its centre frame
 ``start + T // 2``. Short detector gaps (up to ``max_gap`` frames) are filled by interpolation
-once the person reappears, as ``mgnet.data.windows.split_track`` does offline. So frame ``t`` is
+once the person reappears, and a track whose box jumps by more than ``max_jump`` body sizes per
+frame (an identity switch) starts a new segment, as ``mgnet.data.windows.split_track`` does
+offline. So frame ``t`` is
 final once frame ``t + latency`` has arrived, with
 
     latency = (T - 1 - T // 2) + max_gap       # 7 + 2 = 9 frames for T = 16, max_gap = 2
@@ -53,7 +55,7 @@ from mgnet.data.crops import crop_squares, person_boxes, scene_images
 from mgnet.data.pose_formats import check_frame_range, load_poses
 from mgnet.data.poses import Track, coco17_to_openpose18, normalize_pose
 from mgnet.data.video import IMAGE_EXTS, VIDEO_EXTS, open_frames
-from mgnet.data.windows import split_track, window_starts
+from mgnet.data.windows import MAX_JUMP, box_jumps, split_track, window_starts
 from mgnet.engine import Dist, load_run, open_split, score_batch, score_clips
 from mgnet.report.events import best_f1_threshold, resolve_threshold
 from mgnet.scoring import SCORE_KEYS
@@ -72,6 +74,7 @@ class ClipSpec:
     crop_size: int = 64
     scene_size: int = 64
     max_gap: int = 2
+    max_jump: float = MAX_JUMP
     box_expand: float = 0.2
     box_min_conf: float = 0.1
 
@@ -82,6 +85,7 @@ class ClipSpec:
         get = (lambda k, d: data.get(k, d)) if hasattr(data, "get") else (lambda k, d: getattr(data, k, d))
         return cls(seg_len=int(get("seg_len", 16)), crop_size=int(get("crop_size", 64)),
                    scene_size=int(get("scene_size", 64)), max_gap=int(get("max_gap", 2)),
+                   max_jump=float(get("max_jump", MAX_JUMP)),
                    box_expand=float(get("box_expand", 0.2)), box_min_conf=float(get("box_min_conf", 0.1)))
 
     @property
@@ -262,7 +266,7 @@ class OnlineScorer:
         for pid, kps in poses.items():
             kps = np.asarray(kps, dtype=np.float32)
             tr = self._tracks.setdefault(int(pid), _Track(T))
-            if tr.length and frame - tr.frames[-1] - 1 > gap:
+            if tr.length and (frame - tr.frames[-1] - 1 > gap or self._jumps(tr, frame, kps)):
                 tr.reset()
             if tr.length:
                 lf, lk = tr.frames[-1], tr.kps[-1]
@@ -276,6 +280,14 @@ class OnlineScorer:
         for pid in [p for p, tr in self._tracks.items() if not tr.length or frame - tr.frames[-1] - 1 > gap]:
             del self._tracks[pid]
         return self._emit(upto=frame - self.latency)
+
+    def _jumps(self, tr, frame: int, kps: np.ndarray) -> bool:
+        """Whether the person box jumps from the track's last detection to ``kps`` by more than
+        max_jump body sizes per frame (split_track's rule, an identity switch)."""
+        if self.spec.max_jump <= 0:
+            return False
+        step = box_jumps(np.stack([tr.kps[-1], kps]), np.array([tr.frames[-1], frame]), self.spec.box_min_conf)
+        return bool(step[0] > self.spec.max_jump)
 
     def flush(self) -> list[FrameScore]:
         """End of stream: every remaining frame is final."""
@@ -390,7 +402,8 @@ def offline_batches(src, tracks, spec: ClipSpec, batch_size: int = 64, progress:
     T, c = spec.seg_len, spec.centre
     segs = []
     for pid, (fr, kp) in tracks.items():
-        segs += [s for s in split_track(Track(pid, fr, kp, kp[:, :, 2].mean(1)), spec.max_gap) if len(s) >= T]
+        segs += [s for s in split_track(Track(pid, fr, kp, kp[:, :, 2].mean(1)), spec.max_gap, spec.max_jump,
+                                         spec.box_min_conf) if len(s) >= T]
     # which (segment, row) needs a crop at each frame, and which frames are window centres
     need: dict[int, list] = {}
     centres = set()

@@ -33,6 +33,7 @@ BAD = [
     (["train", "model.mask_ratio=1.5"], ["model.mask_ratio", "1.5", "(0, 1)"]),
     (["train", "data.box_min_conf=2"], ["data.box_min_conf", "2", "<= 1"]),
     (["train", "data.max_gap=-3"], ["data.max_gap", "-3", ">= 0"]),
+    (["train", "data.max_jump=-0.5"], ["data.max_jump", "-0.5", ">= 0"]),
     (["train", "data.seg_len=0"], ["data.seg_len", "=0", ">= 2"]),
     # train: unknown choices and keys
     (["train", "train.stages=[1,5]"], ["train.stages[1]", "5", "one of 0, 1, 2, 3, 4"]),

@@ -151,6 +151,24 @@ def test_online_scores_equal_offline_scores_under_training_normalisation(clip, m
     np.testing.assert_array_equal(np.flatnonzero(np.isfinite(off.persons[2])), np.arange(10, 13))
 
 
+def test_an_identity_switch_splits_the_track_online_as_offline(clip, model):
+    """Person 1's track moves 40 px (0.8 of its ~50 px box) from frame 15 to 16: a tracker identity
+    switch. Both paths end its segment at frame 15 (one window, centre 8); with max_jump=0 the
+    track stays whole (centres 8..18)."""
+    d, video, tracks = clip
+    src = open_frames(video)
+    fr, kp = tracks[1]
+    kp = kp.copy()
+    kp[fr >= 16, :, 0] += 40.0
+    switched = {**tracks, 1: (fr, kp)}
+    for spec, centres in ((ClipSpec(), [8]), (ClipSpec(max_jump=0.0), list(range(8, 19)))):
+        off = score_offline(model, src, switched, spec, STATS, LAMBDAS, batch_size=5)
+        on = score_online(model, src, switched, spec, STATS, LAMBDAS, batch_size=64)
+        assert np.flatnonzero(np.isfinite(off.persons[1])).tolist() == centres
+        np.testing.assert_allclose(on.persons[1], off.persons[1], rtol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(on.score, off.score, rtol=1e-6, equal_nan=True)
+
+
 def test_frames_are_emitted_exactly_latency_frames_late(clip, model):
     d, video, tracks = clip
     src = open_frames(video)

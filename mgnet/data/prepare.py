@@ -32,13 +32,13 @@ from .errors import DataError
 from .synthetic import VERSION as SYNTH_VERSION
 from .poses import coco17_to_openpose18, read_pose_json
 from .video import open_frames
-from .windows import split_track, window_labels, window_starts
+from .windows import MAX_JUMP, split_track, window_labels, window_starts
 
 REQUIRED = ("kind", "root", "seg_len", "train_stride", "test_stride", "crop_size", "scene_size")
-DEFAULTS = dict(cache_dir=None, max_gap=2, box_expand=0.2, box_min_conf=0.1, decode_chunk=64,
+DEFAULTS = dict(cache_dir=None, max_gap=2, max_jump=MAX_JUMP, box_expand=0.2, box_min_conf=0.1, decode_chunk=64,
                 splits=["train", "test"], pose_estimator="files", pose_model=None, det_model=None, pose_options=None)
 # the fields that change what a store holds (others, e.g. decode_chunk, do not)
-HASHED = ("kind", "root", "seg_len", "crop_size", "scene_size", "max_gap", "box_expand", "box_min_conf")
+HASHED = ("kind", "root", "seg_len", "crop_size", "scene_size", "max_gap", "max_jump", "box_expand", "box_min_conf")
 
 
 def data_config(data_cfg) -> dict:
@@ -62,6 +62,9 @@ def data_config(data_cfg) -> dict:
             raise DataError(None, f"data.{k} must be a positive integer, got {cfg[k]!r}")
     if not isinstance(cfg["max_gap"], int) or cfg["max_gap"] < 0:
         raise DataError(None, f"data.max_gap must be an integer >= 0, got {cfg['max_gap']!r}")
+    if isinstance(cfg["max_jump"], bool) or not isinstance(cfg["max_jump"], (int, float)) or not cfg["max_jump"] >= 0:
+        raise DataError(None, f"data.max_jump must be a number >= 0 (0 keeps tracks whole), got {cfg['max_jump']!r}")
+    cfg["max_jump"] = float(cfg["max_jump"])
     cfg["root"] = os.path.abspath(os.path.expanduser(str(cfg["root"])))
     if cfg["cache_dir"] is None:
         cfg["cache_dir"] = os.path.join(cfg["root"], "prepared")
@@ -126,7 +129,7 @@ def plan_video(item: datasets.VideoItem, cfg: dict, split: str) -> _Plan:
     row_frame, row_kps, windows = [], [], []
     r = 0
     for tr in tracks:
-        for seg in split_track(tr, cfg["max_gap"]):
+        for seg in split_track(tr, cfg["max_gap"], cfg["max_jump"], cfg["box_min_conf"]):
             starts = window_starts(len(seg), T, stride)
             if len(starts) == 0:
                 continue

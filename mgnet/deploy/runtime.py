@@ -17,7 +17,7 @@ import numpy as np
 
 from mgnet.inference import ClipSpec
 
-SPEC_KEYS = ("seg_len", "crop_size", "scene_size", "max_gap", "box_expand", "box_min_conf")
+SPEC_KEYS = ("seg_len", "crop_size", "scene_size", "max_gap", "max_jump", "box_expand", "box_min_conf")
 
 
 class ExportError(ValueError):
@@ -33,7 +33,7 @@ def _numpy(x, dtype):
 class ExportedModel:
     def __init__(self, folder: Path, meta: dict, run):
         self.folder, self.meta, self._run = folder, meta, run
-        self.spec = ClipSpec(**{k: meta["clip"][k] for k in SPEC_KEYS})
+        self.spec = ClipSpec(**{k: meta["clip"][k] for k in SPEC_KEYS if k in meta["clip"]})
         self.stats, self.lambdas = meta["score_stats"], dict(meta["lambdas"])
         self.sigma = float(meta.get("eval_sigma", 0.0))
         self.format = meta["format"]
