@@ -52,6 +52,12 @@ def compute_peak_gflops(device: str = "cpu", dtype: str = "fp32") -> float:
 
 
 @functools.lru_cache(maxsize=None)
+def _cpu_bf16_native() -> bool:
+    from mgnet.engine import cpu_features
+    return bool(cpu_features()["bf16_native"])
+
+
+@functools.lru_cache(maxsize=None)
 def memory_bandwidth_gbs(device: str = "cpu") -> float:
     dev = torch.device(device)
     n = (2 << 30 if dev.type == "cuda" else 256 << 20) // 4
@@ -78,6 +84,9 @@ def record(benchmark, *, op: str, shape: str, impl: str, pass_: str = "fwd", dev
         info["peak_gflops"] = compute_peak_gflops(device)
         if clips is not None:      # whole-model cases: the bf16 ceiling as well
             info["peak_gflops_bf16"] = compute_peak_gflops(device, "bf16")
+            # without AVX512-BF16 / AMX torch emulates bf16 GEMMs through fp32 at a fraction of its
+            # rate: a "fraction of that ceiling" would read as thousands of percent, so none is given
+            info["bf16_native"] = device != "cpu" or bool(_cpu_bf16_native())
     if bytes_ is not None:
         info["bytes"] = float(bytes_)
         info["peak_gbs"] = memory_bandwidth_gbs(device)

@@ -87,10 +87,12 @@ def _rows(session):
             best = max(IMPLS, key=lambda i: row.get(f"{i}_gflops", 0.0))
             row["best_impl"] = best
             row["best_of_fp32"] = row[f"{best}_gflops"] / flops_info["peak_gflops"]
-            row["best_of_bf16"] = row[f"{best}_gflops"] / flops_info["peak_gflops_bf16"]
+            native = flops_info.get("bf16_native", True)
+            row["best_of_bf16"] = row[f"{best}_gflops"] / flops_info["peak_gflops_bf16"] if native else None
             row["gflop_per_call"] = flops_info["flops"] / 1e9
             row["ceiling"] = (f"{flops_info['peak_gflops']:.0f} GFLOP/s (fp32 GEMM), "
-                              f"{flops_info['peak_gflops_bf16']:.3g} GFLOP/s (bf16 GEMM)")
+                              f"{flops_info['peak_gflops_bf16']:.3g} GFLOP/s (bf16 GEMM"
+                              + ("" if native else ", emulated: no AVX512-BF16 / AMX") + ")")
         if "fused" in impls and flops_info is None:
             t, info = impls["fused"]
             if "flops" in info:
@@ -128,7 +130,9 @@ def pytest_sessionfinish(session, exitstatus):
         if "best_impl" in r:
             rate += (f"; {r['gflop_per_call']:.2f} GFLOP/call, GFLOP/s e/f/c/fc: "
                      + "/".join(_fmt(r.get(f"{i}_gflops"), ".1f") for i in IMPLS)
-                     + f"; best ({r['best_impl']}) {r['best_of_fp32']:.1%} of fp32, {r['best_of_bf16']:.1%} of bf16 GEMM")
+                     + f"; best ({r['best_impl']}) {r['best_of_fp32']:.1%} of fp32 GEMM, "
+                     + ("bf16 GEMM emulated on this CPU (no fraction)" if r["best_of_bf16"] is None
+                        else f"{r['best_of_bf16']:.1%} of bf16 GEMM"))
         lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['device']} | {_fmt(r['eager_ms'], '.2f')} | "
                      f"{_fmt(r['fused_ms'], '.2f')} | {_fmt(r['compile_ms'], '.2f')} | "
                      f"{_fmt(r['fused+compile_ms'], '.2f')} | "

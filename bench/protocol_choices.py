@@ -42,6 +42,10 @@ SETS = {"all": ALL, "no S_mo": {**ALL, "mo": 0}, "no S_mm": {**ALL, "mm": 0},
         "S_pose + S_app": {"mo": 0, "app": 1, "mm": 0, "pose": 1}}
 CANDIDATES += [(f"z {combine} {name}, S_app fg, {'by scene' if sc else 'global'}", "fg", sc, "z", combine, w)
                for sc in (True, False) for combine in ("pos_mean", "sum", "max") for name, w in SETS.items()]
+# the weight of S_pose beside S_app (model.lambda_pose): its normal clips have a heavier tail of
+# z-scores (rare normal gaits, clips cut by an occlusion) than S_app's, which costs appearance frames
+CANDIDATES += [(f"z pos_mean S_pose x {lp} + S_app, S_app fg, by scene", "fg", True, "z", "pos_mean",
+                {"mo": 0, "app": 1, "mm": 0, "pose": lp}) for lp in (0.25, 0.5, 0.75)]
 
 
 def _knn(slots: int, dim: int, by_scene: bool):

@@ -72,7 +72,7 @@ class ModelConfig:
     # the project's fusion weighs S_pose and S_app: the validation protocol's choice (README
     # "Validation protocol"); S_mo and S_mm are computed and reported, fused with weight > 0
     lambda_mo: float = 0.0             # weight of S_mo in the project's fusion (eq. 16 has it at 1)
-    lambda_pose: float = 1.0           # weight of S_pose (model.n_seg > 0) in the project's fusion
+    lambda_pose: float = 0.5           # weight of S_pose (model.n_seg > 0) in the project's fusion (protocol: 0.5)
     app_target_stopgrad: bool = False  # True: H_u gets no gradient from L_app (guards against collapse); app_target="memory"
     app_target: str = "foreground"          # S_app from the foreground-occupancy memory ("foreground"), the cube colour memory ("cubes") or eq. 14's H_u(f_b) vs mask encoder ("memory", the paper)
     n_fg: int = 16384                  # app_target="foreground": normal occupancy maps kept (a seeded subset if more)
