@@ -31,13 +31,14 @@ from mgnet.data.prepare import prepare_split
 from mgnet.models.scene import view_descriptor
 from mgnet.protocol import TYPES
 
-# Candidates: which S_app ("cubes": the cube colour memory; "fg": the foreground-occupancy memory),
+# Candidates: which S_app ("run": the run's own, eval/clip_scores.npz, named after its
+# model.app_target in the table: cubes, foreground or memory; "fg": the foreground-occupancy memory),
 # S_pose and S_app's memory by scene or over every training clip, the normalisation and combine,
 # and the weights {component: lambda} (0 drops a component).
 ALL = {"mo": 1, "app": 1, "mm": 1, "pose": 1}
-CANDIDATES = [("eq.16 minmax sum (paper; S_app cubes)", "cubes", False, "minmax", "sum", {**ALL, "pose": 0}),
-              ("z pos_mean all, S_app cubes, global", "cubes", False, "z", "pos_mean", ALL),
-              ("z pos_mean all, S_app cubes, by scene", "cubes", True, "z", "pos_mean", ALL)]
+CANDIDATES = [("eq.16 minmax sum (paper; S_app {run})", "run", False, "minmax", "sum", {**ALL, "pose": 0}),
+              ("z pos_mean all, S_app {run}, S_pose global", "run", False, "z", "pos_mean", ALL),
+              ("z pos_mean all, S_app {run}, S_pose by scene", "run", True, "z", "pos_mean", ALL)]
 SETS = {"all": ALL, "no S_mo": {**ALL, "mo": 0}, "no S_mm": {**ALL, "mm": 0},
         "S_pose + S_app": {"mo": 0, "app": 1, "mm": 0, "pose": 1}}
 CANDIDATES += [(f"z {combine} {name}, S_app fg, {'by scene' if sc else 'global'}", "fg", sc, "z", combine, w)
@@ -115,21 +116,22 @@ def cell_candidates(cell_dir: str) -> Dict[str, Dict[str, float]]:
     placed = float((model.seg_mem.scene_of(torch.from_numpy(views_te)).numpy() == scenes_te).mean())
     res = {"_scene_placement": {"micro": placed}}
     sigma = float(cfg.eval.sigma)
+    run_app = str(cfg.model.app_target)     # what the run's own S_app (clip_scores "app") is
     for name, app, sc, norm, combine, w in CANDIDATES:
         comps = {"mo": clip["mo"], "mm": clip["mm"], "pose": comp[("pose", sc)],
-                 "app": clip["app"] if app == "cubes" else comp[("fg", sc)]}
+                 "app": clip["app"] if app == "run" else comp[("fg", sc)]}
         st = dict(stats0, pose=stats[("pose", sc)], **({"app": stats[("fg", sc)]} if app == "fg" else {}))
         if not w.get("pose"):
             comps.pop("pose")
         fused = scoring.fuse(comps, {k: float(v) for k, v in w.items()}, stats=st if norm == "z" else None,
                              norm=norm, combine=combine)
-        res[name] = aucs(fused, clip, te, sigma)
+        res[name.format(run=run_app)] = aucs(fused, clip, te, sigma)
     for sc in (False, True):
         tag = "by scene" if sc else "global"
         res[f"S_pose alone ({tag})"] = aucs(comp[("pose", sc)], clip, te, sigma)
         res[f"S_app fg alone ({tag})"] = aucs(comp[("fg", sc)], clip, te, sigma)
     for k in ("mo", "app", "mm", "nll"):
-        res[f"S_{k} alone" + (" (cubes)" if k == "app" else "")] = aucs(clip[k], clip, te, sigma)
+        res[f"S_{k} alone" + (f" ({run_app})" if k == "app" else "")] = aucs(clip[k], clip, te, sigma)
     return res
 
 
