@@ -55,6 +55,7 @@ from mgnet.data.crops import crop_squares, person_boxes, scene_images
 from mgnet.data.pose_formats import check_frame_range, load_poses
 from mgnet.data.poses import Track, coco17_to_openpose18, normalize_pose
 from mgnet.data.video import IMAGE_EXTS, VIDEO_EXTS, open_frames
+from mgnet.data.prepare import people_by_frame
 from mgnet.data.windows import MAX_JUMP, box_jumps, split_track, window_starts
 from mgnet.engine import Dist, load_run, open_split, score_batch, score_clips
 from mgnet.report.events import best_f1_threshold, resolve_threshold
@@ -220,6 +221,7 @@ class OnlineScorer:
         self.spec, self.device, self.batch_size = spec, device, int(batch_size)
         self._tracks: dict[int, _Track] = {}
         self._images: dict[int, np.ndarray] = {}  # recent frames, for gap-filled crops and scenes
+        self._people: dict[int, tuple] = {}       # recent frames' detections (ids, kps): others_mask
         self._pending: dict[int, dict] = {}  # frame -> {person: (score, components)}
         self._next_emit = None
         self._last = None
@@ -235,7 +237,9 @@ class OnlineScorer:
         crop = crop_squares(self._images[frame], box, self.spec.crop_size)
         bg, tau = self._background
         tr.crops.append(crop[0])
-        tr.fg.append(foreground.occupancy(crop, crop_squares(bg, box, self.spec.crop_size), tau)[0])
+        ids, people = self._people[frame]
+        others = foreground.others_mask(box, np.array([pid]), ids, people, self.spec.crop_size, self.spec.box_min_conf)
+        tr.fg.append(foreground.occupancy(crop, crop_squares(bg, box, self.spec.crop_size), tau, exclude=others)[0])
         tr.length += 1
         if tr.length >= self.spec.seg_len:
             windows.append((pid, np.stack(tr.kps), np.stack(tr.crops), tr.frames[0], np.stack(tr.fg)))
@@ -260,6 +264,7 @@ class OnlineScorer:
             self._next_emit = frame
         self._last = frame
         self._images[frame] = np.asarray(image)
+        self._people[frame] = _people(poses)
         self._update_background(frame, self._images[frame])
         T, gap = self.spec.seg_len, self.spec.max_gap
         windows: list = []
@@ -277,6 +282,7 @@ class OnlineScorer:
         # forget what no future window can need: old frames, and tracks that can only restart
         for f in [f for f in self._images if f < frame - T - gap]:
             del self._images[f]
+            self._people.pop(f, None)
         for pid in [p for p, tr in self._tracks.items() if not tr.length or frame - tr.frames[-1] - 1 > gap]:
             del self._tracks[pid]
         return self._emit(upto=frame - self.latency)
@@ -318,6 +324,13 @@ class OnlineScorer:
                 out.append(FrameScore(f, math.nan))
             self._next_emit += 1
         return out
+
+
+def _people(poses: Mapping[int, np.ndarray]) -> tuple:
+    """(ids (m,) int64, kps (m, 17, 3) float32) of one frame's detections ``{track id: keypoints}``."""
+    ids = sorted(int(p) for p in poses)
+    kps = np.stack([np.asarray(poses[p], np.float32) for p in ids]) if ids else np.zeros((0, 17, 3), np.float32)
+    return np.array(ids, np.int64), kps
 
 
 def _lerp(k0: np.ndarray, k1: np.ndarray, f0: int, f1: int, f: int) -> np.ndarray:
@@ -414,6 +427,7 @@ def offline_batches(src, tracks, spec: ClipSpec, batch_size: int = 64, progress:
     crops = [np.zeros((len(s), 3, spec.crop_size, spec.crop_size), np.uint8) for s in segs]
     fgs = [np.zeros((len(s), foreground.GRID, foreground.GRID), np.uint8) for s in segs]
     bg, tau = foreground.source_background(src) if need else (None, 0.0)
+    frame_people = people_by_frame(Track(pid, fr, kp, kp[:, :, 2].mean(1)) for pid, (fr, kp) in tracks.items())
     scenes = {}
     for start, chunk in src.iter_chunks(64):
         for i, image in enumerate(chunk):
@@ -424,7 +438,10 @@ def offline_batches(src, tracks, spec: ClipSpec, batch_size: int = 64, progress:
                 boxes = person_boxes(coco17_to_openpose18(np.stack([segs[si].kps[r] for si, r in rows])),
                                      spec.box_expand, spec.box_min_conf)
                 cut = crop_squares(image, boxes, spec.crop_size)
-                occ = foreground.occupancy(cut, crop_squares(bg, boxes, spec.crop_size), tau)
+                ids, people = frame_people.get(f, (np.zeros(0, np.int64), np.zeros((0, 17, 3), np.float32)))
+                others = foreground.others_mask(boxes, np.array([segs[si].person for si, _ in rows]), ids, people,
+                                                spec.crop_size, spec.box_min_conf)
+                occ = foreground.occupancy(cut, crop_squares(bg, boxes, spec.crop_size), tau, exclude=others)
                 for (si, r), crop, o in zip(rows, cut, occ):
                     crops[si][r] = crop
                     fgs[si][r] = o

@@ -112,6 +112,8 @@ class _Plan:
     row_kps: np.ndarray      # (R, 18, 3)
     windows: np.ndarray      # (Nw, 6): person, start, frame, label, row, scene_row
     scene_frames: np.ndarray  # (Q,) frames whose scene image is stored
+    row_person: np.ndarray   # (R,) track id of each row
+    people: dict             # {frame: (ids (m,), kps (m, 17, 3))} every raw detection (foreground.others_mask)
 
 
 def plan_video(item: datasets.VideoItem, cfg: dict, split: str) -> _Plan:
@@ -126,7 +128,7 @@ def plan_video(item: datasets.VideoItem, cfg: dict, split: str) -> _Plan:
             raise DataError(item.pose, f"person {tr.person} has a pose at frame {int(tr.frames[-1])}, past the "
                                        f"end of {item.frames} ({n} frames)")
     T, stride = cfg["seg_len"], stride_for(cfg, split)
-    row_frame, row_kps, windows = [], [], []
+    row_frame, row_kps, row_person, windows = [], [], [], []
     r = 0
     for tr in tracks:
         for seg in split_track(tr, cfg["max_gap"], cfg["max_jump"], cfg["box_min_conf"]):
@@ -140,18 +142,32 @@ def plan_video(item: datasets.VideoItem, cfg: dict, split: str) -> _Plan:
             windows.append(w)
             row_frame.append(seg.frames)
             row_kps.append(coco17_to_openpose18(seg.kps))
+            row_person.append(np.full(len(seg), tr.person, np.int64))
             r += len(seg)
     if windows:
         windows = np.concatenate(windows).astype(np.int64)
         row_frame = np.concatenate(row_frame)
         row_kps = np.concatenate(row_kps).astype(np.float32)
+        row_person = np.concatenate(row_person)
     else:
         windows = np.zeros((0, 6), np.int64)
         row_frame = np.zeros(0, np.int64)
         row_kps = np.zeros((0, 18, 3), np.float32)
+        row_person = np.zeros(0, np.int64)
     scene_frames = np.unique(windows[:, 2])
     windows[:, 5] = np.searchsorted(scene_frames, windows[:, 2])
-    return _Plan(item, n, src.size, gt, types, row_frame, row_kps, windows, scene_frames)
+    return _Plan(item, n, src.size, gt, types, row_frame, row_kps, windows, scene_frames, row_person,
+                 people_by_frame(tracks))
+
+
+def people_by_frame(tracks) -> dict:
+    """``{frame: (ids (m,) int64, kps (m, J, 3) float32)}``: every raw detection of a video's tracks
+    (objects with ``person``, ``frames``, ``kps``), the "other people" of foreground.others_mask."""
+    by: dict = {}
+    for tr in tracks:
+        for f, k in zip(np.asarray(tr.frames).tolist(), np.asarray(tr.kps, np.float32)):
+            by.setdefault(f, []).append((int(tr.person), k))
+    return {f: (np.array([p for p, _ in v], np.int64), np.stack([k for _, k in v])) for f, v in by.items()}
 
 
 def _atomic_save(path, arr):
@@ -206,7 +222,9 @@ def _write_shard(plan: _Plan, cfg: dict, tmp: str, chash: str, pbar) -> None:
                 if b > a:
                     rows = order[a:b]
                     rgb[rows] = crop_squares(frames[k], boxes[rows], C)
-                    fg[rows] = foreground.occupancy(rgb[rows], crop_squares(bg, boxes[rows], C), tau)
+                    ids, kps = plan.people.get(int(f), (np.zeros(0, np.int64), np.zeros((0, 17, 3), np.float32)))
+                    others = foreground.others_mask(boxes[rows], plan.row_person[rows], ids, kps, C, cfg["box_min_conf"])
+                    fg[rows] = foreground.occupancy(rgb[rows], crop_squares(bg, boxes[rows], C), tau, exclude=others)
             sel = np.nonzero(np.isin(idx, plan.scene_frames))[0]
             if len(sel):
                 scene[np.searchsorted(plan.scene_frames, idx[sel])] = scene_images(frames[sel], S)
