@@ -55,7 +55,7 @@ from mgnet.data.crops import crop_squares, person_boxes, scene_images
 from mgnet.data.pose_formats import check_frame_range, load_poses
 from mgnet.data.poses import Track, coco17_to_openpose18, normalize_pose
 from mgnet.data.video import IMAGE_EXTS, VIDEO_EXTS, open_frames
-from mgnet.data.prepare import people_by_frame
+from mgnet.data.prepare import NOBODY, people_by_frame
 from mgnet.data.windows import MAX_JUMP, box_jumps, split_track, window_starts
 from mgnet.engine import Dist, load_run, open_split, score_batch, score_clips
 from mgnet.report.events import best_f1_threshold, resolve_threshold
@@ -329,8 +329,9 @@ class OnlineScorer:
 def _people(poses: Mapping[int, np.ndarray]) -> tuple:
     """(ids (m,) int64, kps (m, 17, 3) float32) of one frame's detections ``{track id: keypoints}``."""
     ids = sorted(int(p) for p in poses)
-    kps = np.stack([np.asarray(poses[p], np.float32) for p in ids]) if ids else np.zeros((0, 17, 3), np.float32)
-    return np.array(ids, np.int64), kps
+    if not ids:
+        return NOBODY
+    return np.array(ids, np.int64), np.stack([np.asarray(poses[p], np.float32) for p in ids])
 
 
 def _lerp(k0: np.ndarray, k1: np.ndarray, f0: int, f1: int, f: int) -> np.ndarray:
@@ -438,7 +439,7 @@ def offline_batches(src, tracks, spec: ClipSpec, batch_size: int = 64, progress:
                 boxes = person_boxes(coco17_to_openpose18(np.stack([segs[si].kps[r] for si, r in rows])),
                                      spec.box_expand, spec.box_min_conf)
                 cut = crop_squares(image, boxes, spec.crop_size)
-                ids, people = frame_people.get(f, (np.zeros(0, np.int64), np.zeros((0, 17, 3), np.float32)))
+                ids, people = frame_people.get(f, NOBODY)
                 others = foreground.others_mask(boxes, np.array([segs[si].person for si, _ in rows]), ids, people,
                                                 spec.crop_size, spec.box_min_conf)
                 occ = foreground.occupancy(cut, crop_squares(bg, boxes, spec.crop_size), tau, exclude=others)

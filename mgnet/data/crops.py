@@ -14,18 +14,33 @@ import torch.nn.functional as F
 MIN_SIDE = 4.0
 
 
+def keypoint_bounds(kps: np.ndarray, min_conf: float = 0.0) -> tuple:
+    """(lo (N, 2), hi (N, 2)): the corners of each row's keypoint box, keypoints (N, J, 3) in their
+    own dtype. Joints with confidence <= `min_conf` are ignored (all joints are used if a row has
+    none above)."""
+    xy, conf = kps[..., :2], kps[..., 2]
+    valid = conf > min_conf
+    valid[~valid.any(axis=1)] = True
+    lo = np.where(valid[..., None], xy, np.inf).min(axis=1)
+    hi = np.where(valid[..., None], xy, -np.inf).max(axis=1)
+    return lo, hi
+
+
+def snap_squares(boxes: np.ndarray) -> tuple:
+    """(x0, y0, s) int64 (n,) each: square boxes (n, 3) = (cx, cy, side) snapped to whole pixels, the
+    pixels ``crop_squares`` cuts (side at least 1)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 3)
+    s = np.maximum(np.round(boxes[:, 2]), 1)
+    return (np.round(boxes[:, 0] - s / 2).astype(np.int64), np.round(boxes[:, 1] - s / 2).astype(np.int64),
+            s.astype(np.int64))
+
+
 def person_boxes(kps: np.ndarray, expand: float = 0.2, min_conf: float = 0.0) -> np.ndarray:
     """Square crop boxes (N, 3) = (centre x, centre y, side) in pixels from keypoints (N, J, 3).
 
     Joints with confidence <= `min_conf` are ignored (all joints are used if a row has none above).
     """
-    kps = np.asarray(kps, np.float32)
-    xy, conf = kps[..., :2], kps[..., 2]
-    valid = conf > min_conf
-    valid[~valid.any(axis=1)] = True
-    big = np.float32(1e9)
-    lo = np.where(valid[..., None], xy, big).min(axis=1)
-    hi = np.where(valid[..., None], xy, -big).max(axis=1)
+    lo, hi = keypoint_bounds(np.asarray(kps, np.float32), min_conf)
     centre = 0.5 * (lo + hi)
     side = (hi - lo).max(axis=1) * (1.0 + expand)
     side = np.maximum(side, MIN_SIDE)
@@ -48,9 +63,7 @@ def crop_squares(frame: np.ndarray, boxes: np.ndarray, size: int = 64) -> np.nda
     h, w = frame.shape[:2]
     src = torch.from_numpy(np.ascontiguousarray(frame))  # (H, W, 3)
     out = np.zeros((len(boxes), 3, size, size), np.uint8)
-    for i, (cx, cy, side) in enumerate(np.asarray(boxes, np.float64)):
-        s = max(int(round(side)), 1)
-        x0, y0 = int(round(cx - s / 2)), int(round(cy - s / 2))
+    for i, (x0, y0, s) in enumerate(zip(*(a.tolist() for a in snap_squares(boxes)))):
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + s, w), min(y0 + s, h)
         if ix1 <= ix0 or iy1 <= iy0:
             continue  # box entirely outside the image: all padding

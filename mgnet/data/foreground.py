@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .crops import keypoint_bounds, snap_squares
+
 GRID = 8              # occupancy cells per side of a crop
 BG_FRAMES = 48        # frames sampled over a video for its background
 TAU_BASE = 30.0       # |frame - background| summed over RGB (0..765) counted as foreground above
@@ -72,19 +74,13 @@ def others_mask(boxes: np.ndarray, own: np.ndarray, people_ids: np.ndarray, peop
     person detected in the frame (pixel x, y, confidence). A person's box spans their joints above
     ``min_conf`` (all joints when none is), widened by ``expand`` of its width and height; a crop
     pixel is covered when its centre lies in the box of a person whose id is not the crop's own."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 3)
-    n, m = len(boxes), len(people_ids)
+    x0, y0, s = snap_squares(boxes)
+    n, m = len(s), len(people_ids)
     if n == 0 or m == 0:
         return np.zeros((n, size, size), bool)
-    kps = np.asarray(people_kps, np.float64)
-    valid = kps[..., 2] > min_conf
-    valid[~valid.any(1)] = True
-    lo = np.where(valid[..., None], kps[..., :2], np.inf).min(1)
-    hi = np.where(valid[..., None], kps[..., :2], -np.inf).max(1)
+    lo, hi = keypoint_bounds(np.asarray(people_kps, np.float64), min_conf)
     pad = (hi - lo) * (expand / 2)
     lo, hi = lo - pad, hi + pad                                              # (m, 2)
-    s = np.maximum(np.round(boxes[:, 2]), 1)
-    x0, y0 = np.round(boxes[:, 0] - s / 2), np.round(boxes[:, 1] - s / 2)
     t = (np.arange(size) + 0.5) / size
     xs, ys = x0[:, None] + t[None] * s[:, None], y0[:, None] + t[None] * s[:, None]     # (n, size) pixel centres
     in_x = (xs[:, None] >= lo[None, :, 0, None]) & (xs[:, None] <= hi[None, :, 0, None])   # (n, m, size)

@@ -160,6 +160,9 @@ def plan_video(item: datasets.VideoItem, cfg: dict, split: str) -> _Plan:
                  people_by_frame(tracks))
 
 
+NOBODY = (np.zeros(0, np.int64), np.zeros((0, 17, 3), np.float32))   # a frame without detections
+
+
 def people_by_frame(tracks) -> dict:
     """``{frame: (ids (m,) int64, kps (m, J, 3) float32)}``: every raw detection of a video's tracks
     (objects with ``person``, ``frames``, ``kps``), the "other people" of foreground.others_mask."""
@@ -222,7 +225,7 @@ def _write_shard(plan: _Plan, cfg: dict, tmp: str, chash: str, pbar) -> None:
                 if b > a:
                     rows = order[a:b]
                     rgb[rows] = crop_squares(frames[k], boxes[rows], C)
-                    ids, kps = plan.people.get(int(f), (np.zeros(0, np.int64), np.zeros((0, 17, 3), np.float32)))
+                    ids, kps = plan.people.get(int(f), NOBODY)
                     others = foreground.others_mask(boxes[rows], plan.row_person[rows], ids, kps, C, cfg["box_min_conf"])
                     fg[rows] = foreground.occupancy(rgb[rows], crop_squares(bg, boxes[rows], C), tau, exclude=others)
             sel = np.nonzero(np.isin(idx, plan.scene_frames))[0]
