@@ -6,7 +6,8 @@
 // Forward, one pass over q. The many-query regime (S <= kRowsMaxS slots, not wide: the behavior
 // memory's 131072 x 192 x 10) takes rows_forward (below, before forward_impl): blocks of one vector's
 // lanes of queries, register blocks sized for AVX2, softmax and top-2 across the block's queries, read
-// with streaming stores. Otherwise:
+// with streaming stores, the next block's rows prefetched; chunks of kRowsGrain blocks are pulled by the
+// threads (common/parallel.h). Otherwise:
 //   A. per query tile (TQ rows; threads own contiguous runs of tiles): dot products against every slot
 //      (TQ x SB register-blocked accumulators, vectorised over the width, reduced with a shuffle tree),
 //      query norms on the fly, cosine scores from the slot norms computed once, safe softmax (max
@@ -21,7 +22,8 @@
 //   The scores are not recomputed (that would cost a third N x S x C product): softmax gives
 //   score_s = log W_s + lse, and lse follows from one slot, lse = score_s0 - log W_s0, with s0 the row's
 //   most likely slot (best conditioned), i.e. one dot product per query instead of S.
-//   A. per query tile: grad_read . mem for every slot, the softmax grad, b, grad_q; when S*C is small
+//   A. per query tile (chunks of tiles pulled by the threads; the next tile's rows prefetched):
+//      grad_read . mem for every slot, the softmax grad, b, grad_q; when S*C is small
 //      the tile's contribution to grad_mem goes into its chunk's partial while q and grad_read are in
 //      L1 (chunks of tiles fixed by the size alone, summed in order: bit-identical at any thread
 //      count), otherwise A keeps b and beta and
