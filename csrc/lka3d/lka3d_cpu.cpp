@@ -32,14 +32,25 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
+#include "../common/parallel.h"
 #include "../common/static_switch.h"
+#include "../common/vec.h"
 #include "lka3d_args.h"
+#include "lka3d_pointwise.h"
 
 namespace mgnet_lka3d {
 
 constexpr int64_t kMaxBW = 32;  // widest SIMD block (elements); buffers are padded for it
+
+// Register budget of the convolutions' inner blocks, in lanes of T: 12 of the machine's vector
+// registers for accumulators (AVX2 has 16; the rest hold the broadcast weight or the loaded operands).
+template <typename T> constexpr int kVecLanes = MGNET_VEC_BYTES / int(sizeof(T));
+template <typename T> constexpr int kAccLanes = 12 * kVecLanes<T>;
+// corr: taps per sweep, so that the (taps + 1) x (two vectors) block fits kAccLanes
+template <typename T> constexpr int kCorrTaps = kAccLanes<T> / (2 * kVecLanes<T>) - 1;
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t ceil_div_pos(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
@@ -70,12 +81,24 @@ struct PadBuf {
 
 // dst(z, y, x) = bias + sum_{taps} w[kz,ky,kx] * src(z + kz*dil - p, y + ky*dil - p, x + kx*dil - p)
 // with p = dil*(k-1)/2 and zeros outside the volume. dst row (z, y) starts at dst + (z*H+y)*dstride.
-// KC > 0 fixes k at compile time: the kx loop unrolls and the taps rotate over 4 accumulator sets
-// (4 x BW lanes of independent FMA chains, enough to hide the FMA latency).
+//
+// Register block: MR output rows y0 + m*dil (m < MR, one depth z) x NV vectors of columns. The MR rows
+// read the same input rows (row y0 - p + t*dil feeds row m through tap ky = t - m), so each input
+// vector is loaded once per tap kx and feeds up to MR accumulators: about one load per FMA, where one
+// output row at a time took 1.25 (a load per FMA and a broadcast per row of taps), half of them split
+// over two cache lines (the tap shifts are not vector-aligned). MR x NV accumulators + NV operands + the
+// broadcast weight fit AVX2's 16 registers. KC > 0 fixes k at compile time (the kx loop unrolls).
+// dst(z, y, x) = bias + sum_{taps} w[kz,ky,kx] * src(z + kz*dil - p, y + ky*dil - p, x + kx*dil - p)
+// with p = dil*(k-1)/2 and zeros outside the volume. dst row (z, y) starts at dst + (z*H+y)*dstride.
+// KC > 0 fixes k at compile time: the kx loop unrolls and the taps rotate over NA accumulator sets
+// (NA x BW lanes of independent FMA chains, enough to hide the FMA latency, and within kAccLanes: 4 sets
+// of 32 fp32 lanes are 16 AVX2 registers, which spilled to the stack in every tap; 3 sets do not).
+// (Tried: blocks of 5 output rows sharing each input vector, one load per FMA instead of 1.25; GCC kept
+// their accumulators on the stack and the forward ran 20 % slower than this.)
 template <typename T, int BW, int KC>
 void dwconv(const PadBuf<T>& src, const T* w, T bias, int64_t k_rt, int64_t dil, T* dst, int64_t dstride) {
   const int64_t k = KC > 0 ? KC : k_rt;
-  constexpr int NA = KC > 0 ? 4 : 1;
+  constexpr int NA = KC > 0 ? std::max(1, std::min(4, kAccLanes<T> / BW)) : 1;
   const int64_t D = src.D, H = src.H, W = src.W, p = dil * (k - 1) / 2, sh = src.P - p;
   for (int64_t z = 0; z < D; ++z) {
     const int64_t kz0 = ceil_div_pos(p - z, dil), kz1 = std::min(k - 1, (D - 1 + p - z) / dil);
@@ -119,57 +142,65 @@ void dwconv(const PadBuf<T>& src, const T* w, T bias, int64_t k_rt, int64_t dil,
 }
 
 // gw[kz,ky,kx] += sum_{z,y,x} g(z,y,x) * in(z + kz*dil - p, y + ky*dil - p, x + kx*dil - p)
-// One (kz, ky) pair at a time; the k (or KCH) kx taps each keep BW lane-wise partial sums in
-// registers over the whole volume (KC > 0: k fixed at compile time, loop fully unrolled).
-template <typename T, int BW, int KC>
-void corr(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k_rt, int64_t dil, T* gw) {
-  const int64_t k = KC > 0 ? KC : k_rt;
-  const int64_t D = g.D, H = g.H, W = g.W, p = dil * (k - 1) / 2, shi = in.P - p, shg = g.P;
-  constexpr int KCH = KC > 0 ? KC : 8;  // kx taps per register block
-  for (int64_t kz = 0; kz < k; ++kz) {
-    const int64_t z0 = std::max<int64_t>(0, p - kz * dil), z1 = std::min<int64_t>(D, D + p - kz * dil);
-    for (int64_t ky = 0; ky < k; ++ky) {
-      const int64_t y0 = std::max<int64_t>(0, p - ky * dil), y1 = std::min<int64_t>(H, H + p - ky * dil);
-      for (int64_t kx0 = 0; kx0 < k; kx0 += KCH) {
-        const int64_t nk = std::min<int64_t>(KCH, k - kx0);
-        T part[KCH][BW];
-        for (int j = 0; j < KCH; ++j)
-          for (int i = 0; i < BW; ++i) part[j][i] = T(0);
-        for (int64_t z = z0; z < z1; ++z) {
-          for (int64_t y = y0; y < y1; ++y) {
-            const T* gr = g.row(z, y) + shg;
-            const T* ir = in.row(z + kz * dil - p, y + ky * dil - p) + shi + kx0 * dil;
-            for (int64_t x0 = 0; x0 < W; x0 += BW) {
-              if constexpr (KC > 0) {
-#pragma GCC unroll 16
-                for (int j = 0; j < KC; ++j) {
-                  const T* rr = ir + x0 + j * dil;
+// One (kz, ky) pair and NK consecutive kx taps [kx0, kx0 + NK) per sweep over the volume: NK x XB
+// lane-wise partial sums (XB = two vectors of the row) stay in registers with the XB lanes of g they
+// multiply, NK + 1 <= kAccLanes / XB (the former single block of k x BW sums, 7 x 32 fp32 lanes for k1,
+// was 28 AVX2 vectors and lived on the stack).
+template <typename T, int BW, int NK>
+void corr_taps(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k, int64_t dil, int64_t kz, int64_t ky, int64_t kx0,
+               T* gw) {
+  constexpr int XB = std::min(BW, 2 * kVecLanes<T>);
+  const int64_t D = g.D, H = g.H, W = g.W, p = dil * (k - 1) / 2;
+  const int64_t z0 = std::max<int64_t>(0, p - kz * dil), z1 = std::min<int64_t>(D, D + p - kz * dil);
+  const int64_t y0 = std::max<int64_t>(0, p - ky * dil), y1 = std::min<int64_t>(H, H + p - ky * dil);
+  const int64_t Wb = round_up(W, BW);  // g is zero past W (PadBuf): whole blocks, no tail
+  T part[NK][XB];
+  for (int j = 0; j < NK; ++j)
+    for (int i = 0; i < XB; ++i) part[j][i] = T(0);
+  for (int64_t z = z0; z < z1; ++z) {
+    for (int64_t y = y0; y < y1; ++y) {
+      const T* gr = g.row(z, y) + g.P;
+      const T* ir = in.row(z + kz * dil - p, y + ky * dil - p) + in.P - p + kx0 * dil;
+      for (int64_t x0 = 0; x0 < Wb; x0 += XB) {
+#pragma GCC unroll 8
+        for (int j = 0; j < NK; ++j) {
+          const T* rr = ir + x0 + j * dil;
 #pragma omp simd
-                  for (int i = 0; i < BW; ++i) part[j][i] += gr[x0 + i] * rr[i];
-                }
-              } else {
-                for (int64_t j = 0; j < nk; ++j) {
-                  const T* rr = ir + x0 + j * dil;
-#pragma omp simd
-                  for (int i = 0; i < BW; ++i) part[j][i] += gr[x0 + i] * rr[i];
-                }
-              }
-            }
-          }
-        }
-        T* out = gw + (kz * k + ky) * k + kx0;
-        for (int64_t j = 0; j < nk; ++j) {
-          T s = 0;
-          for (int i = 0; i < BW; ++i) s += part[j][i];
-          out[j] += s;
+          for (int i = 0; i < XB; ++i) part[j][i] += gr[x0 + i] * rr[i];
         }
       }
     }
   }
+  T* out = gw + (kz * k + ky) * k + kx0;
+  for (int j = 0; j < NK; ++j) {
+    T s = 0;
+    for (int i = 0; i < XB; ++i) s += part[j][i];
+    out[j] += s;
+  }
 }
 
-// Sums over the long rows of a channel volume: 64 lane-wise partial sums (8 independent vector chains
-// on AVX2, enough to hide the FMA latency; common/vec.h's dot keeps 2 chains, for short rows).
+// All k^3 taps: per (kz, ky) the k kx taps in nearly equal groups of at most kCorrTaps (KC > 0: k
+// fixed at compile time; otherwise groups of 4).
+template <typename T, int BW, int KC>
+void corr(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k_rt, int64_t dil, T* gw) {
+  const int64_t k = KC > 0 ? KC : k_rt;
+  constexpr int NG = KC > 0 ? (KC + kCorrTaps<T> - 1) / kCorrTaps<T> : 1;
+  constexpr int TG = KC > 0 ? (KC + NG - 1) / NG : 4;
+  for (int64_t kz = 0; kz < k; ++kz)
+    for (int64_t ky = 0; ky < k; ++ky)
+      for (int64_t kx0 = 0; kx0 < k; kx0 += TG) {
+        switch (std::min<int64_t>(TG, k - kx0)) {
+          case 5: corr_taps<T, BW, std::min(5, TG)>(g, in, k, dil, kz, ky, kx0, gw); break;
+          case 4: corr_taps<T, BW, std::min(4, TG)>(g, in, k, dil, kz, ky, kx0, gw); break;
+          case 3: corr_taps<T, BW, std::min(3, TG)>(g, in, k, dil, kz, ky, kx0, gw); break;
+          case 2: corr_taps<T, BW, std::min(2, TG)>(g, in, k, dil, kz, ky, kx0, gw); break;
+          default: corr_taps<T, BW, 1>(g, in, k, dil, kz, ky, kx0, gw); break;
+        }
+      }
+}
+
+// Sum over the long rows of a channel volume: 64 lane-wise partial sums (8 independent vector chains
+// on AVX2, enough to hide the add latency; common/vec.h's accumulate keeps 2 chains, for short rows).
 template <typename T>
 T vsum(const T* a, int64_t n) {
   constexpr int L = 64;
@@ -184,40 +215,27 @@ T vsum(const T* a, int64_t n) {
   return s;
 }
 
-template <typename T>
-T vdot(const T* a, const T* b, int64_t n) {
-  constexpr int L = 64;
-  T part[L] = {};
-  int64_t i = 0;
-  for (; i + L <= n; i += L)
-#pragma omp simd
-    for (int j = 0; j < L; ++j) part[j] += a[i + j] * b[i + j];
-  T s = 0;
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int j = 0; j < L; ++j) s += part[j];
-  return s;
-}
 
-// row width -> SIMD block width BW: the narrowest of 8, 16, 32 lanes that covers a row (wider rows
-// take several blocks of 32)
-#define MGNET_LKA_BW_SWITCH(W, NAME, ...)                                   \
+// row width -> SIMD block width BW: the narrowest of 8, 16, 32 lanes that covers a row and is at least
+// one vector (wider rows take several blocks of 32)
+#define MGNET_LKA_BW_SWITCH(T, W, NAME, ...)                                \
   [&] {                                                                     \
-    if ((W) <= 8) { constexpr int NAME = 8; return __VA_ARGS__(); }          \
-    if ((W) <= 16) { constexpr int NAME = 16; return __VA_ARGS__(); }        \
+    if ((W) <= 8 && kVecLanes<T> <= 8) { constexpr int NAME = 8; return __VA_ARGS__(); }    \
+    if ((W) <= 16 && kVecLanes<T> <= 16) { constexpr int NAME = 16; return __VA_ARGS__(); } \
     constexpr int NAME = 32;                                                \
     return __VA_ARGS__();                                                   \
   }()
 
 template <typename T>
 void dwconv_any(const PadBuf<T>& src, const T* w, T bias, int64_t k, int64_t dil, T* dst, int64_t dstride) {
-  MGNET_LKA_BW_SWITCH(src.W, BW, [&] {
+  MGNET_LKA_BW_SWITCH(T, src.W, BW, [&] {
     MGNET_KSIZE_SWITCH(k, KC, [&] { dwconv<T, BW, KC>(src, w, bias, k, dil, dst, dstride); });
   });
 }
 
 template <typename T>
 void corr_any(const PadBuf<T>& g, const PadBuf<T>& in, int64_t k, int64_t dil, T* gw) {
-  MGNET_LKA_BW_SWITCH(g.W, BW, [&] { MGNET_KSIZE_SWITCH(k, KC, [&] { corr<T, BW, KC>(g, in, k, dil, gw); }); });
+  MGNET_LKA_BW_SWITCH(T, g.W, BW, [&] { MGNET_KSIZE_SWITCH(k, KC, [&] { corr<T, BW, KC>(g, in, k, dil, gw); }); });
 }
 
 // Grain of an at::parallel_for: enough items that one chunk carries about `target` units of work
@@ -228,49 +246,11 @@ inline int64_t grain_for(int64_t work_per_item, int64_t target) {
   return std::max<int64_t>(1, target / std::max<int64_t>(1, work_per_item));
 }
 constexpr int64_t kFmaPerChunk = int64_t(32) << 20;   // ~0.5-1 ms of one core
+// Chunks of the (batch, channel) loops of the depthwise convolutions, pulled by the threads
+// (common/parallel.h): a few ms of one core each, so that the per-chunk padded buffers cost nothing,
+// and many per region, so that a thread preempted by another job leaves its share to the others.
+constexpr int64_t kFmaPerTask = int64_t(8) << 20;
 constexpr int64_t kElemsPerChunk = int64_t(2) << 20;  // ~8 MB of float traffic
-
-// out[b][co][n] = bias[co] + sum_ci w[co][ci] * in[b][ci][n] for b < nb; in/out (nb, C, N).
-// Tiles of NT spatial elements x CB output channels accumulate in registers over all ci.
-template <typename T>
-void pointwise(const T* in, const T* w, const T* bias, T* out, int64_t nb, int64_t C, int64_t N) {
-  constexpr int64_t NT = 64, CB = 4;
-  const int64_t ntiles = (N + NT - 1) / NT;
-  const int64_t ncb = (C + CB - 1) / CB;
-  at::parallel_for(0, nb * ntiles * ncb, grain_for(NT * CB * C, kFmaPerChunk), [&](int64_t s, int64_t e) {
-    T tail[CB][NT];
-    for (int64_t idx = s; idx < e; ++idx) {
-      const int64_t b = idx / (ntiles * ncb), r = idx % (ntiles * ncb), t = r / ncb, cb = r % ncb;
-      const int64_t n0 = t * NT, nt = std::min(NT, N - n0), co0 = cb * CB, nco = std::min(CB, C - co0);
-      const T* ib = in + b * C * N;
-      T acc[CB][NT];
-      for (int64_t j = 0; j < CB; ++j) {
-        const T bv = j < nco ? bias[co0 + j] : T(0);
-        for (int64_t i = 0; i < NT; ++i) acc[j][i] = bv;
-      }
-      if (nt == NT) {
-        for (int64_t ci = 0; ci < C; ++ci) {
-          const T* a = ib + ci * N + n0;
-          for (int64_t j = 0; j < CB; ++j) {
-            const T wv = (j < nco) ? w[(co0 + j) * C + ci] : T(0);
-#pragma omp simd
-            for (int64_t i = 0; i < NT; ++i) acc[j][i] += wv * a[i];
-          }
-        }
-      } else {
-        for (int64_t ci = 0; ci < C; ++ci) {
-          const T* a = ib + ci * N + n0;
-          for (int64_t i = 0; i < NT; ++i) tail[0][i] = i < nt ? a[i] : T(0);
-          for (int64_t j = 0; j < CB; ++j) {
-            const T wv = (j < nco) ? w[(co0 + j) * C + ci] : T(0);
-            for (int64_t i = 0; i < NT; ++i) acc[j][i] += wv * tail[0][i];
-          }
-        }
-      }
-      for (int64_t j = 0; j < nco; ++j) std::memcpy(out + (b * C + co0 + j) * N + n0, acc[j], sizeof(T) * nt);
-    }
-  });
-}
 
 struct Geo {
   int64_t B, C, D, H, W, N, k0, k1, dil, p0, p1;
@@ -299,7 +279,7 @@ template <typename T>
 void depthwise_pair(const Geo& g, const T* x, const T* w0, const T* bb0, const T* w1, const T* bb1,
                     int64_t b0, int64_t nb, T* a2, T* a1_out) {
   const int64_t work = g.N * (g.k0 * g.k0 * g.k0 + g.k1 * g.k1 * g.k1);
-  at::parallel_for(0, nb * g.C, grain_for(work, kFmaPerChunk), [&](int64_t s, int64_t e) {
+  mgnet::parallel_dynamic(nb * g.C, grain_for(work, kFmaPerTask), [&](int64_t s, int64_t e) {
     PadBuf<T> xin, a1;
     xin.init(g.D, g.H, g.W, g.p0);
     a1.init(g.D, g.H, g.W, g.p1);
@@ -359,16 +339,12 @@ void lka3d_backward_impl(const Geo& g, const T* grad, const T* x, const T* w0, c
     const T* gb = grad + b0 * C * N;
     depthwise_pair<T>(g, x, w0, bb0, w1, bb1, b0, nb, A2.data(), A1.data());
     // g_wp[b][co][ci] = <g[b][co], a2[b][ci]>, g_bp[b][co] = sum g[b][co]
-    at::parallel_for(0, nb * C, grain_for(C * N, kFmaPerChunk), [&](int64_t s, int64_t e) {
-      for (int64_t idx = s; idx < e; ++idx) {
-        const int64_t b = idx / C, co = idx % C;
-        const T* gr = gb + idx * N;
-        pbp[(b0 + b) * C + co] = vsum(gr, N);
-        for (int64_t ci = 0; ci < C; ++ci) pwp[((b0 + b) * C + co) * C + ci] = vdot(gr, A2.data() + (b * C + ci) * N, N);
-      }
+    channel_dots<T>(gb, A2.data(), nb, C, N, pwp.data() + b0 * C * C);
+    at::parallel_for(0, nb * C, grain_for(N, kElemsPerChunk), [&](int64_t s, int64_t e) {
+      for (int64_t idx = s; idx < e; ++idx) pbp[b0 * C + idx] = vsum(gb + idx * N, N);
     });
     pointwise<T>(gb, wpt.data(), zero_bias.data(), G2.data(), nb, C, N);  // G2 = wp^T g
-    at::parallel_for(0, nb * C, grain_for(2 * N * (kk0 + kk1), kFmaPerChunk), [&](int64_t s, int64_t e) {
+    mgnet::parallel_dynamic(nb * C, grain_for(2 * N * (kk0 + kk1), kFmaPerTask), [&](int64_t s, int64_t e) {
       PadBuf<T> g2, a1, g1, xin;
       g2.init(g.D, g.H, g.W, g.p1);
       a1.init(g.D, g.H, g.W, g.p1);

@@ -6,7 +6,8 @@
 // Forward, one pass over q. The many-query regime (S <= kRowsMaxS slots, not wide: the behavior
 // memory's 131072 x 192 x 10) takes rows_forward (below, before forward_impl): blocks of one vector's
 // lanes of queries, register blocks sized for AVX2, softmax and top-2 across the block's queries, read
-// with streaming stores. Otherwise:
+// with streaming stores, the next block's rows prefetched; chunks of kRowsGrain blocks are pulled by the
+// threads (common/parallel.h). Otherwise:
 //   A. per query tile (TQ rows; threads own contiguous runs of tiles): dot products against every slot
 //      (TQ x SB register-blocked accumulators, vectorised over the width, reduced with a shuffle tree),
 //      query norms on the fly, cosine scores from the slot norms computed once, safe softmax (max
@@ -21,7 +22,8 @@
 //   The scores are not recomputed (that would cost a third N x S x C product): softmax gives
 //   score_s = log W_s + lse, and lse follows from one slot, lse = score_s0 - log W_s0, with s0 the row's
 //   most likely slot (best conditioned), i.e. one dot product per query instead of S.
-//   A. per query tile: grad_read . mem for every slot, the softmax grad, b, grad_q; when S*C is small
+//   A. per query tile (chunks of tiles pulled by the threads; the next tile's rows prefetched):
+//      grad_read . mem for every slot, the softmax grad, b, grad_q; when S*C is small
 //      the tile's contribution to grad_mem goes into its chunk's partial while q and grad_read are in
 //      L1 (chunks of tiles fixed by the size alone, summed in order: bit-identical at any thread
 //      count), otherwise A keeps b and beta and
@@ -55,6 +57,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "../common/parallel.h"
 #include "../common/static_switch.h"
 #include "../common/torch_glue.h"
 #include "../common/vec.h"
@@ -265,6 +268,13 @@ void gmem_columns(const T* W, const T* B, const T* g, const T* q, const T* mem, 
 static_assert(TQ == 4, "MGNET_UPTO4_SWITCH covers tiles of up to 4 queries");
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Prefetch of the n elements at p (n <= 0: none): the next rows of a stream, issued a tile or block
+// ahead (the hardware prefetchers alone left the first loads of each row waiting on memory).
+template <typename T>
+inline void prefetch_rows(const T* p, int64_t n) {
+  for (int64_t k = 0; k < n; k += 64 / int64_t(sizeof(T))) __builtin_prefetch(p + k);
+}
 
 // Contiguous runs of tiles. The forward's results do not depend on the split (every query is
 // computed alone): one run per thread. The backward reduces over the queries (gamma, the fused
@@ -513,6 +523,7 @@ bool is_wide(int64_t N, int64_t S, int64_t C) {
 // Per element the arithmetic of read is combine_tile's (acc = 0; acc += w_s m_s, s = 0..S-1, FMA), so the
 // width-split read (few queries per thread) gives the same bits.
 constexpr int64_t kRowsMaxS = 32;       // above, the block's raw accumulators ((S+1) L vectors) leave L1
+constexpr int64_t kRowsGrain = 32;      // blocks per chunk of the dynamic schedule (256 fp32 rows)
 
 template <typename T>
 bool use_rows(int64_t N, int64_t S, int64_t C) {
@@ -647,7 +658,10 @@ void rows_forward(const T* q, const T* Mp, int64_t Cp, const T* inv_mn, int64_t 
     const T* qb = q + n0 * C;
     if (nq < L) std::fill(R.begin(), R.end(), vzero<T>());  // lanes of absent queries: 0, never written
     int64_t i = 0;
-    for (; i + 2 <= nq; i += 2) raw_dots_all<T, 2>(qb + i * C, C, Mp, Cp, S, C, R.data() + i);
+    for (; i + 2 <= nq; i += 2) {
+      prefetch_rows(qb + (L + i) * C, std::min<int64_t>(2, N - (n0 + L + i)) * C);
+      raw_dots_all<T, 2>(qb + i * C, C, Mp, Cp, S, C, R.data() + i);
+    }
     if (i < nq) raw_dots_all<T, 1>(qb + i * C, C, Mp, Cp, S, C, R.data() + i);
     // lane i of each vector below is query n0 + i
     const Vec<T> n2 = reduce_lanes(R.data() + S * L);
@@ -709,11 +723,10 @@ void forward_impl(const T* q, const T* mem, int64_t N, int64_t S, int64_t C, T* 
     // read fused into the block sweep when every thread has enough blocks, else split over the width
     // below (the same bits either way)
     const bool fused = nblk >= 4 * at::get_num_threads();
-    const int64_t nch = thread_chunks(nblk);
-    at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
-      for (int64_t ch = cb; ch < ce; ++ch)
-        rows_forward<T>(q, Mp.data(), Cp, inv_mn.data(), N, S, C, nblk * ch / nch, nblk * (ch + 1) / nch, W,
-                        fused ? read : nullptr, top2);
+    // chunks of kRowsGrain blocks pulled by the threads (parallel.h): a preempted thread leaves its
+    // remaining chunks to the others instead of holding the whole region up
+    mgnet::parallel_dynamic(nblk, kRowsGrain, [&](int64_t bb, int64_t be) {
+      rows_forward<T>(q, Mp.data(), Cp, inv_mn.data(), N, S, C, bb, be, W, fused ? read : nullptr, top2);
     });
     if (fused) return;
     split_read<T>(W, mem, N, S, C, read);
@@ -827,7 +840,8 @@ void backward_impl(const T* gW, const T* gR, const T* q, const T* mem, const T* 
   // the width sweep's dot products grad_read . mem are blocked over the width (a KW-column block of mem
   // stays in L2 across the chunk's tiles) into G, N x Sp
   std::vector<T> G(fused_gm ? 0 : N * Sp);
-  at::parallel_for(0, nch, 1, [&](int64_t cb, int64_t ce) {
+  // the chunks are pulled by the threads (parallel.h); every partial belongs to its chunk
+  mgnet::parallel_dynamic(nch, 1, [&](int64_t cb, int64_t ce) {
     std::vector<T> gdt(TQ * Sp), wt(TQ * Sp, T(0)), bt(TQ * Sp, T(0));
     T beta[TQ];
     for (int64_t ch = cb; ch < ce; ++ch) {
@@ -840,6 +854,11 @@ void backward_impl(const T* gW, const T* gR, const T* q, const T* mem, const T* 
         const int64_t n0 = t * TQ, nq = std::min<int64_t>(TQ, N - n0);
         const T* qt = q + n0 * C;
         const T* gt = gR + n0 * C;
+        if (t + 1 < te) {  // the next tile's rows (q is first read by the norms below, after the dots)
+          const int64_t nn = std::min<int64_t>(TQ, N - n0 - TQ) * C;
+          prefetch_rows(qt + TQ * C, nn);
+          if (fused_gm) prefetch_rows(gt + TQ * C, nn);
+        }
         T* gd = fused_gm ? gdt.data() : G.data() + n0 * Sp;
         if (fused_gm) MGNET_UPTO4_SWITCH(nq, NQ, [&] { dots_tile<T, NQ>(gt, C, mem, C, S, C, gd, Sp); });
         for (int64_t i = 0; i < nq; ++i) {

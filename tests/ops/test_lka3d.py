@@ -113,6 +113,31 @@ def test_lka3d_float32_within_twice_eager_error(backend, shape, k0, k1, d):
     assert_within_twice_eager(got, eager, exact, f"lka3d[{backend}]")
 
 
+# The C++ kernel's register blocks and their tails: C = 7 and 13 (a whole 6-channel pointwise block and
+# a partial one; channel-pair blocks of 4 x 3 with partial rows and columns), N = D*H*W no multiple of
+# the 64-element pointwise panel, W = 13 and 20 (16- and 32-lane row blocks, partly past the row), a
+# kernel size outside the compile-time ones (k1 = 9: run-time taps, corr groups 4 + 4 + 1), k1 = 7
+# (corr groups 4 + 3) and k0 = 5 (one group of 5), and more (batch, channel) chunks than threads.
+TAIL_CASES = [((2, 7, 4, 12, 13), 3, 9, 1), ((1, 13, 3, 10, 20), 5, 7, 2), ((3, 6, 5, 6, 9), 5, 3, 3)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("shape,k0,k1,d", TAIL_CASES, ids=lambda v: str(v))
+def test_lka3d_register_block_tails(backend, shape, k0, k1, d, dtype):
+    args64 = lka_args(*shape, k0, k1)
+    g64 = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    exact = run_reference("lka3d", args64, d, g64)
+    if dtype == torch.float64:
+        got = run("lka3d", args64, d, backend, g64)
+        for name, a, b in zip(NAMES, got, exact):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+        return
+    args32, g32 = [a.float() for a in args64], g64.float()
+    got = run("lka3d", args32, d, backend, g32)
+    assert_within_twice_eager(got, run_reference("lka3d", args32, d, g32), exact, f"lka3d[{backend}]")
+
+
 # (B, t, c, h, w): the small config's head (c = 64 on an 8x8x8 grid) shrunk, odd sizes, batch 1
 LSTA_CASES = [((2, 4, 6, 5, 5), 3, 5, 2), ((1, 8, 16, 8, 8), 5, 7, 3), ((2, 3, 5, 7, 9), 5, 5, 1),
               ((1, 5, 3, 4, 6), 3, 7, 3)]

@@ -219,7 +219,10 @@ def _cpu_at_1_and_2_threads(shape, dtype):
 # (streaming stores, fp32 and fp64) or not, S = 1, one slot group (5), a partial second one (6, 11), the
 # largest S it takes (32) and the first it leaves to the tile path (33). N = 45, 51 at 2 threads have
 # fewer than 4 blocks per thread: the read is then split over the width, and must give the same bits.
-MANY = [(1027, 64, 10), (203, 192, 6), (45, 64, 11), (51, 40, 5), (130, 24, 1), (77, 33, 32), (66, 48, 33)]
+# N = 2050 and 781: more chunks of the dynamic schedule (32 blocks each) than threads, the last one partial
+# (one block of 2 queries; 13 queries), and 16 reduction chunks of the backward.
+MANY = [(1027, 64, 10), (203, 192, 6), (45, 64, 11), (51, 40, 5), (130, 24, 1), (77, 33, 32), (66, 48, 33),
+        (2050, 19, 3), (781, 37, 10)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
