@@ -210,12 +210,25 @@ class OnlineScorer:
     it the scorer estimates one from the stream: the median of every ``BG_EVERY``-th frame pushed so
     far, up to foreground.BG_FRAMES of them, so S_app (foreground occupancy) settles once the
     people of the first frames have moved on.
+
+    components: ``"fused"`` (default) computes only the score components the fused score reads
+    (non-zero fusion weight, ``scoring.needed_components``): with the default weights S_pose and
+    S_app, so the RGB ViT, STG-NF and the BSMM do not run; the other components of FrameScore are
+    NaN ("nll" comes with "mo"). ``"all"`` computes every component. The fused score and every
+    computed component are the same either way (and equal offline scoring's). Models whose
+    ``scores`` take no ``components`` (an exported ONNX model) always compute all.
     """
     BG_EVERY = 10
+    COMPONENTS = ("fused", "all")
 
     def __init__(self, model, stats: Mapping, lambdas: Mapping, frame_size, spec: ClipSpec = ClipSpec(),
-                 device="cpu", batch_size: int = 64, background: tuple | None = None):
+                 device="cpu", batch_size: int = 64, background: tuple | None = None, components: str = "fused"):
+        if components not in self.COMPONENTS:
+            raise ValueError(f"OnlineScorer: components must be one of {self.COMPONENTS}, got {components!r}")
         self.model, self.stats, self.lambdas = model, stats, dict(lambdas)
+        self.components = components
+        self._wanted = (scoring.needed_components(self.lambdas, stats)
+                        if components == "fused" and _takes_components(model) else None)
         self._background = background
         self._bg_samples: list = [] if background is None else None
         self.frame_size = tuple(int(v) for v in frame_size)
@@ -334,7 +347,8 @@ class OnlineScorer:
             batch = clip_batch(np.stack([w[1] for w in chunk]), np.stack([w[2] for w in chunk]), scenes,
                                self.frame_size, [w[0] for w in chunk], [w[3] for w in chunk], self.spec,
                                fg=np.stack([w[4] for w in chunk]))
-            fused = fused_scores(score_batch(self.model, batch, self.device), self.stats, self.lambdas)
+            fused = fused_scores(score_batch(self.model, batch, self.device, components=self._wanted),
+                                 self.stats, self.lambdas)
             for j, (pid, _, _, start, _) in enumerate(chunk):
                 comps = {k: float(fused[k][j]) for k in SCORE_KEYS}
                 self._pending.setdefault(start + c, {})[pid] = (float(fused["score"][j]), comps)
@@ -351,6 +365,16 @@ class OnlineScorer:
                 out.append(FrameScore(f, math.nan))
             self._next_emit += 1
         return out
+
+
+def _takes_components(model) -> bool:
+    """Whether ``model.scores`` computes a subset of the components on request (MGNet.scores)."""
+    import inspect
+    fn = getattr(type(model), "scores", None)
+    try:
+        return fn is not None and "components" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _people(poses: Mapping[int, np.ndarray]) -> tuple:
@@ -389,9 +413,10 @@ def _replay(scorer: OnlineScorer, src, tracks) -> Iterator[FrameScore]:
 
 
 def iter_scores(video, poses, run_dir, pose_format: str = "auto", device="cpu",
-                batch_size: int = 64) -> Iterator[FrameScore]:
+                batch_size: int = 64, components: str = "fused") -> Iterator[FrameScore]:
     """Score a video file (or frame folder) with its pose file online, yielding FrameScores in frame
-    order as they become final (``latency`` frames after each frame is read)."""
+    order as they become final (``latency`` frames after each frame is read); ``components`` as
+    OnlineScorer's."""
     stats = load_score_stats(run_dir)
     model, cfg = load_run(run_dir, device=device)
     spec = ClipSpec.from_config(cfg)
@@ -401,7 +426,7 @@ def iter_scores(video, poses, run_dir, pose_format: str = "auto", device="cpu",
     check_frame_range(tracks, len(src), poses, video)
     # a recorded video: its background from the whole file, as offline scoring (and training) use
     scorer = OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size,
-                          background=foreground.source_background(src))
+                          background=foreground.source_background(src), components=components)
     yield from _replay(scorer, src, tracks)
 
 
@@ -517,14 +542,14 @@ def score_offline(model, src, tracks, spec: ClipSpec, stats, lambdas, sigma: flo
 
 
 def score_online(model, src, tracks, spec: ClipSpec, stats, lambdas, batch_size: int = 64, device="cpu",
-                 on_frame=None) -> VideoScores:
+                 on_frame=None, components: str = "fused") -> VideoScores:
     """The video replayed frame by frame through OnlineScorer; ``on_frame(FrameScore)`` is called as
-    each frame becomes final."""
+    each frame becomes final; ``components`` as OnlineScorer's (the others' curves are NaN)."""
     t0 = time.perf_counter()
     n = len(src)
     results = []
     scorer = OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size,
-                          background=foreground.source_background(src))
+                          background=foreground.source_background(src), components=components)
     for fs in _replay(scorer, src, tracks):
         results.append(fs)
         if on_frame is not None:
