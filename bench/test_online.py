@@ -1,6 +1,9 @@
 """Online scoring speed: mgnet.inference.OnlineScorer.push frame by frame, the small model (random
 weights, memories written from one synthetic batch), 320x240 frames, 1 / 5 / 20 tracked people, eager
-(fused ops) and compiled (mgnet.engine.compile_model, once). Reports frames/s and the per-frame latency
+(fused ops) and compiled (mgnet.engine.compile_model, once), under two fusions: "default", the small
+config's weights (S_pose and S_app: the scorer's default components="fused" runs neither the RGB
+ViT, STG-NF nor the BSMM), and "eq16", every component at weight 1 (the whole model runs; the only
+fusion of this bench before the components switch). Reports frames/s and the per-frame latency
 p50 / p99 of push() after the first full windows (the warm-up, which includes the compile, is not
 timed). Target (issue #18): >= 25 frames/s with 5 people, p99 < 200 ms. Appends one JSON line per case
 to $MGNET_BENCH_OUT/online.jsonl (default bench/results/) with the machine, load and threads.
@@ -20,7 +23,7 @@ from mgnet.engine import compile_model, cpu_features  # noqa: E402
 from mgnet.inference import ClipSpec, OnlineScorer  # noqa: E402
 from mgnet.models.config import ModelConfig  # noqa: E402
 from mgnet.models.example import example_batch  # noqa: E402
-from mgnet.scoring import COMPONENTS  # noqa: E402
+from mgnet.scoring import COMPONENTS, fusion_lambdas  # noqa: E402
 
 W, H, TIMED = 320, 240, 40
 
@@ -55,13 +58,15 @@ def _stream(n_people: int, n_frames: int, seed: int = 0):
         yield t, img, poses
 
 
+@pytest.mark.parametrize("fusion", ["default", "eq16"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile"])
 @pytest.mark.parametrize("people", [1, 5, 20])
-def test_online_frames_per_second(people, compiled):
+def test_online_frames_per_second(people, compiled, fusion):
     cfg, model = _model(compiled)
     spec = ClipSpec(seg_len=cfg.seg_len, crop_size=cfg.crop, scene_size=cfg.scene_size)
-    stats = {k: {"min": 0.0, "max": 1.0} for k in COMPONENTS}
-    scorer = OnlineScorer(model, stats, {"app": 1.0, "mm": 1.0}, (W, H), spec)
+    stats = {k: {"min": 0.0, "max": 1.0} for k in COMPONENTS + ("pose",)}
+    lambdas = fusion_lambdas(cfg) if fusion == "default" else {"app": 1.0, "mm": 1.0}   # eq16: mo, pose at 1
+    scorer = OnlineScorer(model, stats, lambdas, (W, H), spec)
     warm = spec.seg_len + 2            # the first windows (and the compile) before timing
     times, emitted = [], 0
     import time
@@ -71,7 +76,8 @@ def test_online_frames_per_second(people, compiled):
         if t >= warm:
             times.append(time.perf_counter() - t0)
     ms = np.asarray(times) * 1e3
-    res = {"people": people, "impl": "compile" if compiled else "eager", "frames_per_s": 1e3 / ms.mean(),
+    res = {"people": people, "impl": "compile" if compiled else "eager", "fusion": fusion,
+           "components": getattr(scorer, "components", "all"), "frames_per_s": 1e3 / ms.mean(),
            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "frames": len(ms),
            "failed_compile": getattr(getattr(model, "scores", None), "failed", None),
            "machine": {"cpu": cpu_features(), "host": platform.node(), "threads": torch.get_num_threads(),
@@ -81,5 +87,5 @@ def test_online_frames_per_second(people, compiled):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "online.jsonl"), "a") as f:
         f.write(json.dumps(res) + "\n")
-    print(f"\nonline {people} people {res['impl']}: {res['frames_per_s']:.1f} frames/s, "
+    print(f"\nonline {people} people {res['impl']} {fusion}: {res['frames_per_s']:.1f} frames/s, "
           f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms (load {os.getloadavg()[0]:.1f})")

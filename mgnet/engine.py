@@ -280,12 +280,15 @@ def open_split(data_cfg, split: str, ctx: Dist):
 
 
 # ---------------------------------------------------------------- scoring
-def score_batch(model, batch: Dict[str, Any], device, amp: bool | str = False) -> Dict[str, np.ndarray]:
+def score_batch(model, batch: Dict[str, Any], device, amp: bool | str = False,
+                components=None) -> Dict[str, np.ndarray]:
     """Raw per-clip scores ``{"mo", "app", "mm", "nll"[, "pose"]}`` (scoring.SCORE_KEYS) of one batch in the
-    ClipStore layout, as float64 numpy arrays; under inference_mode and autocast(device, amp)."""
+    ClipStore layout, as float64 numpy arrays; under inference_mode and autocast(device, amp).
+    components: the names to compute (MGNet.scores; the others are NaN), None for all."""
     device = torch.device(device)
     with torch.inference_mode(), autocast(device, amp):
-        out = model.scores(to_device(batch, device))
+        batch = to_device(batch, device)
+        out = model.scores(batch) if components is None else model.scores(batch, components=components)
     keys = SCORE_KEYS + tuple(k for k in OPTIONAL_COMPONENTS if k in out)   # S_pose when the model has one
     return {k: out[k].float().cpu().numpy().astype(np.float64) for k in keys}
 

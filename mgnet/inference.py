@@ -56,7 +56,7 @@ from mgnet.data.pose_formats import check_frame_range, load_poses
 from mgnet.data.poses import Track, coco17_to_openpose18, normalize_pose
 from mgnet.data.video import IMAGE_EXTS, VIDEO_EXTS, open_frames
 from mgnet.data.prepare import NOBODY, people_by_frame
-from mgnet.data.windows import MAX_JUMP, box_jumps, split_track, window_starts
+from mgnet.data.windows import MAX_JUMP, box_steps, jump_boxes, split_track, window_starts
 from mgnet.engine import Dist, load_run, open_split, score_batch, score_clips
 from mgnet.report.events import best_f1_threshold, resolve_threshold
 from mgnet.scoring import SCORE_KEYS
@@ -192,6 +192,7 @@ class _Track:
         self.crops: deque = deque(maxlen=maxlen)
         self.fg: deque = deque(maxlen=maxlen)
         self.length = 0  # frames in the segment so far (not capped)
+        self.jump_box = None  # windows.jump_boxes of the last detection (frames[-1])
 
     def reset(self):
         for q in (self.frames, self.kps, self.crops, self.fg):
@@ -209,12 +210,25 @@ class OnlineScorer:
     it the scorer estimates one from the stream: the median of every ``BG_EVERY``-th frame pushed so
     far, up to foreground.BG_FRAMES of them, so S_app (foreground occupancy) settles once the
     people of the first frames have moved on.
+
+    components: ``"fused"`` (default) computes only the score components the fused score reads
+    (non-zero fusion weight, ``scoring.needed_components``): with the default weights S_pose and
+    S_app, so the RGB ViT, STG-NF and the BSMM do not run; the other components of FrameScore are
+    NaN ("nll" comes with "mo"). ``"all"`` computes every component. The fused score and every
+    computed component are the same either way (and equal offline scoring's). Models whose
+    ``scores`` take no ``components`` (an exported ONNX model) always compute all.
     """
     BG_EVERY = 10
+    COMPONENTS = ("fused", "all")
 
     def __init__(self, model, stats: Mapping, lambdas: Mapping, frame_size, spec: ClipSpec = ClipSpec(),
-                 device="cpu", batch_size: int = 64, background: tuple | None = None):
+                 device="cpu", batch_size: int = 64, background: tuple | None = None, components: str = "fused"):
+        if components not in self.COMPONENTS:
+            raise ValueError(f"OnlineScorer: components must be one of {self.COMPONENTS}, got {components!r}")
         self.model, self.stats, self.lambdas = model, stats, dict(lambdas)
+        self.components = components
+        self._wanted = (scoring.needed_components(self.lambdas, stats)
+                        if components == "fused" and _takes_components(model) else None)
         self._background = background
         self._bg_samples: list = [] if background is None else None
         self.frame_size = tuple(int(v) for v in frame_size)
@@ -230,19 +244,28 @@ class OnlineScorer:
     def latency(self) -> int:
         return self.spec.latency
 
-    def _append(self, tr: _Track, pid: int, frame: int, kps: np.ndarray, windows: list):
-        tr.frames.append(frame)
-        tr.kps.append(kps)
-        box = person_boxes(coco17_to_openpose18(kps[None]), self.spec.box_expand, self.spec.box_min_conf)
-        crop = crop_squares(self._images[frame], box, self.spec.crop_size)
+    def _add_frames(self, frame: int, rows: list, windows: list) -> None:
+        """Append ``frame`` to the tracks of ``rows`` [(order, track, id, keypoints (17, 3))], the crops
+        and foreground maps of all rows cut in one call each (each row's crop on its own, as
+        offline_batches cuts them); ``windows`` gets (order, frame, window) of each track whose
+        window is complete."""
+        kps = np.stack([k for _, _, _, k in rows])
+        boxes = person_boxes(coco17_to_openpose18(kps), self.spec.box_expand, self.spec.box_min_conf)
+        crops = crop_squares(self._images[frame], boxes, self.spec.crop_size)
         bg, tau = self._background
-        tr.crops.append(crop[0])
         ids, people = self._people[frame]
-        others = foreground.others_mask(box, np.array([pid]), ids, people, self.spec.crop_size, self.spec.box_min_conf)
-        tr.fg.append(foreground.occupancy(crop, crop_squares(bg, box, self.spec.crop_size), tau, exclude=others)[0])
-        tr.length += 1
-        if tr.length >= self.spec.seg_len:
-            windows.append((pid, np.stack(tr.kps), np.stack(tr.crops), tr.frames[0], np.stack(tr.fg)))
+        others = foreground.others_mask(boxes, np.array([pid for _, _, pid, _ in rows]), ids, people,
+                                        self.spec.crop_size, self.spec.box_min_conf)
+        fg = foreground.occupancy(crops, crop_squares(bg, boxes, self.spec.crop_size), tau, exclude=others)
+        for (order, tr, pid, k), crop, occ in zip(rows, crops, fg):
+            tr.frames.append(frame)
+            tr.kps.append(k)
+            tr.crops.append(crop)
+            tr.fg.append(occ)
+            tr.length += 1
+            if tr.length >= self.spec.seg_len:
+                windows.append((order, frame, (pid, np.stack(tr.kps), np.stack(tr.crops), tr.frames[0],
+                                               np.stack(tr.fg))))
 
     def _update_background(self, frame: int, image: np.ndarray) -> None:
         """The running background estimate (no background given): every BG_EVERY-th frame joins
@@ -267,18 +290,27 @@ class OnlineScorer:
         self._people[frame] = _people(poses)
         self._update_background(frame, self._images[frame])
         T, gap = self.spec.seg_len, self.spec.max_gap
-        windows: list = []
-        for pid, kps in poses.items():
-            kps = np.asarray(kps, dtype=np.float32)
-            tr = self._tracks.setdefault(int(pid), _Track(T))
-            if tr.length and (frame - tr.frames[-1] - 1 > gap or self._jumps(tr, frame, kps)):
+        pids = [int(p) for p in poses]
+        kps = [np.asarray(poses[p], dtype=np.float32) for p in poses]
+        tracks = [self._tracks.setdefault(p, _Track(T)) for p in pids]
+        for tr in tracks:
+            if tr.length and frame - tr.frames[-1] - 1 > gap:
                 tr.reset()
+        if pids:
+            self._split_jumps(frame, tracks, kps)
+        # the frames each track gains: a short gap linearly interpolated, then this frame
+        adds: dict[int, list] = {}
+        for order, (pid, k, tr) in enumerate(zip(pids, kps, tracks)):
             if tr.length:
                 lf, lk = tr.frames[-1], tr.kps[-1]
-                for f in range(lf + 1, frame):  # linear interpolation across a short gap
-                    self._append(tr, int(pid), f, _lerp(lk, kps, lf, frame, f), windows)
-            self._append(tr, int(pid), frame, kps, windows)
-        self._score(windows)
+                for f in range(lf + 1, frame):
+                    adds.setdefault(f, []).append((order, tr, pid, _lerp(lk, k, lf, frame, f)))
+            adds.setdefault(frame, []).append((order, tr, pid, k))
+        windows: list = []
+        for f in sorted(adds):
+            self._add_frames(f, adds[f], windows)
+        # the completed windows by person (in the order of ``poses``), then frame
+        self._score([w for _, _, w in sorted(windows, key=lambda w: w[:2])])
         # forget what no future window can need: old frames, and tracks that can only restart
         for f in [f for f in self._images if f < frame - T - gap]:
             del self._images[f]
@@ -287,13 +319,21 @@ class OnlineScorer:
             del self._tracks[pid]
         return self._emit(upto=frame - self.latency)
 
-    def _jumps(self, tr, frame: int, kps: np.ndarray) -> bool:
-        """Whether the person box jumps from the track's last detection to ``kps`` by more than
-        max_jump body sizes per frame (split_track's rule, an identity switch)."""
-        if self.spec.max_jump <= 0:
-            return False
-        step = box_jumps(np.stack([tr.kps[-1], kps]), np.array([tr.frames[-1], frame]), self.spec.box_min_conf)
-        return bool(step[0] > self.spec.max_jump)
+    def _split_jumps(self, frame: int, tracks: list, kps: list) -> None:
+        """Reset the tracks whose person box jumps from their last detection to ``kps`` by more
+        than max_jump body sizes per frame (split_track's rule, an identity switch); every track
+        keeps this detection's box for the next frame's test."""
+        boxes = jump_boxes(np.stack(kps), self.spec.box_min_conf)
+        if self.spec.max_jump > 0:
+            live = [i for i, tr in enumerate(tracks) if tr.length]
+            if live:
+                steps = box_steps(np.stack([tracks[i].jump_box for i in live]), boxes[live],
+                                  np.array([frame - tracks[i].frames[-1] for i in live]))
+                for i, step in zip(live, steps):
+                    if step > self.spec.max_jump:
+                        tracks[i].reset()
+        for tr, box in zip(tracks, boxes):
+            tr.jump_box = box
 
     def flush(self) -> list[FrameScore]:
         """End of stream: every remaining frame is final."""
@@ -307,7 +347,8 @@ class OnlineScorer:
             batch = clip_batch(np.stack([w[1] for w in chunk]), np.stack([w[2] for w in chunk]), scenes,
                                self.frame_size, [w[0] for w in chunk], [w[3] for w in chunk], self.spec,
                                fg=np.stack([w[4] for w in chunk]))
-            fused = fused_scores(score_batch(self.model, batch, self.device), self.stats, self.lambdas)
+            fused = fused_scores(score_batch(self.model, batch, self.device, components=self._wanted),
+                                 self.stats, self.lambdas)
             for j, (pid, _, _, start, _) in enumerate(chunk):
                 comps = {k: float(fused[k][j]) for k in SCORE_KEYS}
                 self._pending.setdefault(start + c, {})[pid] = (float(fused["score"][j]), comps)
@@ -324,6 +365,16 @@ class OnlineScorer:
                 out.append(FrameScore(f, math.nan))
             self._next_emit += 1
         return out
+
+
+def _takes_components(model) -> bool:
+    """Whether ``model.scores`` computes a subset of the components on request (MGNet.scores)."""
+    import inspect
+    fn = getattr(type(model), "scores", None)
+    try:
+        return fn is not None and "components" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _people(poses: Mapping[int, np.ndarray]) -> tuple:
@@ -362,9 +413,10 @@ def _replay(scorer: OnlineScorer, src, tracks) -> Iterator[FrameScore]:
 
 
 def iter_scores(video, poses, run_dir, pose_format: str = "auto", device="cpu",
-                batch_size: int = 64) -> Iterator[FrameScore]:
+                batch_size: int = 64, components: str = "fused") -> Iterator[FrameScore]:
     """Score a video file (or frame folder) with its pose file online, yielding FrameScores in frame
-    order as they become final (``latency`` frames after each frame is read)."""
+    order as they become final (``latency`` frames after each frame is read); ``components`` as
+    OnlineScorer's."""
     stats = load_score_stats(run_dir)
     model, cfg = load_run(run_dir, device=device)
     spec = ClipSpec.from_config(cfg)
@@ -374,7 +426,7 @@ def iter_scores(video, poses, run_dir, pose_format: str = "auto", device="cpu",
     check_frame_range(tracks, len(src), poses, video)
     # a recorded video: its background from the whole file, as offline scoring (and training) use
     scorer = OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size,
-                          background=foreground.source_background(src))
+                          background=foreground.source_background(src), components=components)
     yield from _replay(scorer, src, tracks)
 
 
@@ -490,14 +542,14 @@ def score_offline(model, src, tracks, spec: ClipSpec, stats, lambdas, sigma: flo
 
 
 def score_online(model, src, tracks, spec: ClipSpec, stats, lambdas, batch_size: int = 64, device="cpu",
-                 on_frame=None) -> VideoScores:
+                 on_frame=None, components: str = "fused") -> VideoScores:
     """The video replayed frame by frame through OnlineScorer; ``on_frame(FrameScore)`` is called as
-    each frame becomes final."""
+    each frame becomes final; ``components`` as OnlineScorer's (the others' curves are NaN)."""
     t0 = time.perf_counter()
     n = len(src)
     results = []
     scorer = OnlineScorer(model, stats, lambdas, src.size, spec, device, batch_size,
-                          background=foreground.source_background(src))
+                          background=foreground.source_background(src), components=components)
     for fs in _replay(scorer, src, tracks):
         results.append(fs)
         if on_frame is not None:

@@ -103,7 +103,8 @@ def fuse(components: Mapping[str, object], lambdas: Mapping[str, float] | Sequen
     """Fused clip scores from raw components.
 
     components: ``{"mo": (N,), "app": (N,), "mm": (N,)[, "pose": (N,)]}`` raw clip scores (other
-    keys ignored; "pose" is fused when present).
+    keys ignored; "pose" is fused when present). A component of weight 0 counts as 0 (its value,
+    NaN included, is not read: ``needed_components`` leaves it uncomputed).
     lambdas: ``{"app": .., "mm": ..[, "pose": ..]}`` (missing weights are 1) or the pair
     ``(lambda_app, lambda_mm)``.
     stats: per-component training statistics (``score_stats.json``); ``stats["fusion"]``, when
@@ -124,7 +125,10 @@ def fuse(components: Mapping[str, object], lambdas: Mapping[str, float] | Sequen
         raise ValueError(f"fusion combine must be one of {COMBINES}, got {combine!r}")
     names = fused_components(components, stats)
     parts = np.stack([normalize(components[k], k, norm, stats) for k in names], -1)   # (N, K)
-    return combine_parts(parts, fusion_weights(names, lambdas), combine)
+    weights = fusion_weights(names, lambdas)
+    # a weight-0 component adds nothing, whatever its value (NaN: not computed, MGNet.scores(components=))
+    parts[..., weights == 0] = 0.0
+    return combine_parts(parts, weights, combine)
 
 
 def stats_fusion(stats: Optional[Mapping]) -> tuple:
@@ -139,6 +143,14 @@ def fusion_lambdas(model_cfg) -> Dict[str, float]:
     ``lambda_app``, ``lambda_mm`` (eq. 16's) and ``lambda_pose`` (S_pose)."""
     get = (lambda k: model_cfg.get(k, 1.0)) if hasattr(model_cfg, "get") else (lambda k: getattr(model_cfg, k, 1.0))
     return {k: float(get(f"lambda_{k}")) for k in COMPONENTS + OPTIONAL_COMPONENTS}
+
+
+def needed_components(lambdas: Mapping[str, float], stats: Optional[Mapping] = None,
+                      optional: Sequence[str] = OPTIONAL_COMPONENTS) -> tuple:
+    """The components ``fuse`` reads under these weights: those of non-zero weight among eq. 16's
+    three and the ``optional`` ones a model produces (and ``stats`` has, when given)."""
+    names = COMPONENTS + tuple(k for k in optional if stats is None or k in stats)
+    return tuple(k for k, w in zip(names, fusion_weights(names, lambdas)) if w != 0)
 
 
 def fusion_weights(names: Sequence[str], lambdas: Mapping[str, float]) -> np.ndarray:

@@ -227,3 +227,82 @@ def test_clips_match_the_prepared_training_store(tmp_path):
                 assert torch.equal(batch[k][j], ref[k]), (k, j)
             seen += 1
     assert seen == len(items) > 0
+
+
+# the small config's fusion: S_pose and S_app only (model.lambda_mo = lambda_mm = 0)
+DEFAULT_LAMBDAS = {"mo": 0.0, "app": 1.0, "mm": 0.0, "pose": 0.5}
+
+
+def test_fused_components_online_equal_offline_and_skip_the_rest(clip, model):
+    """components="fused" (the default) with S_pose and S_app weighted: the fused score, the
+    persons' scores and S_app equal offline scoring's (which computes every component), and the
+    hand-fused raw scores of one clip; S_mo, S_mm and the NLL are not computed (NaN)."""
+    d, video, tracks = clip
+    src = open_frames(video)
+    spec = ClipSpec()
+    if not model.seg_mem.is_fitted:
+        g = torch.Generator().manual_seed(0)
+        model.seg_mem.fit(torch.randn(64, model.seg_mem.slots.shape[1], generator=g), torch.arange(64))
+    off = score_offline(model, src, tracks, spec, STATS_Z, DEFAULT_LAMBDAS, batch_size=5)
+    on = score_online(model, src, tracks, spec, STATS_Z, DEFAULT_LAMBDAS, batch_size=64)
+    assert np.isfinite(off.score).sum() == 11
+    np.testing.assert_allclose(on.score, off.score, rtol=1e-6, equal_nan=True)
+    for p in off.persons:
+        np.testing.assert_allclose(on.persons[p], off.persons[p], rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(on.components["app"], off.components["app"], rtol=1e-6, equal_nan=True)
+    for k in ("mo", "mm", "nll"):
+        assert np.isfinite(off.components[k]).sum() == 11 and not np.isfinite(on.components[k]).any()
+    raw = _raw_of_first_clip(model, src, tracks, spec)
+    want = sum(float(scoring.zscore(np.array([raw[k]]), STATS_Z[k]["mean"], STATS_Z[k]["std"])[0]) * w
+               for k, w in (("app", 1.0), ("pose", 0.5)))
+    assert on.persons[1][8] == pytest.approx(want, rel=1e-5)
+    full = score_online(model, src, tracks, spec, STATS_Z, DEFAULT_LAMBDAS, batch_size=64, components="all")
+    np.testing.assert_array_equal(full.score, on.score)
+    for k in ("mo", "mm", "nll"):
+        np.testing.assert_allclose(full.components[k], off.components[k], rtol=1e-6, equal_nan=True)
+
+
+def test_scores_of_a_subset_skip_the_rgb_vit_and_stgnf(model, monkeypatch):
+    """MGNet.scores(components=...) returns the asked components as a full call does, NaN for the
+    others, without running the parts only they need ("nll" comes with "mo")."""
+    from mgnet.models.example import example_batch
+    batch = example_batch(model.cfg, 6, seed=3)
+    full = model.scores(batch)
+
+    def boom(*a, **k):
+        raise AssertionError("ran a part of the model that no asked component needs")
+    with monkeypatch.context() as m:
+        m.setattr(model.rgb_encoder, "forward", boom)
+        m.setattr(model.stgnf, "forward", boom)
+        m.setattr(model.scene, "forward", boom)
+        part = model.scores(batch, components=("app", "pose"))
+    for k in ("app", "pose"):
+        torch.testing.assert_close(part[k], full[k], rtol=0, atol=0)
+    assert all(torch.isnan(part[k]).all() for k in ("mo", "mm", "nll"))
+    mo = model.scores(batch, components=["mo"])
+    for k in ("mo", "nll"):
+        torch.testing.assert_close(mo[k], full[k], rtol=0, atol=0)
+    mm = model.scores(batch, components={"mm"})
+    torch.testing.assert_close(mm["mm"], full["mm"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="components must be among"):
+        model.scores(batch, components=["colour"])
+
+
+def test_a_zero_weight_component_is_not_read_by_the_fusion():
+    """fuse: a weight-0 component counts as 0 whatever it holds (NaN: not computed), as a finite
+    value times 0 does; needed_components lists the non-zero weights of what a model produces."""
+    rng = np.random.default_rng(0)
+    raw = {k: rng.normal(size=7) for k in ("mo", "app", "mm", "pose")}
+    for combine in scoring.COMBINES:
+        stats = {**STATS_Z, "fusion": {"norm": "z", "combine": combine}}
+        want = scoring.fuse(raw, DEFAULT_LAMBDAS, stats=stats)
+        got = scoring.fuse({**raw, "mo": np.full(7, np.nan), "mm": np.full(7, np.nan)}, DEFAULT_LAMBDAS, stats=stats)
+        np.testing.assert_array_equal(got, want)
+    assert scoring.needed_components(DEFAULT_LAMBDAS, STATS_Z) == ("app", "pose")
+    assert scoring.needed_components(DEFAULT_LAMBDAS, STATS) == ("app",)          # stats without S_pose
+    assert scoring.needed_components(LAMBDAS, STATS_Z) == ("mo", "app", "mm", "pose")   # mo, pose default to 1
+
+
+def test_online_scorer_components_must_be_fused_or_all(model):
+    with pytest.raises(ValueError, match="components must be one of"):
+        OnlineScorer(model, STATS, LAMBDAS, (W, H), components="some")

@@ -310,3 +310,14 @@ def test_score_without_the_pose_extra_says_which_pip_install(run, tmp_path, monk
               "--pose-model", str(missing)])
     assert rc == 2 and f"{missing}: ONNX model file not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_components_is_an_online_option(tmp_path, capsys):
+    """--components chooses what online scoring computes; offline scoring computes every component,
+    so the option alone stops with one message naming it (before anything is loaded)."""
+    rc = cli(["score", "--components", "all", "--video", str(tmp_path / "v.mp4"), "--poses", str(tmp_path / "p.json"),
+              "--run", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--components applies to --online" in err and not (tmp_path / "out").exists()
+    assert cli(["score", "--online", "--components", "some", "--video", "v.mp4"]) == 2
+    assert "argument --components: invalid choice: 'some'" in capsys.readouterr().err

@@ -49,10 +49,20 @@ def box_jumps(kps: np.ndarray, frames: np.ndarray, min_conf: float = 0.1) -> np.
     kps = np.asarray(kps, np.float32)
     if len(kps) < 2:
         return np.zeros(0, np.float64)
-    box = person_boxes(kps, expand=0.0, min_conf=min_conf).astype(np.float64)
-    step = np.linalg.norm(np.diff(box[:, :2], axis=0), axis=1)
-    dt = np.maximum(np.diff(np.asarray(frames, np.int64)), 1)
-    return step / dt / np.maximum(box[1:, 2], box[:-1, 2])
+    box = jump_boxes(kps, min_conf)
+    return box_steps(box[:-1], box[1:], np.diff(np.asarray(frames, np.int64)))
+
+
+def jump_boxes(kps: np.ndarray, min_conf: float = 0.1) -> np.ndarray:
+    """(N, 3) float64 the boxes ``box_jumps`` compares: (cx, cy, side) over the joints above ``min_conf``."""
+    return person_boxes(np.asarray(kps, np.float32), expand=0.0, min_conf=min_conf).astype(np.float64)
+
+
+def box_steps(before: np.ndarray, after: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    """(n,) ``box_jumps``' displacement per frame, in body sizes, from boxes ``before`` (n, 3) to
+    ``after`` (n, 3) (``jump_boxes``) ``dt`` (n,) frames later."""
+    step = np.linalg.norm(after[:, :2] - before[:, :2], axis=1)
+    return step / np.maximum(dt, 1) / np.maximum(after[:, 2], before[:, 2])
 
 
 def split_track(track: Track, max_gap: int = 2, max_jump: float = 0.0, min_conf: float = 0.1) -> list[Segment]:

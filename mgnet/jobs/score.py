@@ -24,7 +24,8 @@ by eq. 16, so scores of different videos and the threshold share one scale (a pe
 would give every video a frame scoring 1). Frames where nobody is scored are empty (NaN).
 Threshold: ``--threshold p99`` (default; a percentile of the training-set fused scores), a number,
 or ``best-f1`` (best frame F1 on the run's labelled test split). ``--online`` scores frame by frame,
-printing ``frame,score`` lines as soon as each frame is final (latency: see mgnet.inference).
+printing ``frame,score`` lines as soon as each frame is final (latency: see mgnet.inference);
+it computes only the components the fused score reads unless ``--components all``.
 
 Poses: any format of mgnet.data.pose_formats (auto-detected). For a folder of videos, the poses of
 ``<name>.<ext>`` are ``<poses>/<name>.json``, ``<name>_alphapose_tracked_person.json``,
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="the exported folder (--engine onnx)")
     p.add_argument("--out", type=Path, default=Path("scores"), help="output folder (default: ./scores)")
     p.add_argument("--online", action="store_true", help="score frame by frame, printing frame,score lines as they become final")
+    p.add_argument("--components", default=None, choices=("fused", "all"),
+                   help="--online: compute only the score components the fused score reads (fused, the "
+                        "default: with the default weights S_pose and S_app, the RGB ViT, STG-NF and BSMM "
+                        "do not run; the other component columns stay empty) or all of them (all); "
+                        "offline scoring computes all")
     p.add_argument("--threshold", default="p99", help="p50|p90|p95|p99 of training scores, a number, or best-f1 (default p99)")
     p.add_argument("--pose-format", default="auto", choices=("auto",) + FORMATS)
     p.add_argument("--merge-gap", type=int, default=0, help="merge events separated by at most this many frames")
@@ -113,6 +119,8 @@ def _load_engine(args):
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
     config_schema.check_args(config_schema.Score, args)  # first: the options, then the run's config
+    if args.components is not None and not args.online:
+        raise ValueError("--components applies to --online (offline scoring computes every component)")
     if args.threads:
         torch.set_num_threads(args.threads)
     staged: list[Path] = []
@@ -137,7 +145,8 @@ def main(argv) -> int:
             if args.online:
                 print(f"# {name}: frame,score (each printed {spec.latency} frames after the frame arrives)", flush=True)
                 res = score_online(model, src, tracks, spec, stats, lambdas, args.batch_size, args.device,
-                                   on_frame=lambda fs: print(f"{fs.frame},{format_score(fs.score)}", flush=True))
+                                   on_frame=lambda fs: print(f"{fs.frame},{format_score(fs.score)}", flush=True),
+                                   components=args.components or "fused")
             else:
                 res = score_offline(model, src, tracks, spec, stats, lambdas, sigma,
                                     args.batch_size, args.device, progress=True)

@@ -435,60 +435,96 @@ class MGNet(nn.Module):
 
     # ------------------------------------------------------------------ scores
     @torch.inference_mode()
-    def scores(self, batch: Mapping) -> Dict[str, torch.Tensor]:
+    def scores(self, batch: Mapping, components=None) -> Dict[str, torch.Tensor]:
         """Per-clip raw scores, each (B,), higher = more anomalous: "mo" (eq. 13), "app" (eq. 14),
         "mm" (eq. 15; zeros with a warning while the BSMM is empty), "nll" (STG-NF alone) and, with
-        ``model.n_seg`` > 0, "pose" (distance to the nearest normal pose segments, SegmentMemory)."""
+        ``model.n_seg`` > 0, "pose" (distance to the nearest normal pose segments, SegmentMemory).
+
+        components: the names to compute (None: all). The others are NaN and their parts of the
+        model do not run: S_pose and S_app (foreground) need no RGB ViT, STG-NF or BSMM. "nll" comes
+        with "mo" (both from STG-NF). A computed component equals the one of a full call."""
+        want = self._wanted(components)
         self._check_batch(batch, ("rgb", "pose", "scene"))
         rgb = batch["rgb"]
         B = rgb.shape[0]
         with self._backend(), _range("mgnet.scores"):
-            f_sk, nll = self._f_sk(self._pose(batch))
-            e_b = self.rgb_encoder(rgb)
-            f_rgb = self.head_b(e_b)
-            s_mo = (f_sk.float() - f_rgb.float()).flatten(1).norm(dim=1)   # eq. (13)
+            nan = torch.full((B,), math.nan, device=rgb.device)
+            s_mo = s_app = s_mm = nll = nan
+            e_b = None
+            # the clips' view descriptors, once for S_app (foreground) and S_pose
+            fg_view = "app" in want and self.cfg.app_target == "foreground" and self.fg_mem.by_scene
+            seg_view = "pose" in want and bool(self.cfg.n_seg) and self.seg_mem.by_scene
+            view = view_descriptor(batch["scene"]) if fg_view or seg_view else None
+            if want & {"mo", "nll"}:
+                f_sk, nll = self._f_sk(self._pose(batch))
+            if "mo" in want or ("mm" in want and self.cfg.bsmm_behavior != "pose") or (
+                    "app" in want and self.cfg.app_target == "memory"):
+                e_b = self.rgb_encoder(rgb)
+            if "mo" in want:
+                f_rgb = self.head_b(e_b)
+                s_mo = (f_sk.float() - f_rgb.float()).flatten(1).norm(dim=1)   # eq. (13)
 
             if self._pending:
                 self.bsmm_finish()
             w_b = None
-            if self.cfg.app_target == "cubes":
+            if "app" not in want:
+                pass
+            elif self.cfg.app_target == "cubes":
                 video = (self._tracks(batch, B) >> 32) if self.app_mem.exclude_own_track else None
-                s_app = self.app_mem(rgb, video) if self.app_mem.is_fitted else s_mo.new_zeros(B)
+                s_app = self.app_mem(rgb, video) if self.app_mem.is_fitted else rgb.new_zeros(B, dtype=torch.float)
             elif self.cfg.app_target == "foreground":
                 self._check_batch(batch, ("fg",))
                 fm = self.fg_mem
                 s_app = (fm(self._fg_maps(batch), self._tracks(batch, B) if fm.exclude_own_track else None,
-                            view_descriptor(batch["scene"]) if fm.by_scene else None)
-                         if fm.is_fitted else s_mo.new_zeros(B))
+                            view if fm.by_scene else None)
+                         if fm.is_fitted else rgb.new_zeros(B, dtype=torch.float))
             else:
                 v1, v2 = self.score_visible1.repeat(B, 1), self.score_visible2.repeat(B, 1)   # copies: see __init__
                 w_b, f_b, _ = self._behavior_memory(e_b)
                 f_u = self._f_u(f_b)
                 s_app = (0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, v1))
                          + 0.5 * cosine_dissimilarity(f_u, self._f_m(rgb, v2)))   # eq. (14)
-            if self.cfg.bsmm_behavior == "pose":
-                w_b = self.pose_mem(self._pose(batch)) if self.pose_mem.is_fitted else None
-            elif w_b is None:
-                w_b, _, _ = self._behavior_memory(e_b)
-
-            w_s, _, _ = self.mem_s(self.scene(batch["scene"]).to(e_b.dtype))
-            if self.bsmm.num_filled:
-                c_b, c_s = self.bsmm.read(w_b, w_s)                        # eq. (10)
-                s_mm = self.bsmm.score(c_b, c_s)                           # eq. (15)
-            else:
-                if not self._warned_empty_bsmm:
-                    warnings.warn("MGNet.scores: the Behavior-Scene Matching Memory is empty (stage 4 "
-                                  "not run); 'mm' scores are 0" + (" and so are 'app' scores (appearance memory)"
-                                  if self.cfg.app_target != "memory" else ""), RuntimeWarning, stacklevel=2)
-                    self._warned_empty_bsmm = True
-                s_mm = s_mo.new_zeros(B)
+            if "mm" in want:
+                s_mm = self._s_mm(batch, e_b, w_b, B)
         out = {"mo": s_mo.float(), "app": s_app.float(), "mm": s_mm.float(), "nll": nll.float()}
         if self.cfg.n_seg:
             seg = self.seg_mem
-            view = view_descriptor(batch["scene"]) if seg.by_scene else None
-            out["pose"] = (seg(self._pose(batch), self._tracks(batch, B) if seg.exclude_own_track else None, view).float()
-                           if seg.is_fitted else s_mo.new_zeros(B))
+            out["pose"] = ((seg(self._pose(batch), self._tracks(batch, B) if seg.exclude_own_track else None,
+                                view if seg.by_scene else None).float()
+                            if seg.is_fitted else rgb.new_zeros(B, dtype=torch.float)) if "pose" in want else nan)
         return out
+
+    def _wanted(self, components) -> frozenset:
+        """The component names scores() computes: all (None), or the given ones ("mo" adds "nll")."""
+        names = ("mo", "app", "mm", "nll") + (("pose",) if self.cfg.n_seg else ())
+        if components is None:
+            return frozenset(names)
+        want = frozenset(components) if not isinstance(components, str) else frozenset([components])
+        bad = sorted(want - set(names))
+        if bad:
+            raise ValueError(f"MGNet.scores: components must be among {names}, got {bad}")
+        return want | ({"nll"} if "mo" in want else set())
+
+    def _s_mm(self, batch, e_b, w_b, B):
+        """S_mm (eq. 15) of a batch; e_b the RGB tokens (bsmm_behavior="tokens"), w_b the behavior
+        weights when already read (app_target="memory")."""
+        if self.cfg.bsmm_behavior == "pose":
+            w_b = self.pose_mem(self._pose(batch)) if self.pose_mem.is_fitted else None
+        elif w_b is None:
+            w_b, _, _ = self._behavior_memory(e_b)
+        dev = batch["scene"].device.type   # e_b's dtype: the autocast one, when the ViT did not run
+        dtype = e_b.dtype if e_b is not None else (
+            torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32)
+        w_s, _, _ = self.mem_s(self.scene(batch["scene"]).to(dtype))
+        if self.bsmm.num_filled:
+            c_b, c_s = self.bsmm.read(w_b, w_s)                        # eq. (10)
+            return self.bsmm.score(c_b, c_s)                           # eq. (15)
+        if not self._warned_empty_bsmm:
+            warnings.warn("MGNet.scores: the Behavior-Scene Matching Memory is empty (stage 4 "
+                          "not run); 'mm' scores are 0" + (" and so are 'app' scores (appearance memory)"
+                          if self.cfg.app_target != "memory" else ""), RuntimeWarning, stacklevel=3)
+            self._warned_empty_bsmm = True
+        return batch["pose"].new_zeros(B, dtype=torch.float)
 
     def forward(self, batch: Mapping) -> Dict[str, torch.Tensor]:
         """Same as scores(batch)."""
