@@ -5,10 +5,12 @@ and score them with mgnet.engine.score_batch, the one per-batch scoring function
 
 Online scoring: frame scores emitted as soon as every window centred on the frame is complete.
 
-Offline evaluation min-max normalises each score component over the evaluated set, which needs
-the whole video. Online, each component is normalised with the minimum and maximum recorded on
-the training set (the run's ``score_stats.json``) and fused by eq. 16 (``mgnet.scoring.fuse`` with
-``stats``), so a clip's score depends on that clip alone and can be emitted immediately.
+Both paths normalise each score component with the normal training clips' statistics (the run's
+``score_stats.json``; by default a z-score) and fuse them as the run was trained to
+(``mgnet.scoring.fuse`` with ``stats``: ``stats["fusion"]`` names the normalisation and the
+combination), so a clip's score depends on that clip alone and online scoring can emit it at once;
+offline and online scores of the same video are equal. (`mgnet eval` also reports eq. 16 with
+min-max over the test set, the paper's protocol, which needs the whole set.)
 
 A person's clip covers frames ``start .. start + T - 1`` and scores its centre frame
 ``start + T // 2``. Short detector gaps (up to ``max_gap`` frames) are filled by interpolation

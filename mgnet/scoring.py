@@ -138,6 +138,18 @@ def stats_fusion(stats: Optional[Mapping]) -> tuple:
     return spec.get("norm", "minmax"), spec.get("combine", "sum")
 
 
+def describe_fusion(stats: Optional[Mapping], lambdas: Mapping[str, float]) -> str:
+    """One line saying how a run's fused score is made (the metadata of `mgnet score` and of an export):
+    the normalisation and combination of ``stats["fusion"]`` and the non-zero weights."""
+    norm, combine = stats_fusion(stats)
+    how = {"z": "z-score against the normal training clips' scores (mean, std in score_stats.json)",
+           "minmax": ("min-max by the training clips' scores (score_stats.json)" if stats
+                      else "min-max over the scored set (eq. 16's protocol)")}[norm]
+    weights = ", ".join(f"{k} {lambdas.get(k, 1.0):g}" for k in COMPONENTS + OPTIONAL_COMPONENTS
+                        if lambdas.get(k, 1.0) != 0 and (k in COMPONENTS or k in (stats or {})))
+    return f"each component {how}, combined by {combine} with weights {weights} (mgnet.scoring.fuse)"
+
+
 def fusion_lambdas(model_cfg) -> Dict[str, float]:
     """The fusion weight of every component from the model config: ``model.lambda_mo``,
     ``lambda_app``, ``lambda_mm`` (eq. 16's) and ``lambda_pose`` (S_pose)."""

@@ -123,3 +123,15 @@ def test_fusion_lambdas_weight_every_component():
     # z: mo 16 (weight 0), app 2, mm -2 (clipped to 0 by pos_mean), pose 1 -> (0 + 2*2 + 0 + 3*1) / 6
     got = scoring.fuse(comps, lam, stats=stats, norm="z", combine="pos_mean")
     np.testing.assert_allclose(got, [7.0 / 6.0])
+
+
+def test_describe_fusion_names_the_runs_normalisation_and_weights():
+    stats = {"fusion": {"norm": "z", "combine": "pos_mean"}, "app": {"mean": 0.0, "std": 1.0},
+             "pose": {"mean": 0.0, "std": 1.0}}
+    text = scoring.describe_fusion(stats, {"mo": 0.0, "app": 1.0, "mm": 0.0, "pose": 0.5})
+    assert "z-score against the normal training clips" in text and "pos_mean" in text
+    assert text.endswith("weights app 1, pose 0.5 (mgnet.scoring.fuse)")   # zero weights left out
+    # no statistics: eq. 16's protocol (min-max over the scored set, sum, every weight 1)
+    assert scoring.describe_fusion(None, {"app": 1.0, "mm": 1.0}) == (
+        "each component min-max over the scored set (eq. 16's protocol), combined by sum with weights "
+        "mo 1, app 1, mm 1 (mgnet.scoring.fuse)")

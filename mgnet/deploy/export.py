@@ -33,7 +33,7 @@ JOINTS18 = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l
 
 def metadata(run_dir: Path, cfg, spec, stats, lambdas, fmt: str, scorer) -> dict:
     import torch
-    from mgnet import runs
+    from mgnet import runs, scoring
     from mgnet.data.foreground import GRID
     from mgnet.deploy.module import INPUTS
     T, c, s = spec.seg_len, spec.crop_size, spec.scene_size
@@ -54,8 +54,7 @@ def metadata(run_dir: Path, cfg, spec, stats, lambdas, fmt: str, scorer) -> dict
         "score_stats": stats, "lambdas": lambdas,
         "fusion": {"norm": scorer.norm, "combine": scorer.combine, "components": list(scorer.components),
                    "weights": scorer.weights.tolist()},
-        "normalisation": f"each component {scorer.norm}-normalised with the training-score statistics "
-                         f"(score_stats.json), then combined by {scorer.combine} (mgnet.scoring.fuse)",
+        "normalisation": scoring.describe_fusion(stats, lambdas),
         "threshold": {"default": "p99", "value": float(stats["fused"]["p99"]),
                       "percentiles": {k: v for k, v in stats["fused"].items() if k.startswith("p")}},
         "eval_sigma": float(cfg.eval.sigma),

@@ -140,7 +140,7 @@ def main(argv) -> int:
             fps = src.fps or args.fps  # JPEG folders state no frame rate
             meta = {"video": str(vpath), "poses": str(ppath), "run": str(source),
                     "mode": "online" if args.online else "offline",
-                    "normalisation": "per component min-max of the training set (score_stats.json), eq. 16",
+                    "normalisation": scoring.describe_fusion(stats, lambdas),
                     "seg_len": spec.seg_len, "latency_frames": spec.latency if args.online else None}
             if args.online:
                 print(f"# {name}: frame,score (each printed {spec.latency} frames after the frame arrives)", flush=True)

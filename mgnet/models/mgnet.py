@@ -1,6 +1,6 @@
 """MGNet assembly: the networks, the stage switches, the losses (eqs. 4, 6, 11, 12) and the
-per-clip raw scores (eqs. 13-15). Fusion and min-max normalisation (eq. 16) live in
-mgnet.scoring, not here.
+per-clip raw scores (eqs. 13-15). Normalisation and fusion (eq. 16 and the default z-score
+fusion) live in mgnet.scoring, not here.
 
 Batches are dicts as produced by mgnet.data.cache.ClipStore + default collate:
   rgb (B, 3, T, crop, crop) uint8, pose (B, 2, T, 18) float, scene (B, 3, S, S) uint8
