@@ -19,9 +19,10 @@ For each video, ``<out>/<video name>/`` receives:
     annotated.mp4      H.264 video: skeletons/boxes coloured by score, running curve under the frame
     report.html        the plot, the events table and the video; opens offline
 
-Scores: each component normalised with the training set's min/max (``score_stats.json``) and fused
-by eq. 16, so scores of different videos and the threshold share one scale (a per-video min-max
-would give every video a frame scoring 1). Frames where nobody is scored are empty (NaN).
+Scores: each component normalised with the normal training clips' statistics (``score_stats.json``;
+by default a z-score) and fused as the run was trained to (``mgnet.scoring.fuse``; the outputs'
+metadata says how), so scores of different videos and the threshold share one scale (a per-video
+min-max would give every video a frame scoring 1). Frames where nobody is scored are empty (NaN).
 Threshold: ``--threshold p99`` (default; a percentile of the training-set fused scores), a number,
 or ``best-f1`` (best frame F1 on the run's labelled test split). ``--online`` scores frame by frame,
 printing ``frame,score`` lines as soon as each frame is final (latency: see mgnet.inference);
