@@ -223,11 +223,19 @@ def compile_model(model: torch.nn.Module, backend="inductor", mode: str | None =
 
 
 # ---------------------------------------------------------------- model and data
+# Model keys added after runs were trained without them, with the value that reproduces those runs.
+# A run's config.yaml lists every model key of its day; a key it lacks takes this value, not today's
+# default (which the config group's yaml gives every new run), so an older run scores as it was
+# trained and as its score_stats.json describes.
+LEGACY_MODEL_DEFAULTS = {"fg_missing_weight": 1.0}   # before it: S_app by the Euclidean distance
+
+
 def build_model(model_cfg) -> torch.nn.Module:
     # imported here, not at the top: `mgnet score --engine onnx` uses this module without the model code
     from mgnet.models.config import ModelConfig
     from mgnet.models.mgnet import MGNet
-    return MGNet(ModelConfig.from_dict(runs.to_container(model_cfg)))
+    model = runs.to_container(model_cfg)
+    return MGNet(ModelConfig.from_dict({**LEGACY_MODEL_DEFAULTS, **model}))
 
 
 def model_identity(cfg) -> Dict[str, Any]:

@@ -201,3 +201,16 @@ def test_schema_defaults_match_the_shipped_defaults():
                 if group == "train" and f.name.startswith("stage") and f.name != "stage4":
                     continue  # stage budgets differ per stage in the yaml
             assert d[f.name] == default, (group, f.name)
+
+
+def test_a_run_config_without_a_newer_model_key_builds_the_model_it_was_trained_as():
+    """config.yaml of a run trained before model.fg_missing_weight existed has no such key: its model
+    scores S_app by the Euclidean distance (1.0), as its score_stats.json was made; a new run gets
+    the config group's default."""
+    from mgnet import engine
+    cfg = config_schema.compose([])
+    assert cfg.model.fg_missing_weight == 0.25
+    model = runs.to_container(cfg.model)
+    assert engine.build_model(model).fg_mem.missing_weight == 0.25
+    old = {k: v for k, v in model.items() if k != "fg_missing_weight"}
+    assert engine.build_model(old).fg_mem.missing_weight == 1.0

@@ -76,6 +76,7 @@ class ModelConfig:
     app_target_stopgrad: bool = False  # True: H_u gets no gradient from L_app (guards against collapse); app_target="memory"
     app_target: str = "foreground"          # S_app from the foreground-occupancy memory ("foreground"), the cube colour memory ("cubes") or eq. 14's H_u(f_b) vs mask encoder ("memory", the paper)
     n_fg: int = 16384                  # app_target="foreground": normal occupancy maps kept (a seeded subset if more)
+    fg_missing_weight: float = 0.25    # app_target="foreground": weight of foreground a normal map has and the clip lacks (occlusion) against foreground the clip adds (protocol: 0.25; 1 = Euclidean)
     n_a: int = 256                     # appearance-memory slots (cube colour statistics), app_target="cubes"
     app_topk: float = 0.1              # app_target="cubes": S_app = mean of the largest fraction of the per-cube distances
     app_target_norm: bool = False      # f_u standardised over the batch (BatchNorm, no affine): no constant target (README "Method notes")
@@ -170,6 +171,8 @@ class ModelConfig:
             bad("app_norm", "must be 'none' or 'clip'")
         if self.n_fg < 1:
             bad("n_fg", "must be >= 1")
+        if not 0.0 <= self.fg_missing_weight <= 1.0:
+            bad("fg_missing_weight", "must be in [0, 1] (1: Euclidean distance)")
         if self.n_seg < 0:
             bad("n_seg", "must be >= 0 (0: no segment memory)")
         if self.seg_k < 1:

@@ -352,6 +352,14 @@ class SegmentMemory(_Written):
     where people only walk) is then as far from the memory as an unseen motion, which is the
     paper's definition of a scene-related anomaly (sec. 3.4) in the pose space.
 
+    Asymmetric distance (``missing_weight`` w < 1; S_app's occupancy maps, ``model.fg_missing_weight``):
+    d(q, m)^2 = |max(q - m, 0)|^2 + w |max(m - q, 0)|^2, so what the clip has and the normal map
+    lacks (a carried or pushed object) counts fully, and what the normal map has and the clip lacks
+    (a person half hidden behind a post, cut by the frame edge, or detected a little off) counts w.
+    The nearest slot is searched among the ``ASYM_CANDIDATES`` Euclidean-nearest ones (the
+    expansion below), then re-ranked by d: within 0.001 frame AUC of an exhaustive search on the
+    protocol's cells, at the cost of the Euclidean search (README, "Validation protocol").
+
     Why a memory beside STG-NF: the flow's NLL rates how typical the Gaussianised latent is, and
     a flow trained for a few hundred steps on a few thousand segments gives running or flailing
     segments likelihoods close to normal ones; the distance to the nearest normal segment does not
@@ -359,10 +367,14 @@ class SegmentMemory(_Written):
     """
 
     MAX_VIEWS = 1024     # training videos whose view is kept (a seeded subset beyond that)
+    ASYM_CANDIDATES = 64  # missing_weight < 1: Euclidean-nearest slots re-ranked by the asymmetric distance
 
-    def __init__(self, slots: int, dim: int, k: int = 1, by_scene: bool = False):
+    def __init__(self, slots: int, dim: int, k: int = 1, by_scene: bool = False, missing_weight: float = 1.0):
         super().__init__()
         self.k = int(k)
+        if not 0.0 <= float(missing_weight) <= 1.0:
+            raise ValueError(f"SegmentMemory: missing_weight must be in [0, 1], got {missing_weight}")
+        self.missing_weight = float(missing_weight)
         self.register_buffer("slots", torch.zeros(slots, dim))
         self.register_buffer("track", torch.full((slots,), -1, dtype=torch.long))
         self.register_buffer("scene", torch.full((slots,), -1, dtype=torch.long))
@@ -439,7 +451,9 @@ class SegmentMemory(_Written):
             raise RuntimeError("the segment memory is empty: stage 4 (MGNet.bsmm_write + bsmm_finish) fits it")
         q = self.features(pose).to(self.slots.dtype)
         k = min(self.k, self._filled)
-        c = min(k + 4, self._filled)     # candidates by the fast expansion, then exact distances
+        w = self.missing_weight
+        # candidates by the fast (Euclidean) expansion, then exact (w < 1: asymmetric) distances
+        c = min(k + 4 if w == 1.0 else max(k + 4, self.ASYM_CANDIDATES), self._filled)
         best = best_i = None
         # under torch.compile, views of buffers written under inference_mode break inductor: copy once
         slots, tracks, scenes = ((self.slots.clone(), self.track.clone(), self.scene.clone())
@@ -460,7 +474,9 @@ class SegmentMemory(_Written):
             best_i = cidx.gather(1, pos)
         # |q - m| from the difference itself: the expansion's rounding depends on the batch's
         # matmul path, which S_pose's z-score would magnify (online scores must equal offline ones)
-        exact = (q[:, None, :] - slots[best_i]).pow(2).sum(-1).sqrt()
+        diff = q[:, None, :] - slots[best_i]
+        exact = (diff.pow(2).sum(-1) if w == 1.0
+                 else diff.clamp_min(0).pow(2).sum(-1) + w * diff.clamp_max(0).pow(2).sum(-1)).sqrt()
         exact = exact.masked_fill(~torch.isfinite(best), float("inf"))
         out = exact.topk(k, dim=1, largest=False).values.mean(1)
         if not (own or q_scene is not None):

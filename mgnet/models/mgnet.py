@@ -111,7 +111,8 @@ class MGNet(nn.Module):
             self.app_mem = AppearanceMemory(cfg.n_a, cfg.grid, cfg.app_topk, cfg.app_norm)
         if cfg.app_target == "foreground":
             # normal foreground-occupancy maps of the person crops (data/foreground.py), by scene
-            self.fg_mem = SegmentMemory(cfg.n_fg, FG_GRID * FG_GRID, 1, cfg.seg_scene)
+            self.fg_mem = SegmentMemory(cfg.n_fg, FG_GRID * FG_GRID, 1, cfg.seg_scene,
+                                        missing_weight=cfg.fg_missing_weight)
         if cfg.bsmm_behavior == "pose":
             self.pose_mem = PoseMemory(cfg.n_p, cfg.joints, cfg.bsmm_temperature)
             len_b = cfg.n_p

@@ -270,6 +270,34 @@ def test_segment_memory_knn_by_hand_and_own_track_left_out():
     assert big._filled == 2 and all(any(torch.equal(r, s) for s in segs) for r in big.slots)
 
 
+def test_segment_memory_asymmetric_distance_by_hand():
+    from mgnet.models.memory import SegmentMemory
+    # occupancy-like maps (D = 4): a walker's map and a bigger one; w = 0.25 weighs what the map
+    # has and the query lacks
+    segs = torch.tensor([[1., 1, 0, 0], [1., 1, 1, 1]])
+    mem = SegmentMemory(slots=4, dim=4, missing_weight=0.25)
+    mem.fit(segs, torch.tensor([1, 2]))
+    q = torch.tensor([[1., 0, 0, 0],       # half hidden walker: lacks 1 of seg 0 -> sqrt(0.25 * 1) = 0.5
+                      [1., 1, 1, 0],       # walker + object: adds 1 to seg 0 (1.0); lacks 1 of seg 1 (0.5) -> 0.5
+                      [2., 1, 0, 0]])      # adds 1 to seg 0 -> 1; to seg 1: adds 1, lacks 2 -> sqrt(1 + 0.5)
+    np.testing.assert_allclose(mem(q.view(3, 1, 2, 2)).numpy(), [0.5, 0.5, 1.0], rtol=1e-6)
+    # w = 1 is the Euclidean distance: q0 -> 1 (seg 0), q1 -> 1 (either), q2 -> 1 (seg 0)
+    euc = SegmentMemory(slots=4, dim=4)
+    euc.fit(segs, torch.tensor([1, 2]))
+    np.testing.assert_allclose(euc(q.view(3, 1, 2, 2)).numpy(), [1.0, 1.0, 1.0], rtol=1e-6)
+    # against an exhaustive search: with a memory no larger than ASYM_CANDIDATES the re-ranking is exact
+    g = torch.Generator().manual_seed(0)
+    rows, qs = torch.rand(50, 16, generator=g), torch.rand(7, 16, generator=g)
+    m2 = SegmentMemory(slots=64, dim=16, k=2, missing_weight=0.1)
+    m2.fit(rows, torch.arange(50))
+    diff = qs[:, None] - rows[None]
+    d = (diff.clamp_min(0) ** 2).sum(-1) + 0.1 * (diff.clamp_max(0) ** 2).sum(-1)
+    want = d.sqrt().topk(2, dim=1, largest=False).values.mean(1)
+    np.testing.assert_allclose(m2(qs).numpy(), want.numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="missing_weight"):
+        SegmentMemory(slots=4, dim=4, missing_weight=1.5)
+
+
 def test_appearance_descriptors_clip_norm_cancel_a_channel_gain():
     from mgnet.models.memory import AppearanceMemory
     g = torch.Generator().manual_seed(0)

@@ -327,7 +327,8 @@ def test_losses_and_scores_under_bf16_autocast(tiny):
 
 def test_foreground_s_app_is_the_nearest_normal_occupancy_map():
     """app_target=foreground (the default): S_app = distance of the clip's mean 8x8 occupancy map
-    (fg / 255 averaged over T) to the nearest one written in stage 4, within the clip's scene."""
+    (fg / 255 averaged over T) to the nearest one written in stage 4, within the clip's scene; the
+    distance weighs foreground the written map has and the clip lacks by model.fg_missing_weight."""
     torch.manual_seed(0)
     cfg = ModelConfig.small(**TINY)
     assert cfg.app_target == "foreground" and cfg.seg_scene
@@ -344,7 +345,10 @@ def test_foreground_s_app_is_the_nearest_normal_occupancy_map():
     with torch.no_grad():
         s = model.scores(b)
     maps = lambda x: x["fg"].double().mean(1).reshape(len(x["fg"]), -1) / 255.0   # noqa: E731
-    d = torch.cdist(maps(b), maps(written))                # (2, 5)
+    diff = maps(b)[:, None] - maps(written)[None]           # (2, 5, 64)
+    w = cfg.fg_missing_weight
+    assert w == 0.25
+    d = ((diff.clamp_min(0) ** 2).sum(-1) + w * (diff.clamp_max(0) ** 2).sum(-1)).sqrt()
     want = torch.stack([d[0, :3].min(), d[1, 3:].min()]).float()
     torch.testing.assert_close(s["app"], want, rtol=1e-5, atol=1e-5)
     model.set_stage(3)
