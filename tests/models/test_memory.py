@@ -298,6 +298,25 @@ def test_segment_memory_asymmetric_distance_by_hand():
         SegmentMemory(slots=4, dim=4, missing_weight=1.5)
 
 
+def test_segment_memory_asymmetric_ranks_a_carried_object_above_an_occluded_walker():
+    """The reason for model.fg_missing_weight: on 8 x 8 occupancy maps, a walker whose lower half is
+    hidden and a walker pushing a cart differ from the normal walker by the same number of cells,
+    so the Euclidean distance ties them; the asymmetric one ranks the cart far above."""
+    from mgnet.models.memory import SegmentMemory
+    walker = torch.zeros(8, 8)
+    walker[1:8, 3:5] = 1.0                       # a body two cells wide, head to feet
+    occluded = walker.clone()
+    occluded[5:8] = 0.0                          # legs behind a hedge: 6 cells fewer
+    cart = walker.clone()
+    cart[5:8, 5:7] = 1.0                         # a cart beside the legs: 6 cells more
+    q = torch.stack([occluded, cart]).view(2, 1, 8, 8)
+    for w, ratio in ((1.0, 1.0), (0.25, 2.0)):  # d(cart) / d(occluded) = 1 / sqrt(w)
+        mem = SegmentMemory(slots=4, dim=64, missing_weight=w)
+        mem.fit(walker.view(1, 64), torch.tensor([0]))
+        d = mem(q)
+        assert d[1].item() == pytest.approx(6 ** 0.5) and d[1] / d[0] == pytest.approx(ratio)
+
+
 def test_appearance_descriptors_clip_norm_cancel_a_channel_gain():
     from mgnet.models.memory import AppearanceMemory
     g = torch.Generator().manual_seed(0)
