@@ -358,7 +358,8 @@ class SegmentMemory(_Written):
     (a person half hidden behind a post, cut by the frame edge, or detected a little off) counts w.
     The nearest slot is searched among the ``ASYM_CANDIDATES`` Euclidean-nearest ones (the
     expansion below), then re-ranked by d: within 0.001 frame AUC of an exhaustive search on the
-    protocol's cells, at the cost of the Euclidean search (README, "Validation protocol").
+    protocol's cells, for about 20 % more than the Euclidean search with its 5 candidates (README,
+    "Validation protocol").
 
     Why a memory beside STG-NF: the flow's NLL rates how typical the Gaussianised latent is, and
     a flow trained for a few hundred steps on a few thousand segments gives running or flailing
