@@ -145,8 +145,8 @@ def describe_fusion(stats: Optional[Mapping], lambdas: Mapping[str, float]) -> s
     how = {"z": "z-score against the normal training clips' scores (mean, std in score_stats.json)",
            "minmax": ("min-max by the training clips' scores (score_stats.json)" if stats
                       else "min-max over the scored set (eq. 16's protocol)")}[norm]
-    weights = ", ".join(f"{k} {lambdas.get(k, 1.0):g}" for k in COMPONENTS + OPTIONAL_COMPONENTS
-                        if lambdas.get(k, 1.0) != 0 and (k in COMPONENTS or k in (stats or {})))
+    names = needed_components(lambdas, stats or {})   # without stats: eq. 16's three only
+    weights = ", ".join(f"{k} {w:g}" for k, w in zip(names, fusion_weights(names, lambdas)))
     return f"each component {how}, combined by {combine} with weights {weights} (mgnet.scoring.fuse)"
 
 
