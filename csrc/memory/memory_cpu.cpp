@@ -53,10 +53,7 @@
 #include <tuple>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
+#include "../common/buffer_cache.h"
 #include "../common/parallel.h"
 #include "../common/static_switch.h"
 #include "../common/torch_glue.h"
@@ -955,22 +952,9 @@ void backward_impl(const T* gW, const T* gR, const T* q, const T* mem, const T* 
 }
 
 // --------------------------------------------------------------------------- torch glue
-// Large outputs (read, grad_q: N x C) are written once, right after allocation, so their first-touch
-// page faults cost as much as the kernel itself (4 KiB pages: ~0.5 ms per MB here). Asking for
-// transparent huge pages on the fresh buffer (a hint; ignored where THP is off) cuts that ~4x.
-// torch's own allocator does the same for every tensor with THP_MEM_ALLOC_ENABLE=1.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t H = uintptr_t(2) << 20;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr()), bytes = t.nbytes();
-  if (bytes < 4 * H) return;
-  const uintptr_t a = (p + H - 1) & ~(H - 1), e = (p + bytes) & ~(H - 1);
-  if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
-}
-
+// The large outputs (read, grad_q: N x C; the weights) come from common/buffer_cache.h: they are written
+// once, right after allocation, and a fresh mapping's first-touch page zeroing cost more than the
+// kernel itself.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_address_forward_cpu(const at::Tensor& q_, const at::Tensor& mem_) {
   const char* fn = "memory_address_forward_cpu";
   mgnet_memory::check_forward_args(fn, /*cuda=*/false, q_, mem_);
@@ -978,10 +962,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> memory_address_forward_cpu(const 
   auto q = q_.contiguous();
   auto mem = mem_.contiguous();
   const int64_t N = q.size(0), C = q.size(1), S = mem.size(0);
-  auto W = at::empty({N, S}, q.options());
-  auto read = at::empty({N, C}, q.options());
-  auto top2 = at::empty({N, 2}, q.options().dtype(at::kLong));
-  advise_huge_pages(read);
+  auto W = mgnet::empty_cached({N, S}, q.options());
+  auto read = mgnet::empty_cached({N, C}, q.options());
+  auto top2 = mgnet::empty_cached({N, 2}, q.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "memory_address_forward_cpu", [&] {
     forward_impl<scalar_t>(q.data_ptr<scalar_t>(), mem.data_ptr<scalar_t>(), N, S, C, W.data_ptr<scalar_t>(),
                            read.data_ptr<scalar_t>(), top2.data_ptr<int64_t>());
@@ -998,8 +981,7 @@ std::tuple<at::Tensor, at::Tensor> memory_address_backward_cpu(const at::Tensor&
   const int64_t N = q_.size(0), C = q_.size(1), S = mem_.size(0);
   auto q = q_.contiguous(), mem = mem_.contiguous();
   auto gW = grad_weights.contiguous(), gR = grad_read.contiguous(), W = weights.contiguous();
-  auto gq = at::empty_like(q), gm = at::empty_like(mem);
-  advise_huge_pages(gq);
+  auto gq = mgnet::empty_cached(q.sizes(), q.options()), gm = at::empty_like(mem);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "memory_address_backward_cpu", [&] {
     backward_impl<scalar_t>(gW.data_ptr<scalar_t>(), gR.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
                             mem.data_ptr<scalar_t>(), W.data_ptr<scalar_t>(), N, S, C, gq.data_ptr<scalar_t>(),

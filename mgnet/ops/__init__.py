@@ -4,6 +4,7 @@ Public functions: lka3d, lsta, memory_address, masked_cube_embed. Each has an ea
 (``*_reference``, the definition tests compare against) and kernels per backend; see
 mgnet.ops._dispatch for how a backend is chosen (``MGNET_BACKEND``, ``with backend(...)``).
 """
+from .buffer_cache import buffer_cache_info, empty_buffer_cache, set_buffer_cache_limit  # noqa: F401
 from ._dispatch import available_backends, backend, requested, resolve, set_backend  # noqa: F401
 from .cube_embed import masked_cube_embed, masked_cube_embed_reference  # noqa: F401
 from .lka3d import lka3d, lka3d_reference, lsta, lsta_reference  # noqa: F401
@@ -12,4 +13,5 @@ from . import backends as _backends  # noqa: F401  (registers the compiled and T
 
 __all__ = ["lka3d", "lsta", "memory_address", "masked_cube_embed", "backend", "set_backend",
            "resolve", "requested", "available_backends", "lka3d_reference", "lsta_reference",
-           "memory_address_reference", "masked_cube_embed_reference"]
+           "memory_address_reference", "masked_cube_embed_reference", "buffer_cache_info",
+           "empty_buffer_cache", "set_buffer_cache_limit"]
