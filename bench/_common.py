@@ -15,7 +15,9 @@ import time
 
 import torch
 
-IMPLS = ("eager", "fused", "compile", "fused+compile")
+IMPLS = ("eager", "fused", "compile", "fused+compile", "fused+bf16", "fused+compile+bf16")
+# the bf16 impls (bf16 autocast around the fused model, as train.precision=bf16) exist for whole-model cases
+BF16_IMPLS = ("fused+bf16", "fused+compile+bf16")
 
 
 def _sync(device):

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from _common import IMPLS  # noqa: E402
+from _common import BF16_IMPLS, IMPLS  # noqa: E402
 from mgnet.engine import cpu_features  # noqa: E402
 
 
@@ -80,6 +80,13 @@ def _rows(session):
             row["fused+compile_vs_compile"] = row["compile_ms"] / row["fused+compile_ms"]
         if row["eager_ms"] and row["fused+compile_ms"]:
             row["fused+compile_vs_eager"] = row["eager_ms"] / row["fused+compile_ms"]
+        bf16 = [row[f"{i}_ms"] for i in BF16_IMPLS if row.get(f"{i}_ms")]
+        if bf16:  # the issue's bf16 targets: training step vs fp32 fused, scoring vs fp32 eager
+            row["best_bf16_ms"] = min(bf16)
+            if row["fused_ms"]:
+                row["bf16_vs_fused"] = row["fused_ms"] / row["best_bf16_ms"]
+            if row["eager_ms"]:
+                row["bf16_vs_eager"] = row["eager_ms"] / row["best_bf16_ms"]
         flops_info = next((i for _, i in impls.values() if "peak_gflops_bf16" in i), None)
         if flops_info is not None:       # whole model: useful GFLOP/s of every impl, vs fp32 and bf16 GEMM
             for impl, (t, info) in impls.items():
@@ -126,13 +133,17 @@ def pytest_sessionfinish(session, exitstatus):
         rate = (f"{r['fused_gflops']:.1f} GFLOP/s" if "fused_gflops" in r
                 else f"{r['fused_gbs']:.1f} GB/s" if "fused_gbs" in r else "-")
         if "fused_clips_per_s" in r or "eager_clips_per_s" in r:
-            rate = "clips/s e/f/c/fc: " + "/".join(_fmt(r.get(f"{i}_clips_per_s"), ".1f") for i in IMPLS)
+            rate = "clips/s e/f/c/fc/fb/fcb: " + "/".join(_fmt(r.get(f"{i}_clips_per_s"), ".1f") for i in IMPLS)
         if "best_impl" in r:
-            rate += (f"; {r['gflop_per_call']:.2f} GFLOP/call, GFLOP/s e/f/c/fc: "
+            rate += (f"; {r['gflop_per_call']:.2f} GFLOP/call, GFLOP/s e/f/c/fc/fb/fcb: "
                      + "/".join(_fmt(r.get(f"{i}_gflops"), ".1f") for i in IMPLS)
                      + f"; best ({r['best_impl']}) {r['best_of_fp32']:.1%} of fp32 GEMM, "
                      + ("bf16 GEMM emulated on this CPU (no fraction)" if r["best_of_bf16"] is None
                         else f"{r['best_of_bf16']:.1%} of bf16 GEMM"))
+        if "best_bf16_ms" in r:
+            rate += (f"; bf16 ms f/fc: " + "/".join(_fmt(r.get(f"{i}_ms"), ".1f") for i in BF16_IMPLS)
+                     + f", best bf16 vs fp32 fused {_ratio(r.get('bf16_vs_fused'))}, vs fp32 eager "
+                     + _ratio(r.get("bf16_vs_eager")))
         lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['device']} | {_fmt(r['eager_ms'], '.2f')} | "
                      f"{_fmt(r['fused_ms'], '.2f')} | {_fmt(r['compile_ms'], '.2f')} | "
                      f"{_fmt(r['fused+compile_ms'], '.2f')} | "

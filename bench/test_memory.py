@@ -30,10 +30,12 @@ ms, bwd 6.6-6.8 ms), so what is left to gain in this regime is small.
 Bound of the many regime (CPU, 1 thread, 2026-12-07, machine shared with another job): copy 15.4-17.2
 GB/s and GEMM 82-90 GFLOP/s give 12.1-13.5 ms for the forward's 209 MB and 12 ms for its 1.0 GFLOP
 (the two products, N*S*C FMAs each: it is compute-bound as much as bandwidth-bound at 1 thread), and
-36-40 ms for fwd+bwd (622 MB, 3.0 GFLOP). The fused forward's block kernel (rows_forward) takes ~18 ms
-with q and read in cache; fresh outputs cost ~5 ms more in page zeroing alone (a 100 MB read tensor on
-huge pages: torch.empty + fill 11.7 ms against 6.8 ms into an existing one), which no kernel avoids.
-Measured: forward 51 -> 30 ms (~40 % of the bound), fwd+bwd 148 -> 102-107 ms (~35 %).
+36-40 ms for fwd+bwd (622 MB, 3.0 GFLOP). The block kernel (rows_forward) runs at that rate on
+buffers already touched; a fresh 100 MB output is a fresh mapping whose page zeroing cost more than
+the kernel (2026-12-08, Zen 5 EPYC, 2 threads: forward 15 ms on fresh outputs, 5 ms on touched
+ones), so the CPU kernels take their large outputs from a cache of freed blocks
+(csrc/common/buffer_cache.h): forward 5.2 ms, 91 % of the copy-bandwidth floor; fwd+bwd 26 ms, 53 %.
+The eager and compile impls allocate through torch's allocator (fresh mappings) as a user's code does.
 """
 import pytest
 import torch

@@ -12,6 +12,9 @@ Impls:    eager   every mgnet op on its reference (`mgnet.ops.backend("eager")`)
                   ops' references inlined so that inductor sees plain PyTorch (see _inline_references)
           fused+compile  the fast path of `train.compile` / `--compile`: mgnet.engine.compile_model, the
                   fused kernels as opaque mgnet:: custom ops inside the inductor graph
+          fused+bf16, fused+compile+bf16  the same two under bf16 autocast (mgnet.engine.autocast, what
+                  train.precision=bf16 opens; fp32 weights and optimizer): native on CPUs with AVX512-BF16
+                  or AMX, emulated through fp32 elsewhere (the machine line says which)
 Batches are what ClipStore + default collate give (uint8 rgb and scene), made up here so that the
 benchmark does not depend on a prepared dataset.
 """
@@ -92,13 +95,21 @@ def model_flops(cfg_name: str, device: str, B: int, what: str) -> float:
     return float(counter.get_total_flops())
 
 
+IMPLS_ALL = ["eager", "fused", "compile", "fused+compile", "fused+bf16", "fused+compile+bf16"]
+
+
 def _backend_ctx(impl):
     return ops.backend("eager" if impl in ("eager", "compile") else "auto")
 
 
+def _precision_ctx(impl, device):
+    from mgnet.engine import autocast
+    return autocast(torch.device(device), "bf16" if impl.endswith("+bf16") else False)
+
+
 def _compiled(model, impl):
     """The model with losses/scores compiled for the compile impls (a fresh dynamo cache each)."""
-    if impl in ("compile", "fused+compile"):
+    if impl in ("compile", "fused+compile", "fused+compile+bf16"):
         torch._dynamo.reset()
         if impl == "compile":
             model.losses, model.scores = torch.compile(model.losses), torch.compile(model.scores)
@@ -118,7 +129,7 @@ def _model(cfg_name, device, stage):
     return cfg, model
 
 
-@pytest.mark.parametrize("impl", ["eager", "fused", "compile", "fused+compile"])
+@pytest.mark.parametrize("impl", IMPLS_ALL)
 @pytest.mark.parametrize("stage", [2, 3])
 @pytest.mark.parametrize("cfg_name,device,B", CASES)
 def test_train_step(benchmark, cfg_name, device, B, stage, impl):
@@ -131,7 +142,8 @@ def test_train_step(benchmark, cfg_name, device, B, stage, impl):
 
         def step():
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(batch, stage)["loss"]
+            with _precision_ctx(impl, device):
+                loss = loss_fn(batch, stage)["loss"]
             loss.backward()
             opt.step()
         step()  # compile / first-touch outside the timed rounds
@@ -140,7 +152,7 @@ def test_train_step(benchmark, cfg_name, device, B, stage, impl):
         bench_pedantic(benchmark, step, device=device, rounds=ROUNDS[device], warmup_rounds=0)
 
 
-@pytest.mark.parametrize("impl", ["eager", "fused", "compile", "fused+compile"])
+@pytest.mark.parametrize("impl", IMPLS_ALL)
 @pytest.mark.parametrize("cfg_name,device,B", CASES)
 def test_inference(benchmark, cfg_name, device, B, impl):
     cfg, model = _model(cfg_name, device, 4)
@@ -151,7 +163,8 @@ def test_inference(benchmark, cfg_name, device, B, impl):
         score_fn = _compiled(model, impl).scores
 
         def run():
-            return score_fn(batch)
+            with _precision_ctx(impl, device):
+                return score_fn(batch)
         out = run()
         assert set(out) >= {"mo", "app", "mm", "nll"} and all(v.shape == (B,) for v in out.values())
         record(benchmark, op="model", shape=f"{cfg_name} B={B}", impl=impl, pass_="infer",
