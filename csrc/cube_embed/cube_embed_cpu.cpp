@@ -25,6 +25,7 @@
 #include <optional>
 #include <vector>
 
+#include "../common/buffer_cache.h"
 #include "../common/torch_glue.h"
 #include "cube_embed_args.h"
 
@@ -220,7 +221,7 @@ at::Tensor masked_cube_embed_forward_cpu(const at::Tensor& frames_, const at::Te
   const at::Tensor b = bias.to(ct).contiguous();
   std::optional<at::Tensor> p;
   if (pos.has_value()) p = pos->to(ct).contiguous();
-  at::Tensor out = at::empty({g.B, g.Pv, D}, w2d.options());
+  at::Tensor out = mgnet::empty_cached({g.B, g.Pv, D}, w2d.options());
   if (g.N > 0) {
     CUBE_DISPATCH_FRAMES(frames.scalar_type(), "masked_cube_embed_forward_cpu", [&] {
       using in_t = scalar_t;

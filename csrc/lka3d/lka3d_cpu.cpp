@@ -35,6 +35,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/buffer_cache.h"
 #include "../common/parallel.h"
 #include "../common/static_switch.h"
 #include "../common/vec.h"
@@ -484,7 +485,7 @@ at::Tensor lka3d_forward_cpu(const at::Tensor& x, const at::Tensor& w0, const at
                              const at::Tensor& b1, const at::Tensor& wp, const at::Tensor& bp, int64_t dilation) {
   check_inputs("lka3d_forward_cpu", x, "x", {{"w0", &w0}, {"b0", &b0}, {"w1", &w1}, {"b1", &b1}, {"wp", &wp}, {"bp", &bp}});
   check_weights("lka3d_forward_cpu", x.size(1), w0, b0, w1, b1, wp, bp, dilation);
-  auto out = at::empty_like(x);
+  auto out = mgnet::empty_like_cached(x);  // x is contiguous (checked)
   if (x.numel() == 0) return out;
   const Geo g = geometry(x, w0, w1, dilation);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lka3d_forward_cpu", [&] {
@@ -502,7 +503,7 @@ std::vector<at::Tensor> lka3d_backward_cpu(const at::Tensor& grad, const at::Ten
                {{"grad", &grad}, {"w0", &w0}, {"b0", &b0}, {"w1", &w1}, {"b1", &b1}, {"wp", &wp}, {"bp", &bp}});
   TORCH_CHECK(grad.sizes() == x.sizes(), "lka3d_backward_cpu: grad must have x's shape");
   check_weights("lka3d_backward_cpu", x.size(1), w0, b0, w1, b1, wp, bp, dilation);
-  auto gx = at::empty_like(x);
+  auto gx = mgnet::empty_like_cached(x);
   auto gw0 = at::zeros_like(w0), gb0 = at::zeros_like(b0), gw1 = at::zeros_like(w1), gb1 = at::zeros_like(b1);
   auto gwp = at::zeros_like(wp), gbp = at::zeros_like(bp);
   if (x.numel() == 0) return {gx, gw0, gb0, gw1, gb1, gwp, gbp};
@@ -521,7 +522,7 @@ at::Tensor lsta_forward_cpu(const at::Tensor& e, const at::Tensor& w0, const at:
                             const at::Tensor& b1, const at::Tensor& wp, const at::Tensor& bp, int64_t dilation) {
   check_inputs("lsta_forward_cpu", e, "e", {{"w0", &w0}, {"b0", &b0}, {"w1", &w1}, {"b1", &b1}, {"wp", &wp}, {"bp", &bp}});
   check_weights("lsta_forward_cpu", 1, w0, b0, w1, b1, wp, bp, dilation);
-  auto out = at::empty_like(e);
+  auto out = mgnet::empty_like_cached(e);  // e is contiguous (checked)
   if (e.numel() == 0) return out;
   const int64_t B = e.size(0), t = e.size(1), c = e.size(2), h = e.size(3), w = e.size(4), P = h * w;
   auto f = at::empty({B, 1, t, h, w}, e.options());
@@ -546,7 +547,7 @@ std::vector<at::Tensor> lsta_backward_cpu(const at::Tensor& grad, const at::Tens
                {{"grad", &grad}, {"w0", &w0}, {"b0", &b0}, {"w1", &w1}, {"b1", &b1}, {"wp", &wp}, {"bp", &bp}});
   TORCH_CHECK(grad.sizes() == e.sizes(), "lsta_backward_cpu: grad must have e's shape");
   check_weights("lsta_backward_cpu", 1, w0, b0, w1, b1, wp, bp, dilation);
-  auto ge = at::empty_like(e);
+  auto ge = mgnet::empty_like_cached(e);
   auto gw0 = at::zeros_like(w0), gb0 = at::zeros_like(b0), gw1 = at::zeros_like(w1), gb1 = at::zeros_like(b1);
   auto gwp = at::zeros_like(wp), gbp = at::zeros_like(bp);
   if (e.numel() == 0) return {ge, gw0, gb0, gw1, gb1, gwp, gbp};
