@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true", help="skip the annotated video")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate when the input does not say (frame folders)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (--engine torch; once, shared by every batch size; "
+                   help="torch.compile the model (--engine torch; two graphs: the first batch size's, and one for "
+                        "every other size; "
                         "falls back to eager with a message where compile is unavailable)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
