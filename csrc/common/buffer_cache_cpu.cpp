@@ -24,11 +24,13 @@ constexpr size_t kHuge = size_t(2) << 20;
 size_t limit_from_env() {
   const char* v = std::getenv("MGNET_CPU_BUFFER_CACHE_MB");
   if (v == nullptr || *v == '\0') return size_t(512) << 20;
-  char* end = nullptr;
-  const long long mb = std::strtoll(v, &end, 10);
-  TORCH_CHECK(end != v && *end == '\0' && mb >= 0,
-              "MGNET_CPU_BUFFER_CACHE_MB must be a whole number of MiB >= 0, got '", v, "'");
-  return size_t(mb) << 20;
+  size_t mb = 0;
+  for (const char* c = v; *c != '\0'; ++c) {  // digits only, as mgnet.ops.buffer_cache.check_env
+    TORCH_CHECK(*c >= '0' && *c <= '9' && mb < (size_t(1) << 40),
+                "MGNET_CPU_BUFFER_CACHE_MB must be a whole number of MiB >= 0, got '", v, "'");
+    mb = mb * 10 + size_t(*c - '0');
+  }
+  return mb << 20;
 }
 
 struct Block {

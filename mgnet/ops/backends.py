@@ -28,6 +28,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from . import _dispatch
+from .buffer_cache import check_env
 
 F32_F64 = (torch.float32, torch.float64)
 
@@ -102,6 +103,8 @@ def _entry_point(backend: str, name: str) -> Callable:
         return triton_call
 
     def compiled_call(*args):
+        if backend == "cpu":
+            check_env()   # MGNET_CPU_BUFFER_CACHE_MB, read by the kernels' output buffer cache
         return getattr(torch.ops.mgnet_C, name)(*args)
     return compiled_call
 

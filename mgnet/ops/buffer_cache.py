@@ -8,13 +8,31 @@ read when the first such output is made) or :func:`set_buffer_cache_limit`.
 """
 from __future__ import annotations
 
+import os
+import re
 from typing import Dict
 
 import torch
 
 from ._dispatch import ext_has, extension_error
 
-__all__ = ["buffer_cache_info", "empty_buffer_cache", "set_buffer_cache_limit"]
+__all__ = ["buffer_cache_info", "empty_buffer_cache", "set_buffer_cache_limit", "check_env"]
+
+ENV = "MGNET_CPU_BUFFER_CACHE_MB"
+_env_ok = []   # the value already checked, so that the check costs nothing on later calls
+
+
+def check_env() -> None:
+    """Raise ValueError (naming the variable) when MGNET_CPU_BUFFER_CACHE_MB is set but not a whole
+    number of MiB: called before the C++ kernels run, so that a bad value is the one-line error of
+    any other bad argument (exit status 2 from the CLI) rather than an error from inside a kernel."""
+    value = os.environ.get(ENV, "")
+    if _env_ok and _env_ok[0] == value:
+        return
+    if value != "" and not re.fullmatch(r"[0-9]+", value):
+        raise ValueError(f"{ENV}={value!r}: expected a whole number of MiB >= 0 "
+                         f"(idle CPU output buffers kept for reuse; 0 turns the cache off)")
+    _env_ok[:] = [value]
 
 
 def _op(name: str):

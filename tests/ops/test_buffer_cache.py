@@ -116,12 +116,19 @@ def test_cached_output_outlives_emptying_and_can_be_resized():
     torch.testing.assert_close(read[:N], keep, rtol=0, atol=0)
 
 
-def test_bad_limits_are_refused():
+def test_bad_limits_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="mib"):
         ops.set_buffer_cache_limit(-1)
+    q, mem = inputs()
+    for bad in ("lots", "-5", "1.5", " 64"):
+        monkeypatch.setenv("MGNET_CPU_BUFFER_CACHE_MB", bad)
+        with pytest.raises(ValueError, match=f"MGNET_CPU_BUFFER_CACHE_MB={bad!r}"):
+            fused(q, mem)
+    monkeypatch.setenv("MGNET_CPU_BUFFER_CACHE_MB", "64")
+    fused(q, mem)   # a good value passes
     code = ("import torch, mgnet.ops as ops\n"
             "q = torch.randn(8192, 160); m = torch.randn(10, 160)\n"
             "with ops.backend('cpu'): ops.memory_address(q, m)\n")
     env = dict(os.environ, MGNET_CPU_BUFFER_CACHE_MB="lots")
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0 and "MGNET_CPU_BUFFER_CACHE_MB" in p.stderr and "lots" in p.stderr
+    assert p.returncode != 0 and "MGNET_CPU_BUFFER_CACHE_MB='lots'" in p.stderr
