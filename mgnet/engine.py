@@ -195,21 +195,20 @@ class _CompiledMethod:
     dimension for every other size (a last, partial batch; the people of one online frame), so
     that no batch size compiles a graph of its own. A static graph is the faster one: scoring the
     `small` model (batch 16, Zen 5, 2 threads) took 39-41 ms with it and 44-46 ms with the dynamic
-    one (bench/README.md). The two entry points are distinct functions, so that dynamo keeps their
-    graphs apart. On a compile failure it warns once (to stderr, COMPILE_FALLBACK) and runs the
+    one (bench/README.md). The dynamic graph is compiled through a wrapper function, so that dynamo
+    keeps the two apart. On a compile failure it warns once (to stderr, COMPILE_FALLBACK) and runs the
     eager method from then on. Errors of the model itself (raised eagerly too) are re-raised
     unchanged by the eager rerun."""
 
     def __init__(self, fn, backend, mode):
         self.eager = fn
 
-        def static_batch(*args, **kwargs):
-            return fn(*args, **kwargs)
-
         def dynamic_batch(*args, **kwargs):
             return fn(*args, **kwargs)
 
-        self.static = torch.compile(static_batch, backend=backend, mode=mode)
+        # the static graphs live on the method's own code (MGNet.scores / MGNet.losses), the dynamic
+        # ones on this wrapper's: two code objects, two caches, each under dynamo's recompile limit
+        self.static = torch.compile(fn, backend=backend, mode=mode)
         self.dynamic = torch.compile(dynamic_batch, backend=backend, mode=mode)
         self.batch_size: int | None = None     # of the static graph: the first call's
         self.failed: str | None = None
