@@ -11,7 +11,10 @@ recomputed from the raw clip scores, then
     moderate ones still add up (unlike max);
   * per-scene z: each component's mean and std taken over the training clips of the test clip's
     scene (the scene its view is placed in) instead of over every training clip, for cameras
-    whose normal scores differ (occlusion, distance, light).
+    whose normal scores differ (occlusion, distance, light);
+  * S_app abstains for small people: below H px of keypoint height (median over the clip's frames;
+    H = 12 / 16 / 24, 1.5 / 2 / 3 px per cell of the 8 x 8 occupancy grid) the occupancy map is
+    mostly quantisation and compression noise, so its z counts 0 there.
 Frame AUCs as mgnet.scoring's protocol (bench/protocol_choices.aucs), mean and minimum over cells.
 """
 from __future__ import annotations
@@ -49,6 +52,18 @@ def clip_scores(model, store, training: bool) -> dict:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def heights(store) -> np.ndarray:
+    """(N,) each clip's person height in pixels: the median over its frames of the keypoints' y span
+    (joints above confidence 0.1)."""
+    out = np.zeros(len(store))
+    for i in range(len(store)):
+        v, _, _, _, _, row, _ = (int(x) for x in store.index[i])
+        kps = np.asarray(store._shard(v)["kps"][row:row + store.seg_len])
+        hs = [f[f[:, 2] > 0.1, 1].ptp() for f in kps if (f[:, 2] > 0.1).sum() >= 2]
+        out[i] = np.median(hs) if hs else 0.0
+    return out
+
+
 def combine(parts: np.ndarray, w: np.ndarray, how: str) -> np.ndarray:
     pos = parts * (parts > 0)
     return pos @ w / w.sum() if how == "pos_mean" else np.sqrt((pos ** 2) @ w / w.sum())
@@ -70,9 +85,15 @@ def cell_checks(cell_dir: str) -> dict:
             m, t = s_tr["scene"] == s, s_te["placed"] == s
             per[t, j] = (clip[k][t] - s_tr[k][m].mean()) / s_tr[k][m].std()
     sigma = float(cfg.eval.sigma)
-    return {"default (z, pos_mean)": aucs(combine(glob, w, "pos_mean"), clip, te, sigma),
-            "rss of positive z": aucs(combine(glob, w, "rss"), clip, te, sigma),
-            "per-scene z, pos_mean": aucs(combine(per, w, "pos_mean"), clip, te, sigma)}
+    res = {"default (z, pos_mean)": aucs(combine(glob, w, "pos_mean"), clip, te, sigma),
+           "rss of positive z": aucs(combine(glob, w, "rss"), clip, te, sigma),
+           "per-scene z, pos_mean": aucs(combine(per, w, "pos_mean"), clip, te, sigma)}
+    h = heights(te)
+    for H in (12, 16, 24):
+        abstain = glob.copy()
+        abstain[h < H, 1] = 0.0
+        res[f"S_app abstains below {H} px"] = aucs(combine(abstain, w, "pos_mean"), clip, te, sigma)
+    return res
 
 
 def main(argv) -> int:
