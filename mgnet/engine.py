@@ -169,24 +169,23 @@ def compile_unavailable(device) -> str | None:
     return None
 
 
+def _batch_tensors(args):
+    """The tensors (dim >= 1) of the batch dicts among a compiled method's ``args``."""
+    for a in args:
+        if isinstance(a, dict):
+            yield from (v for v in a.values() if torch.is_tensor(v) and v.dim() >= 1)
+
+
 def _mark_batch_dynamic(args) -> None:
     """Batch dimension of every tensor of a batch dict dynamic, so that a new batch size reuses the
     compiled graph instead of compiling another one (maybe_: a size 1 may still specialise)."""
-    for a in args:
-        if isinstance(a, dict):
-            for v in a.values():
-                if torch.is_tensor(v) and v.dim() >= 1:
-                    torch._dynamo.maybe_mark_dynamic(v, 0)
+    for v in _batch_tensors(args):
+        torch._dynamo.maybe_mark_dynamic(v, 0)
 
 
 def _batch_size(args) -> int | None:
     """Dimension 0 of the first tensor of the first batch dict among ``args`` (None without one)."""
-    for a in args:
-        if isinstance(a, dict):
-            for v in a.values():
-                if torch.is_tensor(v) and v.dim() >= 1:
-                    return int(v.shape[0])
-    return None
+    return next((int(v.shape[0]) for v in _batch_tensors(args)), None)
 
 
 class _CompiledMethod:
