@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from mgnet import config_schema, engine, evaluation, runs, scoring
 from mgnet.engine import Dist, score_batch
+from mgnet.models.memory import asymmetric_sq_distance
 from mgnet.runs import RunDir
 
 
@@ -38,8 +39,7 @@ def exhaustive_forward(mem, w: float, chunk: int = 2048):
         anywhere = best.clone()
         for i in range(0, n, chunk):
             m = slots[i:i + chunk]
-            diff = q[:, None, :] - m[None]
-            d2 = diff.clamp_min(0).pow(2).sum(-1) + w * diff.clamp_max(0).pow(2).sum(-1)
+            d2 = asymmetric_sq_distance(q[:, None, :] - m[None], w)
             anywhere = torch.minimum(anywhere, d2.min(1).values)
             if own:
                 d2 = d2.masked_fill(track[:, None] == tracks[i:i + m.shape[0]][None], float("inf"))

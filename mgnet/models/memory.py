@@ -330,6 +330,14 @@ class AppearanceMemory(_Written):
         return d.topk(k, dim=1).values.mean(1)
 
 
+def asymmetric_sq_distance(diff: torch.Tensor, missing_weight: float) -> torch.Tensor:
+    """Squared distance over the last axis of ``diff`` = q - m: |max(diff, 0)|^2 + w |max(-diff, 0)|^2
+    (SegmentMemory's ``missing_weight`` w; w = 1 is the squared Euclidean distance)."""
+    if missing_weight == 1.0:
+        return diff.pow(2).sum(-1)
+    return diff.clamp_min(0).pow(2).sum(-1) + missing_weight * diff.clamp_max(0).pow(2).sum(-1)
+
+
 class SegmentMemory(_Written):
     """M^seg: normal pose segments, behind S_pose (``model.n_seg`` > 0): a clip's score is the mean
     Euclidean distance of its pose segment to the ``k`` nearest normal training segments.
@@ -476,8 +484,7 @@ class SegmentMemory(_Written):
         # |q - m| from the difference itself: the expansion's rounding depends on the batch's
         # matmul path, which S_pose's z-score would magnify (online scores must equal offline ones)
         diff = q[:, None, :] - slots[best_i]
-        exact = (diff.pow(2).sum(-1) if w == 1.0
-                 else diff.clamp_min(0).pow(2).sum(-1) + w * diff.clamp_max(0).pow(2).sum(-1)).sqrt()
+        exact = asymmetric_sq_distance(diff, w).sqrt()
         exact = exact.masked_fill(~torch.isfinite(best), float("inf"))
         out = exact.topk(k, dim=1, largest=False).values.mean(1)
         if not (own or q_scene is not None):
