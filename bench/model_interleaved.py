@@ -28,34 +28,26 @@ from mgnet.engine import cpu_features  # noqa: E402
 
 
 def build(what: str, impl: str, B: int = 16, device: str = "cpu"):
-    """A zero-argument callable running one call of ``what`` with ``impl`` (warmed up)."""
+    """A zero-argument callable running one call of ``what`` with ``impl`` (warmed up): the model,
+    batch, compile and step of bench/test_model.py, with the impl's op backend (and for compile the
+    inlined references) entered around each call, since the impls alternate."""
     stage = 4 if what == "infer" else int(what[-1])
     cfg, model = tm._model("small", device, stage)
     batch = tm.synthetic_batch(cfg, B, device)
-    patch = tm._inline_references if impl == "compile" else contextlib.nullcontext
-    with patch():
-        if impl in ("compile", "fused+compile", "fused+compile+bf16"):
-            if impl == "compile":
-                model.losses, model.scores = torch.compile(model.losses), torch.compile(model.scores)
-            else:
-                from mgnet.engine import compile_model
-                compile_model(model)
+    model = tm._compiled(model, impl, reset=False)
     if what == "infer":
         model.eval()
-
-        def call():
-            with patch(), tm._backend_ctx(impl), torch.inference_mode(), tm._precision_ctx(impl, device):
-                model.scores(batch)
+        inner = tm._score_call(model.scores, batch, impl, device)
+        grad = torch.inference_mode
     else:
         opt = torch.optim.AdamW(model.stage_parameters(stage), lr=1e-4)
+        inner = tm._train_step(model.losses, opt, batch, stage, impl, device)
+        grad = contextlib.nullcontext
+    patch = tm._inline_references if impl == "compile" else contextlib.nullcontext
 
-        def call():
-            with patch(), tm._backend_ctx(impl):
-                opt.zero_grad(set_to_none=True)
-                with tm._precision_ctx(impl, device):
-                    loss = model.losses(batch, stage)["loss"]
-                loss.backward()
-                opt.step()
+    def call():
+        with patch(), tm._backend_ctx(impl), grad():
+            inner()
     call()
     call()
     return call

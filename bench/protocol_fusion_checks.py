@@ -65,8 +65,11 @@ def heights(store) -> np.ndarray:
 
 
 def combine(parts: np.ndarray, w: np.ndarray, how: str) -> np.ndarray:
+    """mgnet.scoring's combine for "pos_mean" (the default); "rss" is the candidate defined here."""
+    if how != "rss":
+        return scoring.combine_parts(parts, w, how)
     pos = parts * (parts > 0)
-    return pos @ w / w.sum() if how == "pos_mean" else np.sqrt((pos ** 2) @ w / w.sum())
+    return np.sqrt((pos ** 2) @ w / w.sum())
 
 
 def cell_checks(cell_dir: str) -> dict:

@@ -107,16 +107,38 @@ def _precision_ctx(impl, device):
     return autocast(torch.device(device), "bf16" if impl.endswith("+bf16") else False)
 
 
-def _compiled(model, impl):
-    """The model with losses/scores compiled for the compile impls (a fresh dynamo cache each)."""
+def _compiled(model, impl, reset=True):
+    """The model with losses/scores compiled for the compile impls (a fresh dynamo cache each unless
+    ``reset`` is False: model_interleaved.py keeps every impl's graphs alive side by side)."""
     if impl in ("compile", "fused+compile", "fused+compile+bf16"):
-        torch._dynamo.reset()
+        if reset:
+            torch._dynamo.reset()
         if impl == "compile":
             model.losses, model.scores = torch.compile(model.losses), torch.compile(model.scores)
         else:
             from mgnet.engine import compile_model
             compile_model(model)
     return model
+
+
+def _train_step(loss_fn, opt, batch, stage, impl, device):
+    """One training step of ``impl``: the stage's loss (under bf16 autocast for the bf16 impls),
+    backward and the optimizer step."""
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with _precision_ctx(impl, device):
+            loss = loss_fn(batch, stage)["loss"]
+        loss.backward()
+        opt.step()
+    return step
+
+
+def _score_call(score_fn, batch, impl, device):
+    """One scoring call of ``impl`` (under bf16 autocast for the bf16 impls)."""
+    def run():
+        with _precision_ctx(impl, device):
+            return score_fn(batch)
+    return run
 
 
 def _model(cfg_name, device, stage):
@@ -138,14 +160,7 @@ def test_train_step(benchmark, cfg_name, device, B, stage, impl):
     opt = torch.optim.AdamW(model.stage_parameters(stage), lr=1e-4)
     patch = _inline_references() if impl == "compile" else contextlib.nullcontext()
     with patch, _backend_ctx(impl):
-        loss_fn = _compiled(model, impl).losses
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            with _precision_ctx(impl, device):
-                loss = loss_fn(batch, stage)["loss"]
-            loss.backward()
-            opt.step()
+        step = _train_step(_compiled(model, impl).losses, opt, batch, stage, impl, device)
         step()  # compile / first-touch outside the timed rounds
         record(benchmark, op="model", shape=f"{cfg_name} B={B}", impl=impl, pass_=f"train-s{stage}",
                device=device, clips=B, flops=model_flops(cfg_name, device, B, f"train-s{stage}"))
@@ -160,11 +175,7 @@ def test_inference(benchmark, cfg_name, device, B, impl):
     batch = synthetic_batch(cfg, B, device)
     patch = _inline_references() if impl == "compile" else contextlib.nullcontext()
     with patch, _backend_ctx(impl), torch.inference_mode():
-        score_fn = _compiled(model, impl).scores
-
-        def run():
-            with _precision_ctx(impl, device):
-                return score_fn(batch)
+        run = _score_call(_compiled(model, impl).scores, batch, impl, device)
         out = run()
         assert set(out) >= {"mo", "app", "mm", "nll"} and all(v.shape == (B,) for v in out.values())
         record(benchmark, op="model", shape=f"{cfg_name} B={B}", impl=impl, pass_="infer",
