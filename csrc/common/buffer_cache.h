@@ -7,10 +7,10 @@
 // the block kernel alone, on buffers already touched, runs at ~5 ms). glibc returns such a mapping to
 // the OS on free, so every call pays again.
 //
-// Used for the large outputs of every CPU kernel (memory_address read / grad_q / weights, lka3d and lsta
-// out / grad, masked_cube_embed's tokens). empty_cached(sizes, options) gives a CPU tensor whose storage comes from a small cache of freed
-// blocks: blocks of at least kMinBytes (smaller ones come from torch's own allocator, which is cheap
-// for them), sizes rounded up to 2 MiB, 2 MiB aligned and advised to use transparent huge pages. When
+// Used for the large outputs of every CPU kernel (memory_address read / grad_q / weights, lka3d and
+// lsta out / grad, masked_cube_embed's tokens). empty_cached(sizes, options) gives a CPU tensor whose
+// storage comes from a small cache of freed blocks: blocks of at least kBufferCacheMinBytes (smaller
+// ones come from torch's own allocator, which is cheap for them), sizes rounded up to 2 MiB, 2 MiB aligned and advised to use transparent huge pages. When
 // such a tensor dies its block goes back to the cache (newest first) and the next request of the same
 // rounded size takes it, already touched. Idle blocks are bounded by a limit (env
 // MGNET_CPU_BUFFER_CACHE_MB, default 512; 0 turns the cache off); the oldest idle blocks are freed

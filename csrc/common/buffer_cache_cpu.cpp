@@ -1,9 +1,9 @@
 // The cache of large CPU output buffers (see buffer_cache.h for why).
 #include "buffer_cache.h"
 
-#include <c10/core/Allocator.h>
 #include <ATen/EmptyTensor.h>
-#include <c10/core/CPUAllocator.h>
+#include <c10/core/Allocator.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -155,12 +155,11 @@ BufferCache& cache() {
 
 at::Tensor empty_cached(at::IntArrayRef sizes, const at::TensorOptions& options) {
   TORCH_CHECK(options.device().is_cpu(), "empty_cached: CPU tensors only");
-  int64_t numel = 1;
-  for (int64_t s : sizes) numel *= s;
-  const int64_t nbytes = numel * int64_t(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
+  const at::ScalarType dtype = c10::typeMetaToScalarType(options.dtype());
+  const int64_t nbytes = c10::multiply_integers(sizes) * int64_t(c10::elementSize(dtype));
   if (nbytes < kBufferCacheMinBytes || !cache().enabled()) return at::empty(sizes, options);
-  return at::detail::empty_generic(sizes, &cache(), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   c10::typeMetaToScalarType(options.dtype()), std::nullopt);
+  return at::detail::empty_generic(sizes, &cache(), c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
+                                   std::nullopt);
 }
 
 namespace {
