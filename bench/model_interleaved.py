@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     res = {"machine": {"cpu": cpu_features(), "threads": a.threads, "torch": torch.__version__}, "cases": {}}
     for what in a.what:
-        calls = {impl: build(what, impl) for impl in tm.IMPLS_ALL}
+        calls = {impl: build(what, impl) for impl in tm.IMPLS}
         times = {impl: [] for impl in calls}
         for _ in range(a.rounds):
             for impl, call in calls.items():

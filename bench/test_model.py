@@ -26,7 +26,7 @@ import functools
 import pytest
 import torch
 
-from _common import bench_pedantic, record
+from _common import BF16_IMPLS, IMPLS, bench_pedantic, record
 
 models = pytest.importorskip("mgnet.models.mgnet", reason="mgnet.models.mgnet (the model) is not importable")
 from mgnet.models.config import ModelConfig  # noqa: E402
@@ -95,16 +95,13 @@ def model_flops(cfg_name: str, device: str, B: int, what: str) -> float:
     return float(counter.get_total_flops())
 
 
-IMPLS_ALL = ["eager", "fused", "compile", "fused+compile", "fused+bf16", "fused+compile+bf16"]
-
-
 def _backend_ctx(impl):
     return ops.backend("eager" if impl in ("eager", "compile") else "auto")
 
 
 def _precision_ctx(impl, device):
     from mgnet.engine import autocast
-    return autocast(torch.device(device), "bf16" if impl.endswith("+bf16") else False)
+    return autocast(torch.device(device), "bf16" if impl in BF16_IMPLS else False)
 
 
 def _compiled(model, impl, reset=True):
@@ -151,7 +148,7 @@ def _model(cfg_name, device, stage):
     return cfg, model
 
 
-@pytest.mark.parametrize("impl", IMPLS_ALL)
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("stage", [2, 3])
 @pytest.mark.parametrize("cfg_name,device,B", CASES)
 def test_train_step(benchmark, cfg_name, device, B, stage, impl):
@@ -167,7 +164,7 @@ def test_train_step(benchmark, cfg_name, device, B, stage, impl):
         bench_pedantic(benchmark, step, device=device, rounds=ROUNDS[device], warmup_rounds=0)
 
 
-@pytest.mark.parametrize("impl", IMPLS_ALL)
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("cfg_name,device,B", CASES)
 def test_inference(benchmark, cfg_name, device, B, impl):
     cfg, model = _model(cfg_name, device, 4)
